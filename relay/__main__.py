@@ -1,0 +1,5 @@
+"""``python -m relay`` is ``hermes-relay``."""
+
+from relay.cli import main
+
+raise SystemExit(main())

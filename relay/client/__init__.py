@@ -1,0 +1,1 @@
+"""Gateway-side relay client: pure reconnect policy and state table, and the aiohttp transport."""

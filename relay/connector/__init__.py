@@ -1,0 +1,1 @@
+"""The reference connector: durable per-gateway buffer, WS ``/relay``, ingress, outbox, pokes."""

@@ -1,0 +1,191 @@
+"""Frame shapes of PROTOCOL.md sections 3-4: constructors, the descriptor check, RFC 3339 times."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from relay.errors import ProtocolError
+
+CONTRACT_VERSION = 1
+DEFAULT_MAX_MESSAGE_LENGTH = 4096
+DESCRIPTOR_REQUIRED = (
+    "contract_version",
+    "platform",
+    "label",
+    "max_message_length",
+    "supports_draft_streaming",
+    "supports_edit",
+    "supports_threads",
+    "markdown_dialect",
+    "len_unit",
+)
+SUPPORTED_OPS = ("send", "edit", "typing")
+
+# Local outbound results (PROTOCOL.md section 4): never hang a caller.
+NOT_CONNECTED = {"success": False, "error": "relay transport not connected"}
+TIMED_OUT = {"success": False, "error": "relay outbound timed out", "ambiguous": True}
+CONNECTION_LOST = {"success": False, "error": "relay transport connection lost", "ambiguous": True}
+
+
+def rfc3339(ts: float | datetime) -> str:
+    """Format Unix seconds or an aware datetime as RFC 3339 UTC with a ``Z`` (ms precision)."""
+    dt = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC)
+    dt = dt.astimezone(UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def parse_rfc3339(text: str) -> float:
+    """Parse an RFC 3339 time with an explicit offset (``Z`` or ``+hh:mm``) to Unix seconds.
+
+    Raises ``ValueError`` naming the text when it has no offset or does not parse.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"time {text!r} is not an RFC 3339 string")
+    raw = text.strip()
+    if raw[-1] in "zZ":
+        raw = raw[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"time {text!r} is not RFC 3339 (e.g. 2026-01-31T09:00:00Z)") from None
+    if dt.tzinfo is None:
+        raise ValueError(f"time {text!r} has no UTC offset; add Z or +hh:mm")
+    return dt.timestamp()
+
+
+def new_request_id() -> str:
+    """A fresh ``requestId``: 32 lowercase hex chars."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A validated connector descriptor (PROTOCOL.md section 4)."""
+
+    platform: str
+    label: str
+    max_message_length: int
+    supports_edit: bool
+    supports_threads: bool
+    supports_draft_streaming: bool
+    markdown_dialect: str
+    len_unit: str
+    supported_ops: tuple[str, ...] | None
+    supports_wake_at: bool
+    raw: dict[str, Any]
+
+
+def parse_descriptor(frame: dict[str, Any]) -> Descriptor:
+    """Validate a ``descriptor`` frame's object.
+
+    ``max_message_length`` <= 0 or non-numeric becomes 4096. Raises ``ProtocolError`` naming the
+    missing required keys, or when ``descriptor`` is not an object.
+    """
+    d = frame.get("descriptor")
+    if not isinstance(d, dict):
+        raise ProtocolError("descriptor frame has no 'descriptor' object")
+    missing = [k for k in DESCRIPTOR_REQUIRED if k not in d]
+    if missing:
+        raise ProtocolError(f"descriptor lacks required keys: {', '.join(missing)}")
+    mml = d.get("max_message_length")
+    if isinstance(mml, bool) or not isinstance(mml, int | float) or mml <= 0 or mml != mml:
+        mml = DEFAULT_MAX_MESSAGE_LENGTH
+    ops = d.get("supported_ops")
+    ops_t = tuple(o for o in ops if isinstance(o, str)) if isinstance(ops, list) else None
+    return Descriptor(
+        platform=str(d.get("platform")),
+        label=str(d.get("label")),
+        max_message_length=int(mml),
+        supports_edit=bool(d.get("supports_edit")),
+        supports_threads=bool(d.get("supports_threads")),
+        supports_draft_streaming=bool(d.get("supports_draft_streaming")),
+        markdown_dialect=str(d.get("markdown_dialect")),
+        len_unit=str(d.get("len_unit")),
+        supported_ops=ops_t,
+        supports_wake_at=d.get("supports_wake_at") is True,
+        raw=d,
+    )
+
+
+# --- gateway -> connector -------------------------------------------------------------------
+
+
+def hello(platform: str, bot_id: str, wake_url: str | None = None) -> dict[str, Any]:
+    """``hello`` for one fronted identity; ``wakeUrl`` only when the sidecar has one."""
+    f: dict[str, Any] = {"type": "hello", "platform": platform, "botId": bot_id}
+    if wake_url:
+        f["wakeUrl"] = wake_url
+    return f
+
+
+def outbound(
+    request_id: str, action: dict[str, Any], platform: str | None = None, bot_id: str | None = None
+) -> dict[str, Any]:
+    """``outbound`` request carrying ``action`` (an object with ``op``)."""
+    f: dict[str, Any] = {"type": "outbound", "requestId": request_id, "action": action}
+    if platform is not None:
+        f["platform"] = platform
+    if bot_id is not None:
+        f["botId"] = bot_id
+    return f
+
+
+def going_idle(wake_at: float | None = None) -> dict[str, Any]:
+    """``going_idle``; ``wake_at`` (Unix seconds) becomes the RFC 3339 ``wakeAt``."""
+    f: dict[str, Any] = {"type": "going_idle"}
+    if wake_at is not None:
+        f["wakeAt"] = rfc3339(wake_at)
+    return f
+
+
+def inbound_ack(buffer_id: str) -> dict[str, Any]:
+    """Durable-handoff receipt for one ``inbound`` carrying ``bufferId``."""
+    return {"type": "inbound_ack", "bufferId": buffer_id}
+
+
+def interrupt(session_key: str, reason: str | None = None) -> dict[str, Any]:
+    """A mid-turn stop travelling outward."""
+    return {"type": "interrupt", "session_key": session_key, "reason": reason}
+
+
+# --- connector -> gateway -------------------------------------------------------------------
+
+
+def descriptor(platform: str, *, supports_wake_at: bool = True, **overrides: Any) -> dict[str, Any]:
+    """The reference connector's descriptor frame for ``platform``."""
+    d: dict[str, Any] = {
+        "contract_version": CONTRACT_VERSION,
+        "platform": platform,
+        "label": f"hermes-relay ({platform})",
+        "max_message_length": DEFAULT_MAX_MESSAGE_LENGTH,
+        "supports_draft_streaming": False,
+        "supports_edit": True,
+        "supports_threads": False,
+        "markdown_dialect": "commonmark",
+        "len_unit": "chars",
+        "supported_ops": list(SUPPORTED_OPS),
+        "supports_wake_at": supports_wake_at,
+    }
+    d.update(overrides)
+    return {"type": "descriptor", "descriptor": d}
+
+
+def outbound_result(request_id: str, result: dict[str, Any]) -> dict[str, Any]:
+    """Answer to one ``outbound``."""
+    return {"type": "outbound_result", "requestId": request_id, "result": result}
+
+
+def inbound(event: dict[str, Any], buffer_id: str | None = None) -> dict[str, Any]:
+    """A user event; ``bufferId`` when it was persisted by the connector."""
+    f: dict[str, Any] = {"type": "inbound", "event": event}
+    if buffer_id is not None:
+        f["bufferId"] = buffer_id
+    return f
+
+
+def going_idle_ack() -> dict[str, Any]:
+    """The connector flipped this instance to buffered-only."""
+    return {"type": "going_idle_ack"}

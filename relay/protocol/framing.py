@@ -1,0 +1,110 @@
+"""NDJSON framing (PROTOCOL.md section 2): one JSON object per line, several per WS message.
+
+``NdjsonSplitter`` keeps the trailing partial line between messages; ``decode_line`` validates a
+line into a frame dict; ``encode_frame`` is its inverse. ``LogLimiter`` decides which dropped
+frames are worth a log line (once per kind per minute).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from relay.errors import FrameTooLarge, ProtocolError
+
+DEFAULT_MAX_FRAME_BYTES = 1_048_576
+"""Default limit for one WS message or one NDJSON line, bytes (1 MiB)."""
+
+
+def utf8_len(text: str) -> int:
+    """Size of ``text`` in UTF-8 bytes, cheap for ASCII-sized strings."""
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
+
+
+class NdjsonSplitter:
+    """Split a stream of text chunks into complete lines.
+
+    ``feed(chunk)`` returns the complete, non-blank lines the chunk finished, in order, and keeps
+    the trailing partial line. Raises ``FrameTooLarge`` when a complete line or the kept partial
+    line exceeds ``max_line_bytes`` (the caller closes the socket with 1009).
+    """
+
+    def __init__(self, max_line_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._partial = ""
+
+    @property
+    def partial(self) -> str:
+        """The bytes of an unfinished line kept for the next chunk."""
+        return self._partial
+
+    def feed(self, chunk: str) -> list[str]:
+        if "\n" not in chunk:
+            self._partial += chunk
+            self._check(self._partial)
+            return []
+        pieces = chunk.split("\n")
+        pieces[0] = self._partial + pieces[0]
+        self._partial = pieces.pop()
+        self._check(self._partial)
+        out = []
+        for line in pieces:
+            if line.strip():
+                self._check(line)
+                out.append(line)
+        return out
+
+    def _check(self, line: str) -> None:
+        # len(str) <= utf-8 bytes <= 4 * len(str): encode only when it could matter.
+        if len(line) * 4 > self.max_line_bytes:
+            size = utf8_len(line)
+            if size > self.max_line_bytes:
+                self._partial = ""
+                raise FrameTooLarge(size, self.max_line_bytes)
+
+
+def decode_line(line: str) -> dict[str, Any]:
+    """Parse one NDJSON line into a frame dict.
+
+    Raises ``ProtocolError`` with kind ``not_json`` (unparseable), ``not_object`` (JSON but not an
+    object) or ``no_type`` (an object without a string ``type``).
+    """
+    try:
+        obj = json.loads(line)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"line is not json: {exc}", "not_json") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"frame is {type(obj).__name__}, not an object", "not_object")
+    if not isinstance(obj.get("type"), str):
+        raise ProtocolError("frame has no string 'type'", "no_type")
+    return obj
+
+
+def encode_frame(frame: dict[str, Any]) -> str:
+    """Serialise a frame dict to one NDJSON line (compact JSON + ``\\n``).
+
+    Raises ``ProtocolError`` if it is not an object with a string ``type``.
+    """
+    if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+        raise ProtocolError("a frame must be an object with a string 'type'", "no_type")
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+class LogLimiter:
+    """Decide whether a dropped-frame kind may be logged now: once per kind per ``period_s``.
+
+    Pure: the caller passes ``now`` (monotonic seconds).
+    """
+
+    def __init__(self, period_s: float = 60.0) -> None:
+        self.period_s = period_s
+        self._last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def allow(self, kind: str, now: float) -> bool:
+        last = self._last.get(kind)
+        if last is not None and now - last < self.period_s:
+            self.suppressed[kind] = self.suppressed.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        return True

@@ -1,0 +1,82 @@
+"""Shared SQLite plumbing: open a WAL database with aiosqlite and apply keyed migrations.
+
+Every store of the project keeps one ``schema_version`` table (one row) and a list of migration
+scripts; migration ``i`` (1-based) runs once, in a transaction, when the version is below ``i``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import aiosqlite
+
+
+async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connection:
+    """Open (creating folders) a SQLite database in WAL mode with ``synchronous`` set.
+
+    ``synchronous`` is ``"FULL"`` where a commit must survive power loss before it is
+    acknowledged (the connector buffer, the sidecar inbox), ``"NORMAL"`` elsewhere.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    db = await aiosqlite.connect(path, isolation_level=None)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute(f"PRAGMA synchronous={synchronous}")
+    await db.execute("PRAGMA busy_timeout=10000")
+    await db.execute("PRAGMA foreign_keys=ON")
+    return db
+
+
+async def migrate(db: aiosqlite.Connection, migrations: Sequence[str]) -> int:
+    """Bring the schema up to ``len(migrations)``; return the version now in force.
+
+    Each script runs inside ``BEGIN IMMEDIATE`` together with the version bump, so a crash
+    leaves the previous version intact and two processes never migrate twice.
+    """
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    for index, script in enumerate(migrations, start=1):
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            async with db.execute("SELECT version FROM schema_version") as cur:
+                row = await cur.fetchone()
+            current = row[0] if row else 0
+            if current >= index:
+                await db.execute("ROLLBACK")
+                continue
+            for statement in _statements(script):
+                await db.execute(statement)
+            if row:
+                await db.execute("UPDATE schema_version SET version = ?", (index,))
+            else:
+                await db.execute("INSERT INTO schema_version (version) VALUES (?)", (index,))
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+    return len(migrations)
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration script into statements (``;`` at line end; triggers use ``END;``)."""
+    out: list[str] = []
+    buf: list[str] = []
+    in_trigger = False
+    for line in script.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("--"):
+            continue
+        buf.append(line)
+        upper = stripped.upper()
+        if upper.startswith("CREATE TRIGGER") or upper.startswith("CREATE TEMP TRIGGER"):
+            in_trigger = True
+        if in_trigger:
+            if upper == "END;":
+                out.append("\n".join(buf))
+                buf, in_trigger = [], False
+        elif stripped.endswith(";"):
+            out.append("\n".join(buf))
+            buf = []
+    if buf:
+        out.append("\n".join(buf))
+    return out
