@@ -75,13 +75,13 @@ class Connector:
         self,
         store: BufferStore,
         *,
-        secrets: dict[str, str],
+        secrets: dict[str, str] | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         clock: Clock | None = None,
         poke_rate_s: float = 10.0,
     ) -> None:
         self.store = store
-        self.secrets = dict(secrets)
+        self.secrets = dict(secrets or {})
         self.max_frame_bytes = max_frame_bytes
         self.clock: Clock = clock or SystemClock()
         self.poke_rate_s = poke_rate_s

@@ -1,0 +1,65 @@
+"""``hermes-relay serve`` as a real process: the durable buffer survives kill -9."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.procs import Proc, free_port, relay_cmd
+from tests.relay.helpers import RawGateway, post
+
+MSG = {"chat_id": "c1", "user_id": "u1", "text": "hi", "message_id": "m"}
+
+
+async def test_relay_buffer_survives_kill9_and_restart(tmp_path: Path) -> None:
+    """Buffered entries (and the identity route) survive kill -9; acked ones never come back."""
+    port, db = free_port(), str(tmp_path / "relay.db")
+    base, ws = f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}/relay"
+    proc = await Proc(relay_cmd(port, db)).start()
+    try:
+        await proc.wait_for_line("hermes-relay serving on")
+        first = RawGateway(ws)
+        await first.connect(bot_id="b")
+        ids = []
+        for i in range(4):
+            status, body = await post(f"{base}/ingress/relay/b", {**MSG, "message_id": i,
+                                                                  "text": f"t{i}"})
+            assert status == 202
+            ids.append(body["buffer_id"])
+        live = [await first.recv_type("inbound") for _ in range(4)]
+        assert [f["bufferId"] for f in live] == ids
+        await first.send({"type": "inbound_ack", "bufferId": ids[0]})
+        # a round trip after the ack: the connector has handled it before we kill it
+        await first.send({"type": "outbound", "requestId": "0" * 32,
+                          "action": {"op": "typing", "chat_id": "c1"}})
+        await first.recv_type("outbound_result")
+        await first.close()
+        status, body = await post(f"{base}/ingress/relay/b", {**MSG, "message_id": 9,
+                                                              "text": "while gone"})
+        assert (status, body["delivered"]) == (202, "buffered")
+        ids.append(body["buffer_id"])
+        proc.kill9()
+        await proc.wait()
+    finally:
+        await proc.stop()
+    proc2 = await Proc(relay_cmd(port, db)).start()
+    try:
+        await proc2.wait_for_line("hermes-relay serving on")
+        again = RawGateway(ws)
+        await again.connect(bot_id="b")
+        replay = [await again.recv_type("inbound") for _ in range(4)]
+        assert [f["bufferId"] for f in replay] == ids[1:]
+        assert [f["event"]["text"] for f in replay] == ["t1", "t2", "t3", "while gone"]
+        await again.close()
+    finally:
+        await proc2.stop()
+
+
+async def test_relay_cli_rejects_bad_gateway_flag(tmp_path: Path) -> None:
+    """A --gateway without '=' exits 2 naming the value."""
+    proc = await Proc([sys.executable, "-m", "relay", "serve", "--gateway", "nosecret",
+                       "--db", str(tmp_path / "r.db")]).start()
+    rc = await proc.wait()
+    assert rc == 2
+    assert "'nosecret'" in proc.output and "ID=SECRET" in proc.output
+    assert not (tmp_path / "r.db").exists()
