@@ -70,6 +70,7 @@ class FakeGatewayHttp:
 
     async def _presence(self, request: web.Request) -> web.StreamResponse:
         self.presence_headers.append(dict(request.headers))
+        self.changes.notify()
         if self.presence_status != 200:
             return web.Response(status=self.presence_status)
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
