@@ -1,0 +1,184 @@
+"""Inbound frames per second through the relay transport and reference connector.
+
+Three figures from one run, on 127.0.0.1:
+- baseline: a bare aiohttp WS server sending NDJSON inbound lines to a bare aiohttp client that
+  ``json.loads`` each one (no persistence, no acks);
+- live: ``Connector.ingest`` (durable group commit) -> live send -> ``RelayTransport`` ->
+  handler -> ``inbound_ack`` back, until every entry is acked in the connector's store;
+- replay: the same number of entries buffered while the gateway is away, then one handshake,
+  timed until every entry was handed to the handler and acked.
+
+Prints one JSON object per figure on stdout (``--json``) or a table. Goals (issue "Relay"):
+live >= 0.7x baseline, replay >= 20,000 frames/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from relay.client.machine import ConnState
+from relay.client.transport import RelayTransport, TransportConfig
+from relay.connector.server import Connector
+from relay.protocol import frames as F
+
+EVENT = {"text": "hello there", "message_type": "text", "message_id": "1",
+         "source": {"platform": "relay", "chat_id": "42", "chat_type": "dm", "user_id": "u1",
+                    "user_name": None}}
+
+
+async def raw_baseline(n: int) -> float:
+    line = json.dumps(F.inbound(EVENT, "0" * 32)) + "\n"
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        for _ in range(n):
+            await ws.send_str(line)
+        await ws.receive()
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with aiohttp.ClientSession() as s:
+        t0 = time.perf_counter()
+        async with s.ws_connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            got = 0
+            while got < n:
+                msg = await ws.receive()
+                json.loads(msg.data)
+                got += 1
+            elapsed = time.perf_counter() - t0
+    await server.close()
+    return n / elapsed
+
+
+class _Gateway:
+    def __init__(self, url: str) -> None:
+        self.count = 0
+        self.done = asyncio.Event()
+        self.target = 0
+        self.t = RelayTransport(TransportConfig(url=url, ping_interval_s=None),
+                                on_inbound=self._on)
+
+    async def _on(self, batch: list[dict[str, Any]]) -> None:
+        self.count += len(batch)
+        if self.count >= self.target:
+            self.done.set()
+
+
+async def _all_acked(connector: Connector) -> None:
+    while True:
+        await connector.store.flush()
+        if await connector.store.unacked_count("dev") == 0:
+            return
+        await asyncio.sleep(0.001)
+
+
+async def relay_live(n: int, db: str) -> float:
+    connector = await Connector.create(db)
+    server = TestServer(connector.app, host="127.0.0.1")
+    await server.start_server()
+    gw = _Gateway(f"ws://127.0.0.1:{server.port}/relay")
+    gw.target = n
+    await gw.t.start()
+    await gw.t.wait_until(lambda: gw.t.state is ConnState.CONNECTED)
+    sem = asyncio.Semaphore(512)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await connector.ingest("relay", "", {"chat_id": 42, "user_id": "u1",
+                                                 "text": "hello there", "message_id": i})
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    await gw.done.wait()
+    await _all_acked(connector)
+    elapsed = time.perf_counter() - t0
+    await gw.t.disconnect()
+    await server.close()
+    await connector.close()
+    return n / elapsed
+
+
+async def relay_replay(n: int, db: str) -> float:
+    connector = await Connector.create(db)
+    server = TestServer(connector.app, host="127.0.0.1")
+    await server.start_server()
+    url = f"ws://127.0.0.1:{server.port}/relay"
+    first = _Gateway(url)
+    await first.t.start()
+    await first.t.wait_until(lambda: first.t.state is ConnState.CONNECTED)
+    await first.t.go_dormant()
+    await first.t.disconnect()
+    sem = asyncio.Semaphore(512)
+
+    async def one(i: int) -> None:
+        async with sem:
+            await connector.ingest("relay", "", {"chat_id": 42, "user_id": "u1",
+                                                 "text": "hello there", "message_id": i})
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    for poker in connector.pokers.values():
+        poker.cancel()
+    gw = _Gateway(url)
+    gw.target = n
+    t0 = time.perf_counter()
+    await gw.t.start()
+    await gw.done.wait()
+    await _all_acked(connector)
+    elapsed = time.perf_counter() - t0
+    await gw.t.disconnect()
+    await server.close()
+    await connector.close()
+    return n / elapsed
+
+
+async def run(n: int) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = await raw_baseline(n)
+        live = await relay_live(n, str(Path(tmp) / "live.db"))
+        replay = await relay_replay(n, str(Path(tmp) / "replay.db"))
+    return [
+        {"figure": "relay live frames/s", "ours": round(live), "baseline": round(base),
+         "ratio": round(live / base, 3), "goal": ">= 0.7x raw aiohttp",
+         "met": live / base >= 0.7},
+        {"figure": "relay buffered replay frames/s", "ours": round(replay),
+         "baseline": round(base), "ratio": round(replay / base, 3),
+         "goal": ">= 20000 frames/s", "met": replay >= 20_000},
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--frames", type=int, default=20_000)
+    p.add_argument("--quick", action="store_true", help="5,000 frames")
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    rows = asyncio.run(run(5_000 if args.quick else args.frames))
+    if args.json:
+        json.dump(rows, sys.stdout, indent=1)
+        print()
+    else:
+        for r in rows:
+            print(f"{r['figure']:34} ours {r['ours']:>8}  baseline {r['baseline']:>8}  "
+                  f"ratio {r['ratio']:>6}  goal {r['goal']:22} {'met' if r['met'] else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
