@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 async def serve(host: str, port: int, db: str, secrets: dict[str, str], max_frame_bytes: int) -> None:
     """Run the connector until SIGTERM/SIGINT."""
     connector = await Connector.create(db, secrets=secrets, max_frame_bytes=max_frame_bytes)
-    runner = web.AppRunner(connector.app, handle_signals=False)
+    runner = web.AppRunner(connector.app, handle_signals=False, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()

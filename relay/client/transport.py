@@ -124,6 +124,7 @@ class RelayTransport:
         self.descriptor: F.Descriptor | None = None
         self.descriptors: list[F.Descriptor] = []
         self.backoff_delays: list[float] = []
+        self.listeners: list[Callable[[], None]] = []
 
     # --- status --------------------------------------------------------------------------
 
@@ -152,6 +153,8 @@ class RelayTransport:
 
     def _notify(self) -> None:
         self._changed.set()
+        for listener in self.listeners:
+            listener()
 
     def _fire(self, event: ConnEvent, why: str = "") -> None:
         before = self._m.state
@@ -453,11 +456,17 @@ class RelayTransport:
                 await self._on_inbound(batch)
             except Exception:
                 log.exception("relay inbound handler raised; %d frame(s) left unacked", len(batch))
+                for _ in batch:
+                    q.task_done()
                 continue
-            for frame in batch:
-                bid = frame.get("bufferId")
-                if isinstance(bid, str | int) and not isinstance(bid, bool):
-                    await sock.ws.send_str(encode_frame(F.inbound_ack(str(bid))))
+            try:
+                for frame in batch:
+                    bid = frame.get("bufferId")
+                    if isinstance(bid, str | int) and not isinstance(bid, bool):
+                        await sock.ws.send_str(encode_frame(F.inbound_ack(str(bid))))
+            finally:
+                for _ in batch:
+                    q.task_done()
 
     async def _keepalive(self, sock: _Socket) -> None:
         interval = self.config.ping_interval_s or 30.0
@@ -545,6 +554,11 @@ class RelayTransport:
             return False
         if sock.planned is not None or self._m.state is not ConnState.FLIPPING:
             return False
+        # Inbound that arrived before the ack is persisted (and so seen by the owner, who may
+        # abort the flip) before the socket closes.
+        await sock.inbound.join()
+        if sock.planned is not None or self._m.state is not ConnState.FLIPPING:
+            return False
         # Outbound already in flight is still answered while the socket is open.
         if sock.pending:
             await asyncio.wait(list(sock.pending.values()))
@@ -563,12 +577,15 @@ class RelayTransport:
         sock = self._sock
         if sock is None or self._m.state is not ConnState.FLIPPING:
             return False
+        if sock.planned is not None:
+            return True
         log.info("relay flip aborted (%s): closing and re-handshaking", reason)
-        asyncio.get_running_loop().create_task(self._rehandshake(sock, f"flip aborted: {reason}"))
+        sock.planned = ConnEvent.REDIAL
+        self._spawn(self._rehandshake(sock, f"flip aborted: {reason}"), "flip abort")
         return True
 
     async def _rehandshake(self, sock: _Socket, reason: str) -> None:
-        if sock.planned is not None:
+        if sock.planned not in (None, ConnEvent.REDIAL):
             return
         sock.planned = ConnEvent.REDIAL
         if sock.flip_ack is not None and not sock.flip_ack.done():

@@ -1,0 +1,1 @@
+"""hermes-sidecar: the scale-to-zero sidecar for an agent's messaging gateway."""

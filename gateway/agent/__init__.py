@@ -1,0 +1,1 @@
+"""Agent turns: profile resolution and one OpenAI-compatible chat completion per turn."""

@@ -1,0 +1,145 @@
+"""``hermes-sidecar``: ``run`` (the main job), ``dev`` (with the reference connector in-process)
+and ``status``. Bad input exits 2 with one line naming the value and what is allowed."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from gateway.config import hermes_home, load_config
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(Exception):
+    """Bad CLI input: exit 2 with this one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # one line, exit 2
+        raise UsageError(message)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port {text!r} is not an integer (0-65535)") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port {text!r} is out of range (0-65535)")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="hermes-sidecar", description="Scale-to-zero sidecar for an agent gateway")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    default_port = os.environ.get("PORT", "8080")
+    for name, help_ in (("run", "run the sidecar (the main job)"),
+                        ("dev", "run the sidecar with the reference connector in-process")):
+        s = sub.add_parser(name, help=help_)
+        s.add_argument("--host", default="127.0.0.1")
+        s.add_argument("--port", type=_port, default=default_port)
+        s.add_argument("--log-level", default="INFO",
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+        if name == "dev":
+            s.add_argument("--relay-port", type=_port, default=None,
+                           help="connector port (default: sidecar port + 1)")
+            s.add_argument("--idle-timeout-minutes", type=float, default=None,
+                           help="idle timeout for the demo (default 0.5)")
+    st = sub.add_parser("status", help="print the running sidecar's /status")
+    st.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if isinstance(args.port if hasattr(args, "port") else 0, str):
+            args.port = _port(args.port)
+    except UsageError as exc:
+        print(f"hermes-sidecar: error: {exc}", file=sys.stderr)
+        return 2
+    except argparse.ArgumentTypeError as exc:
+        print(f"hermes-sidecar: error: PORT: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "status":
+        return _status(args)
+    logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
+    if args.command == "dev":
+        from gateway.dev import run_dev
+
+        return asyncio.run(run_dev(args))
+    return asyncio.run(_run(args.host, args.port))
+
+
+async def _run(host: str, port: int, env_overrides: dict[str, str] | None = None) -> int:
+    from gateway.runtime.sidecar import Sidecar
+
+    env = {**os.environ, **(env_overrides or {})}
+    config = load_config(env=env)
+    sidecar = Sidecar(config, host=host, port=port, env=env)
+    return await run_until_signal(sidecar)
+
+
+async def run_until_signal(sidecar: Any, on_started: Any = None) -> int:
+    """Start ``sidecar``, serve until SIGTERM/SIGINT, shut down gracefully; return 0."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, sidecar.request_stop)
+    await sidecar.start()
+    if on_started is not None:
+        await on_started(sidecar)
+    await sidecar.serve_forever()
+    logging.getLogger("gateway.sidecar").info("signal received: shutting down")
+    await sidecar.shutdown()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    path = hermes_home() / "sidecar.json"
+    try:
+        info = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        msg = f"no running sidecar: {path} not found"
+        if args.json:
+            print(json.dumps({"error": msg}))
+        else:
+            print(msg, file=sys.stderr)
+        return 1
+
+    async def fetch() -> Any:
+        async with aiohttp.ClientSession() as s, s.get(
+            f"http://127.0.0.1:{info['port']}/status", timeout=aiohttp.ClientTimeout(total=5)
+        ) as r:
+            return await r.json()
+
+    try:
+        doc = asyncio.run(fetch())
+    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        print(f"sidecar on port {info.get('port')} did not answer: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(doc))
+    else:
+        relay = doc.get("relay", {})
+        print(f"state        {doc['state']}  (armed: {doc['armed']})")
+        if doc.get("arm_blockers"):
+            print("blockers     " + "; ".join(doc["arm_blockers"]))
+        print(f"idle         {doc['idle_for_s']:.0f} s of {doc['idle_timeout_s']:.0f} s")
+        print(f"last inbound {doc['last_inbound_at']}")
+        print(f"relay        connected={relay.get('connected')} "
+              f"dials={relay.get('dial_attempts')} last_close={relay.get('last_close_code')}")
+        print(f"running      {doc['running_turns']} turn(s)")
+    return 0

@@ -1,0 +1,294 @@
+"""Configuration: ``$HERMES_HOME/config.yaml`` plus environment (env wins), SPEC section 2.
+
+Every key is optional. An invalid value falls back to its default with exactly one log line
+containing ``WARNING`` and the dotted key; nothing here raises for a bad value (a missing or
+unreadable file is the same as an empty one, also with one warning).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag
+from relay.errors import ConfigError
+from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
+from relay.protocol.token import validate_gateway_id
+from relay.protocol.urls import normalise_relay_url
+
+log = logging.getLogger("gateway.config")
+
+SUSPEND_MODES = ("autostop", "fly-api", "none")
+DRIFT_POLICIES = ("fail_closed", "use_snapshot", "follow_default")
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    base_url: str
+    api_key_env: str | None
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    model: str | None
+    provider: str | None
+
+
+@dataclass
+class ScaleToZero:
+    enabled: bool = False
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_MIN * 60
+    cooldown_s: float = 60.0
+    ack_timeout_s: float = 10.0
+    suspend: str = "autostop"
+    external_waker: bool = False
+
+
+@dataclass
+class Config:
+    """The resolved configuration; times in seconds, money in USD."""
+
+    home: Path
+    model_default: str | None = None
+    model_provider: str | None = None
+    providers: dict[str, Provider] = field(default_factory=dict)
+    profiles: dict[str, Profile] = field(default_factory=dict)
+    relay_url: str | None = None
+    relay_identities: list[tuple[str, str]] = field(default_factory=lambda: [("relay", "")])
+    relay_max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    relay_id: str | None = None
+    relay_secret: str | None = None
+    wake_url: str | None = None
+    wake_secret: str | None = None
+    scale_to_zero: ScaleToZero = field(default_factory=ScaleToZero)
+    shutdown_timeout_s: float = 25.0
+    cron_timezone: str = "UTC"
+    drift_policy: str = "fail_closed"
+    cron_max_concurrent: int = 4
+    cron_max_daily_usd: float | None = None
+    kanban_default_assignee: str = ""
+    kanban_max_in_progress: int | None = 8
+    kanban_max_in_progress_per_profile: int | None = None
+    routing_enabled: bool = False
+    routing_strong_model: str | None = None
+    routing_strong_provider: str | None = None
+    routing_cheap_model: str | None = None
+    routing_error_threshold_pct: float = 6.0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def state_db(self) -> Path:
+        return self.home / "state.db"
+
+
+def hermes_home(env: Mapping[str, str] | None = None) -> Path:
+    """``$HERMES_HOME`` or ``./.hermes``."""
+    env = os.environ if env is None else env
+    return Path(env.get("HERMES_HOME") or ".hermes")
+
+
+class _Reader:
+    """Reads dotted keys from the YAML tree; a bad value -> default + one WARNING."""
+
+    def __init__(self, raw: Mapping[str, Any], warnings: list[str]) -> None:
+        self.raw = raw
+        self.warnings = warnings
+
+    def warn(self, key: str, value: Any, allowed: str, default: Any) -> None:
+        msg = f"config {key}={value!r} is invalid ({allowed}); using default {default!r}"
+        self.warnings.append(msg)
+        log.warning(msg)
+
+    def get(self, key: str, default: Any, check: Callable[[Any], Any], allowed: str) -> Any:
+        node: Any = self.raw
+        for part in key.split("."):
+            if not isinstance(node, Mapping) or part not in node:
+                return default
+            node = node[part]
+        if node is None:
+            return default
+        try:
+            return check(node)
+        except (TypeError, ValueError, ConfigError):
+            self.warn(key, node, allowed, default)
+            return default
+
+
+def _num(minimum: float, strict: bool = False) -> Callable[[Any], float]:
+    def check(v: Any) -> float:
+        if isinstance(v, bool) or not isinstance(v, int | float | str):
+            raise TypeError
+        f = float(v)
+        if math.isnan(f) or math.isinf(f) or f < minimum or (strict and f <= minimum):
+            raise ValueError
+        return f
+
+    return check
+
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def check(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError
+        return int(v)
+
+    return check
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str | int | float) or isinstance(v, bool):
+        raise TypeError
+    return str(v).strip()
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
+    def check(v: Any) -> str:
+        if v not in options:
+            raise ValueError
+        return str(v)
+
+    return check
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise TypeError
+    return v
+
+
+def _identities(v: Any) -> list[tuple[str, str]]:
+    if not isinstance(v, list) or not v:
+        raise ValueError
+    out = []
+    for item in v:
+        if not isinstance(item, Mapping) or not isinstance(item.get("platform"), str):
+            raise ValueError
+        bot = item.get("bot_id", "")
+        out.append((item["platform"], "" if bot is None else str(bot)))
+    return out
+
+
+def load_config(home: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
+    """Load ``<home>/config.yaml`` and the environment into a ``Config``; never raises for bad values."""
+    env = os.environ if env is None else env
+    home = home or hermes_home(env)
+    warnings: list[str] = []
+    raw: Any = {}
+    path = home / "config.yaml"
+    if path.exists():
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            msg = f"config {path} is unreadable ({exc}); using defaults"
+            warnings.append(msg)
+            log.warning(msg)
+            raw = {}
+    if not isinstance(raw, Mapping):
+        msg = f"config {path} is not a mapping; using defaults"
+        warnings.append(msg)
+        log.warning(msg)
+        raw = {}
+    r = _Reader(raw, warnings)
+    c = Config(home=home, warnings=warnings)
+    c.model_default = r.get("model.default", None, _str, "a model name")
+    c.model_provider = r.get("model.provider", None, _str, "a provider name")
+    provs = raw.get("providers") if isinstance(raw.get("providers"), Mapping) else {}
+    for name in provs:
+        base = r.get(f"providers.{name}.base_url", None, _url, "an http(s) URL")
+        if base is None:
+            continue
+        key_env = r.get(f"providers.{name}.api_key_env", None, _str, "an environment name")
+        c.providers[str(name)] = Provider(str(name), base, key_env)
+    profs = raw.get("profiles") if isinstance(raw.get("profiles"), Mapping) else {}
+    for name in profs:
+        c.profiles[str(name)] = Profile(
+            str(name),
+            r.get(f"profiles.{name}.model", None, _str, "a model name"),
+            r.get(f"profiles.{name}.provider", None, _str, "a provider name"),
+        )
+    if "default" not in c.profiles:
+        c.profiles["default"] = Profile("default", c.model_default, c.model_provider)
+
+    g = "gateway"
+    c.relay_url = r.get(f"{g}.relay_url", None, normalise_relay_url,
+                        "ws(s)/http(s) URL without query or fragment")
+    c.relay_identities = r.get(f"{g}.relay_identities", c.relay_identities, _identities,
+                               "a non-empty list of {platform, bot_id}")
+    c.relay_max_frame_bytes = r.get(f"{g}.relay_max_frame_bytes", DEFAULT_MAX_FRAME_BYTES,
+                                    _int(1024), "an integer >= 1024")
+    s = f"{g}.scale_to_zero"
+    z = c.scale_to_zero
+    z.idle_timeout_s = r.get(f"{s}.idle_timeout_minutes", DEFAULT_IDLE_TIMEOUT_MIN,
+                             _num(0, strict=True), "a number > 0") * 60
+    z.cooldown_s = r.get(f"{s}.cooldown_seconds", 60.0, _num(0), "a number >= 0")
+    z.ack_timeout_s = r.get(f"{s}.ack_timeout_seconds", 10.0, _num(0), "a number >= 0")
+    z.suspend = r.get(f"{s}.suspend", "autostop", _choice(SUSPEND_MODES),
+                      "one of " + ", ".join(SUSPEND_MODES))
+    z.external_waker = r.get(f"{s}.external_waker", False, _bool, "true or false")
+    c.shutdown_timeout_s = r.get(f"{g}.shutdown_timeout_seconds", 25.0, _num(0), "a number >= 0")
+
+    c.cron_timezone = r.get("cron.timezone", "UTC", _tz, "an IANA timezone name")
+    c.drift_policy = r.get("cron.drift_policy", "fail_closed", _choice(DRIFT_POLICIES),
+                           "one of " + ", ".join(DRIFT_POLICIES))
+    c.cron_max_concurrent = r.get("cron.max_concurrent", 4, _int(1), "an integer >= 1")
+    c.cron_max_daily_usd = r.get("cron.max_daily_usd", None, _num(0), "a number >= 0")
+    c.kanban_default_assignee = r.get("kanban.default_assignee", "", _str, "a profile name")
+    c.kanban_max_in_progress = r.get("kanban.max_in_progress", 8, _int(1), "an integer >= 1")
+    c.kanban_max_in_progress_per_profile = r.get("kanban.max_in_progress_per_profile", None,
+                                                 _int(1), "an integer >= 1")
+    c.routing_enabled = r.get("routing.enabled", False, _bool, "true or false")
+    c.routing_strong_model = r.get("routing.strong_model", None, _str, "a model name")
+    c.routing_strong_provider = r.get("routing.strong_provider", None, _str, "a provider name")
+    c.routing_cheap_model = r.get("routing.cheap_model", None, _str, "a model name")
+    c.routing_error_threshold_pct = r.get("routing.error_threshold_pct", 6.0, _num(0),
+                                          "a number >= 0")
+    _apply_env(c, env, r)
+    return c
+
+
+def _url(v: Any) -> str:
+    text = _str(v)
+    if not text.startswith(("http://", "https://")):
+        raise ValueError
+    return text.rstrip("/")
+
+
+def _tz(v: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(str(v))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError from exc
+    return str(v)
+
+
+def _apply_env(c: Config, env: Mapping[str, str], r: _Reader) -> None:
+    """Environment wins over config.yaml (SPEC section 2)."""
+    c.scale_to_zero.enabled = env_flag(env.get("HERMES_SCALE_TO_ZERO"))
+    url = env.get("GATEWAY_RELAY_URL", "").strip()
+    if url:
+        try:
+            c.relay_url = normalise_relay_url(url)
+        except ConfigError as exc:
+            r.warn("GATEWAY_RELAY_URL", url, str(exc), c.relay_url)
+    gid = env.get("GATEWAY_RELAY_ID", "").strip() or None
+    if gid is not None:
+        try:
+            validate_gateway_id(gid)
+        except ConfigError as exc:
+            r.warn("GATEWAY_RELAY_ID", gid, str(exc), None)
+            gid = None
+    c.relay_id = gid
+    c.relay_secret = env.get("GATEWAY_RELAY_SECRET") or None
+    c.wake_url = env.get("GATEWAY_RELAY_WAKE_URL", "").strip() or None
+    c.wake_secret = env.get("HERMES_WAKE_SECRET") or None

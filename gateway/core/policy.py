@@ -1,0 +1,95 @@
+"""Scale-to-zero policy as pure functions (SPEC section 4).
+
+``env_flag`` reads HERMES_SCALE_TO_ZERO, ``coerce_idle_timeout`` the idle timeout, ``arm_blockers``
+says why the watcher may not arm, ``is_idle`` decides the idle predicate and ``idle_deadline``
+when it will next hold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_IDLE_TIMEOUT_MIN = 5.0
+TRUTHY = frozenset({"1", "true", "yes", "on"})
+
+
+def env_flag(value: str | None) -> bool:
+    """True for 1/true/yes/on (trimmed, case-insensitive); anything else is False."""
+    return value is not None and value.strip().lower() in TRUTHY
+
+
+def coerce_idle_timeout(minutes: object) -> float:
+    """Idle timeout in seconds from ``idle_timeout_minutes``: <= 0 or non-numeric -> 5 min."""
+    if isinstance(minutes, bool):
+        return DEFAULT_IDLE_TIMEOUT_MIN * 60
+    try:
+        value = float(minutes)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return DEFAULT_IDLE_TIMEOUT_MIN * 60
+    if not value > 0 or value == float("inf"):
+        return DEFAULT_IDLE_TIMEOUT_MIN * 60
+    return value * 60
+
+
+@dataclass(frozen=True)
+class ArmInputs:
+    """What arming depends on (all config-level facts)."""
+
+    enabled: bool  # HERMES_SCALE_TO_ZERO
+    relay_only: bool  # messaging is relay-only or absent
+    wake_url: str | None  # GATEWAY_RELAY_WAKE_URL
+    relay_configured: bool
+    external_waker: bool  # gateway.scale_to_zero.external_waker
+
+
+def arm_blockers(i: ArmInputs) -> list[str]:
+    """Reasons the idle watcher may not arm; empty means armed (SPEC section 4)."""
+    out = []
+    if not i.enabled:
+        out.append("HERMES_SCALE_TO_ZERO is not on (1, true, yes, on)")
+    if not i.relay_only:
+        out.append("messaging is not relay-only")
+    if not i.wake_url:
+        out.append("no wake URL: set GATEWAY_RELAY_WAKE_URL")
+    if not i.relay_configured and not i.external_waker:
+        out.append("nothing can wake the machine: no relay configured and "
+                   "gateway.scale_to_zero.external_waker is not true")
+    return out
+
+
+@dataclass(frozen=True)
+class IdleInputs:
+    """A snapshot of activity; times are monotonic seconds, durations seconds."""
+
+    now: float
+    idle_since: float  # the later of the last real inbound and process start
+    busy: bool  # a running turn, job, task or live background work
+    next_due_in: float | None  # seconds until the next due job, None if none
+    timeout: float
+
+
+def is_idle(i: IdleInputs) -> bool:
+    """Idle iff nothing runs, no job is due within the timeout, and the idle clock reached it.
+
+    The boundary counts as idle: ``now - idle_since == timeout`` is idle.
+    """
+    if i.busy:
+        return False
+    if i.next_due_in is not None and i.next_due_in <= i.timeout:
+        return False
+    return i.now - i.idle_since >= i.timeout
+
+
+def idle_deadline(i: IdleInputs) -> float | None:
+    """Monotonic time at which ``is_idle`` will next be re-checked, or None (wait for an event).
+
+    Busy -> None (the end of the work is an event). A job due within the timeout -> its due
+    time plus one timeout is the earliest the predicate can hold, but the job firing is itself
+    an event, so this returns the plain idle deadline and lets the caller re-check.
+    """
+    if i.busy:
+        return None
+    deadline = i.idle_since + i.timeout
+    if i.next_due_in is not None and i.next_due_in <= i.timeout:
+        return max(deadline, i.now + i.next_due_in)
+    return deadline

@@ -1,0 +1,122 @@
+"""aiohttp app of the sidecar. Handlers read state from the ``Sidecar`` and never block on I/O
+they do not own; every request also runs the resume check (a resumed machine is woken by a
+request, so that is where the jump is first visible)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.core.watcher import WatchState
+from gateway.http.auth import wake_authorized
+from relay.clock import wait_with_timeout
+
+if TYPE_CHECKING:
+    from gateway.runtime.sidecar import Sidecar
+
+log = logging.getLogger("gateway.http")
+
+SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
+POKE_MERGE_S = 1.0
+PRESENCE_COMMENT_S = 15.0
+
+
+@web.middleware
+async def _resume_check(request: web.Request, handler: Any) -> web.StreamResponse:
+    request.app[SIDECAR].check_resume()
+    return await handler(request)
+
+
+def build_app(sidecar: Sidecar) -> web.Application:
+    app = web.Application(middlewares=[_resume_check])
+    app[SIDECAR] = sidecar
+    app.router.add_route("GET", "/wake", wake)
+    app.router.add_route("POST", "/wake", wake)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/presence", presence)
+    app.router.add_post("/admin/notify", admin_notify)
+    return app
+
+
+def _authorized(request: web.Request) -> bool:
+    sc = request.app[SIDECAR]
+    c = sc.config
+    return wake_authorized(
+        request.headers.get("Authorization"), wake_secret=c.wake_secret,
+        gateway_id=c.relay_id, relay_secret=c.relay_secret, now=sc.clock.wall(),
+    )
+
+
+async def wake(request: web.Request) -> web.Response:
+    """202 and an immediate re-dial if dormant; pokes within 1 s of an accepted one merge."""
+    sc = request.app[SIDECAR]
+    if not _authorized(request):
+        sc.metrics.pokes.labels(result="refused").inc()
+        log.warning("wake poke refused: bad or missing bearer")
+        return web.json_response({"error": "unauthorized"}, status=401)
+    now = sc.clock.monotonic()
+    if sc.last_poke_at is not None and now - sc.last_poke_at < POKE_MERGE_S:
+        sc.metrics.pokes.labels(result="merged").inc()
+        return web.json_response({"merged": True}, status=202)
+    sc.last_poke_at = now
+    sc.metrics.pokes.labels(result="accepted").inc()
+    woke = sc.watcher.wake("poke")
+    sc.on_poke()
+    return web.json_response({"merged": False, "woke": woke, "state": sc.state_name()},
+                             status=202)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """200 whenever the process serves; dormant is healthy."""
+    sc = request.app[SIDECAR]
+    return web.json_response({"ok": True, "state": sc.state_name()})
+
+
+async def status(request: web.Request) -> web.Response:
+    return web.json_response(request.app[SIDECAR].status())
+
+
+async def metrics(request: web.Request) -> web.Response:
+    sc = request.app[SIDECAR]
+    sc.refresh_gauges()
+    body = generate_latest(sc.metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def presence(request: web.Request) -> web.StreamResponse:
+    """Held open while live (a comment every 15 s); ends when dormant; 409 if already dormant."""
+    sc = request.app[SIDECAR]
+    if not _authorized(request):
+        return web.json_response({"error": "unauthorized"}, status=401)
+    if sc.watcher.state is WatchState.DORMANT:
+        return web.json_response({"error": "dormant"}, status=409)
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                       "Cache-Control": "no-cache"})
+    await resp.prepare(request)
+    sc.presence_streams += 1
+    try:
+        await resp.write(b": live\n\n")
+        while not sc.watcher.dormant.is_set():
+            try:
+                await wait_with_timeout(sc.clock, sc.watcher.dormant.wait(), PRESENCE_COMMENT_S)
+            except TimeoutError:
+                await resp.write(b": keepalive\n\n")
+    except (ConnectionResetError, ConnectionError):
+        pass
+    finally:
+        sc.presence_streams -= 1
+    return resp
+
+
+async def admin_notify(request: web.Request) -> web.Response:
+    """Management commands tell a running sidecar to re-plan (token from sidecar.json)."""
+    sc = request.app[SIDECAR]
+    if request.headers.get("Authorization") != f"Bearer {sc.admin_token}":
+        return web.json_response({"error": "unauthorized"}, status=401)
+    sc.on_poke()
+    return web.json_response({"ok": True})

@@ -1,0 +1,1 @@
+"""The inbox: inbound persisted before ack, de-duplicated, processed after a restart."""

@@ -1,0 +1,1 @@
+"""Async shells around the pure cores, and the composition root (``Sidecar``)."""

@@ -1,0 +1,285 @@
+"""The composition root: wires config, state.db, the relay transport, the inbox, the idle
+watcher and the HTTP server into one running sidecar, and owns their lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from gateway.config import Config
+from gateway.core.policy import ArmInputs, arm_blockers
+from gateway.core.resume import ResumeDetector
+from gateway.core.watcher import WatchState
+from gateway.http.server import build_app
+from gateway.inbox.store import InboxStore
+from gateway.metrics import Metrics
+from gateway.runtime.activity import Activity
+from gateway.runtime.fly import suspend_machine
+from gateway.runtime.inbox_worker import InboxWorker
+from gateway.runtime.watcher import IdleWatcher
+from gateway.statedb import open_state_db
+from relay.client.machine import ConnState
+from relay.client.transport import RelayTransport, TransportConfig
+from relay.clock import Clock, SystemClock
+from relay.protocol.frames import rfc3339
+
+log = logging.getLogger("gateway.sidecar")
+
+SHUTDOWN_FLIP_BUDGET_S = 2.0
+
+
+class Sidecar:
+    """One sidecar process. ``await start()``, then ``await serve_forever()`` or ``shutdown()``.
+
+    ``host``/``port``: where the HTTP surface listens (port 0 picks a free one; ``self.port``
+    then holds it). ``env`` is the environment used for provider keys and Fly ids.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        clock: Clock | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.host = host
+        self.port = port
+        self.clock: Clock = clock or SystemClock()
+        self.env = dict(os.environ if env is None else env)
+        self.metrics = Metrics()
+        self.activity = Activity(self.clock)
+        self.resume = ResumeDetector(self.clock.wall(), self.clock.monotonic())
+        self.admin_token = secrets.token_hex(16)
+        self.last_poke_at: float | None = None
+        self.presence_streams = 0
+        self.transport: RelayTransport | None = None
+        if config.relay_url:
+            self.transport = RelayTransport(
+                TransportConfig(
+                    url=config.relay_url,
+                    identities=config.relay_identities,
+                    gateway_id=config.relay_id,
+                    secret=config.relay_secret,
+                    wake_url=config.wake_url,
+                    max_frame_bytes=config.relay_max_frame_bytes,
+                    ack_timeout_s=config.scale_to_zero.ack_timeout_s,
+                ),
+                on_inbound=self._on_inbound,
+                on_interrupt=self._on_interrupt,
+                clock=self.clock,
+            )
+        self.blockers = arm_blockers(ArmInputs(
+            enabled=config.scale_to_zero.enabled,
+            relay_only=True,
+            wake_url=config.wake_url,
+            relay_configured=self.transport is not None,
+            external_waker=config.scale_to_zero.external_waker,
+        ))
+        self.watcher = IdleWatcher(
+            clock=self.clock, settings=config.scale_to_zero, activity=self.activity,
+            transport=self.transport, blockers=self.blockers,
+        )
+        self.watcher.on_dormant.append(self._entered_dormant)
+        self.watcher.on_live.append(self._left_dormant)
+        self.worker = InboxWorker(self)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._suspend_task: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop = asyncio.Event()
+        self.http: aiohttp.ClientSession
+        self.inbox: InboxStore
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open state, serve HTTP, queue unfinished inbox work, start the relay and watcher."""
+        self.config.home.mkdir(parents=True, exist_ok=True)
+        self.db = await open_state_db(self.config.state_db)
+        self.inbox = InboxStore(self.db)
+        self.http = aiohttp.ClientSession()
+        self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.port = server.sockets[0].getsockname()[1]
+        self._write_discovery()
+        leftover = await self.inbox.unfinished()
+        if leftover:
+            log.info("resuming %d unfinished inbox item(s) from the last run", len(leftover))
+            self.worker.submit(leftover)
+        self._tasks.append(asyncio.create_task(self.worker.run(), name="inbox-workers"))
+        if self.transport is not None:
+            await self.transport.start()
+        else:
+            log.info("no relay configured: cron-only mode")
+        self._tasks.append(asyncio.create_task(self.watcher.run(), name="idle-watcher"))
+        log.info("hermes-sidecar started on http://%s:%d (state %s, home %s)", self.host,
+                 self.port, self.state_name(), self.config.home)
+
+    async def serve_forever(self) -> None:
+        await self._stop.wait()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def shutdown(self) -> None:
+        """Graceful stop: no new turns, running turns finish (bounded), flip, exit cleanly.
+
+        Unfinished inbox items stay ``pending``/``running`` in state.db for the next start.
+        """
+        log.info("shutdown: accepting no new turns; %d running", self.worker.running)
+        self.worker.accepting = False
+        self.watcher.dormant.set()  # ends /presence streams: this process is going away
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.worker.wait_idle(), self.config.shutdown_timeout_s)
+        if self.transport is not None and self.transport.state is ConnState.CONNECTED:
+            with contextlib.suppress(TimeoutError):
+                flipped = await asyncio.wait_for(self.transport.go_dormant(),
+                                                 SHUTDOWN_FLIP_BUDGET_S)
+                log.info("shutdown: relay flip %s", "acknowledged" if flipped else "not acked")
+        if self.transport is not None:
+            await self.transport.disconnect()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._suspend_task is not None:
+            self._suspend_task.cancel()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.http.close()
+        await self.db.close()
+        self._remove_discovery()
+        log.info("shutdown complete")
+
+    # --- discovery file --------------------------------------------------------------------
+
+    @property
+    def discovery_path(self) -> Any:
+        return self.config.home / "sidecar.json"
+
+    def _write_discovery(self) -> None:
+        path = self.discovery_path
+        tmp = path.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"port": self.port, "host": self.host, "pid": os.getpid(),
+                       "token": self.admin_token}, f)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+
+    def _remove_discovery(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            data = json.loads(self.discovery_path.read_text())
+            if data.get("pid") == os.getpid():
+                self.discovery_path.unlink()
+
+    # --- relay handlers ----------------------------------------------------------------------
+
+    async def _on_inbound(self, frames: list[dict[str, Any]]) -> None:
+        new = await self.inbox.admit(frames, self.clock.wall())
+        dupes = len(frames) - len(new)
+        if dupes:
+            self.metrics.duplicates.inc(dupes)
+        if new:
+            self.metrics.inbound.inc(len(new))
+            log.info("admitted %d inbound message(s)%s", len(new),
+                     f" ({dupes} duplicate(s) re-acked)" if dupes else "")
+            self.activity.inbound()
+            self.worker.submit(new)
+
+    async def _on_interrupt(self, frame: dict[str, Any]) -> None:
+        log.info("interrupt_inbound for session %r", frame.get("session_key"))
+
+    # --- wake, resume, dormancy ----------------------------------------------------------
+
+    def on_poke(self) -> None:
+        """A poke or a change notification: re-plan (the scheduler hooks in here)."""
+
+    def check_resume(self) -> None:
+        """Wake if the wall clock jumped against the monotonic one (a resumed machine)."""
+        jump = self.resume.check(self.clock.wall(), self.clock.monotonic())
+        if jump is not None:
+            log.info("resume detected: wall clock moved %.1f s against monotonic", jump)
+            self.watcher.wake("resume")
+            self.on_poke()
+
+    def _entered_dormant(self) -> None:
+        self.metrics.transitions.labels(state="dormant").inc()
+        if self.config.scale_to_zero.suspend == "fly-api":
+            self._suspend_task = asyncio.create_task(self._suspend_after_cooldown())
+
+    def _left_dormant(self) -> None:
+        self.metrics.transitions.labels(state="live").inc()
+        if self._suspend_task is not None:
+            self._suspend_task.cancel()
+            self._suspend_task = None
+
+    async def _suspend_after_cooldown(self) -> None:
+        await self.clock.sleep(self.config.scale_to_zero.cooldown_s)
+        if self.watcher.state is WatchState.DORMANT:
+            await suspend_machine(self.env)
+
+    # --- status --------------------------------------------------------------------------
+
+    def refresh_gauges(self) -> None:
+        """Bring the point-in-time gauges of ``/metrics`` up to date."""
+        t, w = self.transport, self.watcher
+        self.metrics.running.set(sum(self.activity.running.values()))
+        for s in ("live", "draining", "dormant"):
+            self.metrics.state.labels(state=s).set(1 if w.state.value == s else 0)
+        self.metrics.relay_connected.set(1 if t is not None and t.connected else 0)
+        self.metrics.relay_dials.set(t.dial_attempts if t is not None else 0)
+
+    def state_name(self) -> str:
+        if self.transport is not None and self.transport.state is ConnState.REVOKED:
+            return "revoked"
+        if self.transport is None and self.watcher.state is WatchState.LIVE:
+            return "cron-only"
+        return self.watcher.state.value
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status`` document (SPEC section 2)."""
+        now = self.clock.monotonic()
+        t = self.transport
+        w = self.watcher
+        cooldown = None
+        if w.cooldown_until is not None and w.cooldown_until > now:
+            cooldown = rfc3339(self.clock.wall() + (w.cooldown_until - now))
+        last = self.activity.last_inbound_wall
+        return {
+            "state": self.state_name(),
+            "armed": w.armed,
+            "arm_blockers": list(self.blockers),
+            "last_inbound_at": rfc3339(last) if last is not None else None,
+            "idle_for_s": round(now - self.activity.idle_since, 3),
+            "idle_timeout_s": self.config.scale_to_zero.idle_timeout_s,
+            "cooldown_until": cooldown,
+            "running_turns": self.activity.running.get("turn", 0),
+            "next_job_due_at": None,
+            "jobs_may_run_late": bool(
+                w.state is WatchState.DORMANT and (t is None or not t.supports_wake_at)
+            ),
+            "drift_alerts": [],
+            "relay": {
+                "connected": bool(t is not None and t.connected),
+                "dial_attempts": t.dial_attempts if t is not None else 0,
+                "last_close_code": t.last_close_code if t is not None else None,
+                "supports_wake_at": bool(t is not None and t.supports_wake_at),
+            },
+        }
