@@ -85,12 +85,12 @@ class InboxWorker:
         except ProviderError as exc:
             outcome, error = "failed", str(exc)
             answer = "Sorry, the model provider failed for this message; please try again."
-        log.info("turn %s for inbox %d (chat %s): %s", outcome, item.id, item.chat_id,
-                 error or "answered")
         sent_ok, send_error = await self._reply(item, answer)
         status = "done" if sent_ok and outcome == "succeeded" else "failed"
         await sc.inbox.mark(item.id, status, sc.clock.wall(), error or send_error)
         sc.metrics.turns.labels(outcome=outcome if sent_ok else "reply_failed").inc()
+        log.info("turn %s for inbox %d (chat %s): %s; reply %s", outcome, item.id, item.chat_id,
+                 error or "answered", "sent" if sent_ok else f"not sent ({send_error})")
 
     async def _reply(self, item: InboxItem, answer: str) -> tuple[bool, str | None]:
         t = self.sc.transport

@@ -1,0 +1,67 @@
+"""A fake OpenAI-compatible provider (the far side of the boundary) on 127.0.0.1.
+
+``POST /v1/chat/completions`` answers ``"echo: <last user content>"`` with usage and cost.
+``hold`` (an Event, when set to one) makes every request wait until it is set; ``requests``
+records each request body; ``status`` forces an error status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+
+class FakeLLM:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.hold: asyncio.Event | None = None
+        self.status = 200
+        self.changed = asyncio.Event()
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._complete)
+        self.server = TestServer(app, host="127.0.0.1")
+
+    async def start(self) -> FakeLLM:
+        await self.server.start_server()
+        return self
+
+    async def close(self) -> None:
+        if self.hold is not None:
+            self.hold.set()
+        await self.server.close()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}/v1"
+
+    async def wait_requests(self, n: int, timeout: float = 20.0) -> None:
+        async def loop() -> None:
+            while len(self.requests) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    async def _complete(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.requests.append(body)
+        self.changed.set()
+        if self.hold is not None:
+            await self.hold.wait()
+        if self.status != 200:
+            return web.json_response({"error": "boom"}, status=self.status)
+        content = body["messages"][-1]["content"]
+        return web.json_response({
+            "model": body["model"],
+            "choices": [{"message": {"role": "assistant", "content": f"echo: {content}"}}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.001},
+        })
+
+
+def provider_config(base_url: str, model: str = "test-model") -> str:
+    """A config.yaml body pointing the default profile at the fake provider."""
+    return (f"model: {{default: {model}, provider: fake}}\n"
+            f"providers: {{fake: {{base_url: '{base_url}'}}}}\n")

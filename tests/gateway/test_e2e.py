@@ -1,0 +1,188 @@
+"""End to end on real processes on 127.0.0.1: ``hermes-relay serve``, ``hermes-sidecar run`` and
+a fake OpenAI-compatible provider. Nothing is lost across sleep, restarts or kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.fake_llm import FakeLLM, provider_config
+from tests.procs import Proc, free_port, relay_cmd
+
+pytestmark = pytest.mark.timeout(90)
+
+
+class Stack:
+    def __init__(self, tmp: Path, llm: FakeLLM) -> None:
+        self.tmp = tmp
+        self.llm = llm
+        self.home = tmp / "home"
+        self.home.mkdir()
+        self.relay_port, self.port = free_port(), free_port()
+        self.relay: Proc | None = None
+        self.sidecar: Proc | None = None
+
+    def write_config(self, idle_minutes: float = 0.05) -> None:
+        (self.home / "config.yaml").write_text(
+            provider_config(self.llm.base_url)
+            + "gateway:\n  scale_to_zero: {idle_timeout_minutes: %s, cooldown_seconds: 1}\n"
+            % idle_minutes
+        )
+
+    @property
+    def relay_base(self) -> str:
+        return f"http://127.0.0.1:{self.relay_port}"
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start_relay(self) -> None:
+        self.relay = await Proc(relay_cmd(self.relay_port, str(self.tmp / "relay.db"),
+                                          "--gateway", "gw=s3cret")).start()
+        await self.relay.wait_for_line("hermes-relay serving on")
+
+    async def start_sidecar(self) -> Proc:
+        env = {
+            "HERMES_HOME": str(self.home),
+            "HERMES_SCALE_TO_ZERO": "1",
+            "GATEWAY_RELAY_URL": self.relay_base,
+            "GATEWAY_RELAY_ID": "gw",
+            "GATEWAY_RELAY_SECRET": "s3cret",
+            "GATEWAY_RELAY_WAKE_URL": f"{self.base}/wake",
+        }
+        self.sidecar = await Proc([sys.executable, "-m", "gateway", "run", "--port",
+                                   str(self.port)], env=env).start()
+        await self.sidecar.wait_for_line("relay handshaking -> connected")
+        return self.sidecar
+
+    async def ingress(self, text: str, message_id: Any) -> dict[str, Any]:
+        async with aiohttp.ClientSession() as s, s.post(
+            f"{self.relay_base}/ingress/relay",
+            json={"chat_id": "c1", "user_id": "u1", "text": text, "message_id": message_id},
+        ) as r:
+            assert r.status == 202
+            return await r.json()
+
+    async def get(self, url: str) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            return r.status, await r.json()
+
+    async def replies(self) -> list[str]:
+        _, rows = await self.get(f"{self.relay_base}/outbox?chat_id=c1")
+        return [r["action"]["content"] for r in rows if r["action"]["op"] == "send"]
+
+    async def close(self) -> None:
+        for p in (self.sidecar, self.relay):
+            if p is not None:
+                await p.stop()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    llm = await FakeLLM().start()
+    st = Stack(tmp_path, llm)
+    yield st
+    await st.close()
+    await llm.close()
+
+
+async def test_e2e_answer_sleep_buffer_wake_replay_exactly_once(stack: Stack) -> None:
+    """Live answer; idle -> dormant (presence closed); buffered message pokes, replays, answered once."""
+    stack.write_config(idle_minutes=0.05)  # 3 s
+    await stack.start_relay()
+    sc = await stack.start_sidecar()
+    body = await stack.ingress("hello", 1)
+    assert body["delivered"] == "live"
+    await sc.wait_for_line("turn succeeded")
+    assert await stack.replies() == ["echo: hello"]
+
+    n = len(sc.lines)
+    await sc.wait_for_line("watcher draining -> dormant", start=n)
+    status, doc = await stack.get(f"{stack.base}/status")
+    assert (status, doc["state"], doc["relay"]["connected"]) == (200, "dormant", False)
+    assert doc["last_inbound_at"].endswith("Z")
+    status, _ = await stack.get(f"{stack.base}/presence")
+    assert status == 409  # presence is closed while dormant
+    status, _ = await stack.get(f"{stack.base}/healthz")
+    assert status == 200  # dormant is healthy
+
+    n = len(sc.lines)
+    body = await stack.ingress("while dormant", 2)
+    assert body["delivered"] == "buffered"
+    await sc.wait_for_line("woken by poke", start=n)
+    await sc.wait_for_line("turn succeeded", start=n)
+    assert await stack.replies() == ["echo: hello", "echo: while dormant"]
+    _, doc = await stack.get(f"{stack.base}/status")
+    assert doc["relay"]["dial_attempts"] == 2
+    assert len(stack.llm.requests) == 2
+
+
+async def _kill9_before_answer(stack: Stack, dormant_first: bool) -> None:
+    stack.write_config(idle_minutes=0.05 if dormant_first else 10)
+    await stack.start_relay()
+    sc = await stack.start_sidecar()
+    if dormant_first:
+        await sc.wait_for_line("watcher draining -> dormant")
+    stack.llm.hold = hold = __import__("asyncio").Event()
+    body = await stack.ingress("precious", 7)
+    assert body["delivered"] == ("buffered" if dormant_first else "live")
+    await stack.llm.wait_requests(1)  # persisted, acked, and the turn is at the provider
+    sc.kill9()
+    await sc.wait()
+    stack.llm.hold = None
+    hold.set()
+    assert await stack.replies() == []
+    sc2 = await stack.start_sidecar()
+    await sc2.wait_for_line("resuming 1 unfinished inbox item")
+    await sc2.wait_for_line("turn succeeded")
+    assert await stack.replies() == ["echo: precious"], sc2.output
+    assert len(stack.llm.requests) == 2  # the interrupted call and the one that answered
+
+
+async def test_e2e_kill9_after_live_ack_before_answer_answers_once(stack: Stack) -> None:
+    """kill -9 after acking a live message, before answering: the restart answers it once."""
+    await _kill9_before_answer(stack, dormant_first=False)
+
+
+async def test_e2e_kill9_after_replayed_message_persisted_answers_once(stack: Stack) -> None:
+    """kill -9 after persisting a replayed message, before answering: answered once."""
+    await _kill9_before_answer(stack, dormant_first=True)
+
+
+async def test_e2e_sigterm_lets_running_turn_finish_and_exits_0(stack: Stack) -> None:
+    """SIGTERM while a turn runs: the turn finishes (its reply goes out) and the exit is 0."""
+    import asyncio
+
+    stack.write_config(idle_minutes=10)
+    await stack.start_relay()
+    sc = await stack.start_sidecar()
+    stack.llm.hold = hold = asyncio.Event()
+    await stack.ingress("slow one", 3)
+    await stack.llm.wait_requests(1)
+    assert sc.proc is not None
+    sc.proc.send_signal(signal.SIGTERM)
+    await sc.wait_for_line("signal received")
+    hold.set()
+    assert await sc.wait() == 0
+    assert await stack.replies() == ["echo: slow one"]
+    assert any("shutdown complete" in line for line in sc.lines)
+    assert not (stack.home / "sidecar.json").exists()
+
+
+async def test_e2e_sidecar_json_is_private_and_names_the_port(stack: Stack) -> None:
+    """sidecar.json holds port, pid and a token, mode 0600."""
+    stack.write_config(idle_minutes=10)
+    await stack.start_relay()
+    await stack.start_sidecar()
+    path = stack.home / "sidecar.json"
+    info = json.loads(path.read_text())
+    assert info["port"] == stack.port and info["pid"] > 0 and len(info["token"]) >= 32
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -1,0 +1,203 @@
+"""Idle watcher + real transport against the fake connector, every timer on a FakeClock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.config import ScaleToZero, load_config
+from gateway.core.policy import IdleInputs, idle_deadline, is_idle
+from gateway.core.resume import ResumeDetector
+from gateway.core.watcher import WatchEvent, WatchState, transition
+from gateway.runtime.activity import Activity
+from gateway.runtime.sidecar import Sidecar
+from gateway.runtime.watcher import IdleWatcher
+from relay.client.machine import ConnState
+from relay.client.transport import RelayTransport, TransportConfig
+from relay.clock import FakeClock
+from relay.errors import TransitionError
+from relay.protocol import frames as F
+from tests.relay.fakes import FakeConnector
+
+
+def test_idle_predicate_boundary_counts_as_idle() -> None:
+    """idle_for == timeout is idle; a job due within the timeout or running work is not."""
+    base = IdleInputs(now=160.0, idle_since=100.0, busy=False, next_due_in=None, timeout=60.0)
+    assert is_idle(base)
+    assert not is_idle(IdleInputs(159.99, 100.0, False, None, 60.0))
+    assert not is_idle(IdleInputs(160.0, 100.0, True, None, 60.0))
+    assert not is_idle(IdleInputs(160.0, 100.0, False, 60.0, 60.0))
+    assert is_idle(IdleInputs(160.0, 100.0, False, 60.01, 60.0))
+    assert idle_deadline(IdleInputs(120.0, 100.0, False, None, 60.0)) == 160.0
+    assert idle_deadline(IdleInputs(120.0, 100.0, True, None, 60.0)) is None
+
+
+def test_watcher_table_has_no_stop_path_and_names_illegal_transitions() -> None:
+    """Every state is one of live/draining/dormant; illegal events raise naming both."""
+    assert transition(WatchState.LIVE, WatchEvent.IDLE) is WatchState.DRAINING
+    assert transition(WatchState.DORMANT, WatchEvent.WOKEN) is WatchState.LIVE
+    with pytest.raises(TransitionError, match="dormant.*|.*idle"):
+        transition(WatchState.DORMANT, WatchEvent.IDLE)
+
+
+def test_resume_detector_flags_wall_jumps_over_2s() -> None:
+    """Wall moving 6 h while monotonic stands still is a resume; 1 s of drift is not."""
+    d = ResumeDetector(wall=1000.0, mono=50.0)
+    assert d.check(1001.0, 51.0) is None
+    assert d.check(1002.5, 51.5) is None  # 1 s drift
+    assert d.check(1002.5 + 6 * 3600, 51.5) == pytest.approx(6 * 3600)
+    assert d.check(1002.5 + 6 * 3600 + 1, 52.5) is None
+
+
+class Rig:
+    """Watcher + activity + real transport on one FakeClock."""
+
+    def __init__(self, fake: FakeConnector, *, timeout: float = 60.0, cooldown: float = 30.0):
+        self.clock = FakeClock()
+        self.activity = Activity(self.clock)
+        self.t = RelayTransport(
+            TransportConfig(url=fake.url, ping_interval_s=None, ack_timeout_s=10.0),
+            on_inbound=self._on_inbound, clock=self.clock, uniform=lambda lo, hi: hi,
+        )
+        self.w = IdleWatcher(
+            clock=self.clock,
+            settings=ScaleToZero(enabled=True, idle_timeout_s=timeout, cooldown_s=cooldown),
+            activity=self.activity, transport=self.t, blockers=[],
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    async def _on_inbound(self, batch: list[dict[str, Any]]) -> None:
+        self.activity.inbound()
+
+    async def start(self) -> None:
+        await self.t.start()
+        await self.until(lambda: self.t.state is ConnState.CONNECTED)
+        self.task = asyncio.create_task(self.w.run())
+        await self.clock.settle()
+
+    async def until(self, pred: Any) -> None:
+        await asyncio.wait_for(self.t.wait_until(pred), 10)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        await self.t.disconnect()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeConnector]:
+    async with FakeConnector() as f:
+        yield f
+
+
+@pytest.fixture
+async def rig(fake: FakeConnector) -> AsyncIterator[Rig]:
+    r = Rig(fake)
+    yield r
+    await r.stop()
+
+
+async def test_watcher_flips_exactly_at_the_idle_timeout(rig: Rig, fake: FakeConnector) -> None:
+    """Process start starts the idle clock; at t=60 s (the boundary) the watcher flips."""
+    await rig.start()
+    # t=59.99 s: not yet
+    await rig.clock.advance(59.99)
+    assert rig.w.state is WatchState.LIVE and fake.of_type("going_idle") == []
+    # t=60 s: boundary counts as idle -> draining -> ack -> dormant
+    await rig.clock.advance(0.01)
+    await rig.until(lambda: rig.w.state is WatchState.DORMANT)
+    assert len(fake.of_type("going_idle")) == 1
+    assert rig.t.state is ConnState.DORMANT and rig.t.last_close_reason == "dormant"
+
+
+async def test_watcher_poke_does_not_reset_idle_clock(rig: Rig, fake: FakeConnector) -> None:
+    """A poke at t=30 s leaves the flip at t=60 s; an inbound at t=30 s moves it to t=90 s."""
+    await rig.start()
+    await rig.clock.advance(30)
+    assert rig.w.wake("poke") is False  # live: nothing to wake
+    await rig.clock.advance(30)
+    await rig.until(lambda: rig.w.state is WatchState.DORMANT)
+    assert len(fake.of_type("going_idle")) == 1
+
+
+async def test_watcher_inbound_resets_idle_clock(rig: Rig, fake: FakeConnector) -> None:
+    """Real inbound at t=30 s: no flip at t=60 s, flip at t=90 s."""
+    await rig.start()
+    await rig.clock.advance(30)
+    await fake.send(F.inbound({"text": "hi"}, "b1"))
+    await fake.wait_until(lambda: len(fake.of_type("inbound_ack")) == 1)
+    await rig.clock.advance(30)
+    assert rig.w.state is WatchState.LIVE
+    await rig.clock.advance(30)
+    await rig.until(lambda: rig.w.state is WatchState.DORMANT)
+
+
+async def test_watcher_inbound_while_draining_aborts_and_rehandshakes(
+    rig: Rig, fake: FakeConnector
+) -> None:
+    """Inbound after going_idle (before the ack): back to live through close + re-handshake."""
+    fake.ack_going_idle = False
+    await rig.start()
+    await rig.clock.advance(60)
+    await fake.wait_until(lambda: len(fake.of_type("going_idle")) == 1)
+    assert rig.w.state is WatchState.DRAINING
+    await fake.send(F.inbound({"text": "late"}, "b9"))
+    await rig.until(lambda: rig.w.state is WatchState.LIVE and rig.t.dial_attempts == 2
+                    and rig.t.state is ConnState.CONNECTED)
+    assert fake.dials == 2
+    assert rig.t.backoff_delays == []  # re-handshake at once, not a backoff
+
+
+async def test_watcher_no_flip_during_cooldown_after_wake(rig: Rig, fake: FakeConnector) -> None:
+    """After a wake, the 30 s cooldown holds the next flip even though idle is reached."""
+    rig.w.settings.idle_timeout_s = 10.0
+    await rig.start()
+    await rig.clock.advance(10)
+    await rig.until(lambda: rig.w.state is WatchState.DORMANT)
+    # t=10 s: poke -> live, cooldown until t=40 s
+    assert rig.w.wake("poke")
+    await rig.until(lambda: rig.t.state is ConnState.CONNECTED)
+    await rig.clock.advance(29.9)
+    assert rig.w.state is WatchState.LIVE and len(fake.of_type("going_idle")) == 1
+    await rig.clock.advance(0.1)
+    await rig.until(lambda: rig.w.state is WatchState.DORMANT)
+    assert len(fake.of_type("going_idle")) == 2
+
+
+async def test_watcher_dormant_stays_dormant_without_a_wake(rig: Rig, fake: FakeConnector) -> None:
+    """Dormant for a day: no dial, no timer, no stop."""
+    await rig.start()
+    await rig.clock.advance(60)
+    await rig.until(lambda: rig.w.state is WatchState.DORMANT)
+    await rig.clock.advance(24 * 3600)
+    assert fake.dials == 1 and rig.w.state is WatchState.DORMANT
+
+
+async def test_sidecar_resume_jump_redials(tmp_path: Path, fake: FakeConnector) -> None:
+    """Wall jumps 6 h while monotonic stands still: the next request sees it and re-dials."""
+    clock = FakeClock()
+    config = load_config(tmp_path, {"HERMES_SCALE_TO_ZERO": "1",
+                                    "GATEWAY_RELAY_URL": fake.url.replace("ws://", "http://"),
+                                    "GATEWAY_RELAY_WAKE_URL": "http://127.0.0.1:1/wake"})
+    config.scale_to_zero.idle_timeout_s = 60
+    sc = Sidecar(config, host="127.0.0.1", port=0, clock=clock, env={})
+    await sc.start()
+    try:
+        assert sc.transport is not None
+        await asyncio.wait_for(sc.transport.wait_until(lambda: sc.transport.connected), 10)
+        await clock.advance(60)
+        await asyncio.wait_for(sc.transport.wait_until(
+            lambda: sc.transport.state is ConnState.DORMANT), 10)
+        assert sc.watcher.state is WatchState.DORMANT
+        clock.jump_wall(6 * 3600)
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.port}/healthz") as r:
+            assert r.status == 200
+        await asyncio.wait_for(sc.transport.wait_until(lambda: sc.transport.connected), 10)
+        assert fake.dials == 2 and sc.watcher.state is WatchState.LIVE
+    finally:
+        await sc.shutdown()
