@@ -18,14 +18,17 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     ``synchronous`` is ``"FULL"`` where a commit must survive power loss before it is
     acknowledged (the connector buffer, the sidecar inbox), ``"NORMAL"`` elsewhere.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    _ensure_folder(path)
     db = await aiosqlite.connect(path, isolation_level=None)
     await db.execute("PRAGMA journal_mode=WAL")
     await db.execute(f"PRAGMA synchronous={synchronous}")
     await db.execute("PRAGMA busy_timeout=10000")
     await db.execute("PRAGMA foreign_keys=ON")
     return db
+
+
+def _ensure_folder(path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 
 
 async def migrate(db: aiosqlite.Connection, migrations: Sequence[str]) -> int:

@@ -37,7 +37,8 @@ class Proc:
         return self
 
     async def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
+        assert self.proc is not None
+        assert self.proc.stdout is not None
         async for raw in self.proc.stdout:
             self.lines.append(raw.decode(errors="replace").rstrip("\n"))
             self._new_line.set()

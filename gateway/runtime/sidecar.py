@@ -23,7 +23,7 @@ from gateway.http.server import build_app
 from gateway.inbox.store import InboxStore
 from gateway.metrics import Metrics
 from gateway.runtime.activity import Activity
-from gateway.runtime.fly import suspend_machine
+from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
 from gateway.runtime.inbox_worker import InboxWorker
 from gateway.runtime.watcher import IdleWatcher
 from gateway.statedb import open_state_db
@@ -64,6 +64,7 @@ class Sidecar:
         self.admin_token = secrets.token_hex(16)
         self.last_poke_at: float | None = None
         self.presence_streams = 0
+        self.fly_api_socket = FLY_API_SOCKET
         self.transport: RelayTransport | None = None
         if config.relay_url:
             self.transport = RelayTransport(
@@ -233,7 +234,7 @@ class Sidecar:
     async def _suspend_after_cooldown(self) -> None:
         await self.clock.sleep(self.config.scale_to_zero.cooldown_s)
         if self.watcher.state is WatchState.DORMANT:
-            await suspend_machine(self.env)
+            await suspend_machine(self.env, socket_path=self.fly_api_socket)
 
     # --- status --------------------------------------------------------------------------
 

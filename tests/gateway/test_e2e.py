@@ -32,8 +32,7 @@ class Stack:
     def write_config(self, idle_minutes: float = 0.05) -> None:
         (self.home / "config.yaml").write_text(
             provider_config(self.llm.base_url)
-            + "gateway:\n  scale_to_zero: {idle_timeout_minutes: %s, cooldown_seconds: 1}\n"
-            % idle_minutes
+            + f"gateway:\n  scale_to_zero: {{idle_timeout_minutes: {idle_minutes}, cooldown_seconds: 1}}\n"
         )
 
     @property
@@ -184,5 +183,7 @@ async def test_e2e_sidecar_json_is_private_and_names_the_port(stack: Stack) -> N
     await stack.start_sidecar()
     path = stack.home / "sidecar.json"
     info = json.loads(path.read_text())
-    assert info["port"] == stack.port and info["pid"] > 0 and len(info["token"]) >= 32
+    assert info["port"] == stack.port
+    assert info["pid"] > 0
+    assert len(info["token"]) >= 32
     assert path.stat().st_mode & 0o777 == 0o600

@@ -107,12 +107,14 @@ async def test_watcher_flips_exactly_at_the_idle_timeout(rig: Rig, fake: FakeCon
     await rig.start()
     # t=59.99 s: not yet
     await rig.clock.advance(59.99)
-    assert rig.w.state is WatchState.LIVE and fake.of_type("going_idle") == []
+    assert rig.w.state is WatchState.LIVE
+    assert fake.of_type("going_idle") == []
     # t=60 s: boundary counts as idle -> draining -> ack -> dormant
     await rig.clock.advance(0.01)
     await rig.until(lambda: rig.w.state is WatchState.DORMANT)
     assert len(fake.of_type("going_idle")) == 1
-    assert rig.t.state is ConnState.DORMANT and rig.t.last_close_reason == "dormant"
+    assert rig.t.state is ConnState.DORMANT
+    assert rig.t.last_close_reason == "dormant"
 
 
 async def test_watcher_poke_does_not_reset_idle_clock(rig: Rig, fake: FakeConnector) -> None:
@@ -163,7 +165,8 @@ async def test_watcher_no_flip_during_cooldown_after_wake(rig: Rig, fake: FakeCo
     assert rig.w.wake("poke")
     await rig.until(lambda: rig.t.state is ConnState.CONNECTED)
     await rig.clock.advance(29.9)
-    assert rig.w.state is WatchState.LIVE and len(fake.of_type("going_idle")) == 1
+    assert rig.w.state is WatchState.LIVE
+    assert len(fake.of_type("going_idle")) == 1
     await rig.clock.advance(0.1)
     await rig.until(lambda: rig.w.state is WatchState.DORMANT)
     assert len(fake.of_type("going_idle")) == 2
@@ -175,7 +178,8 @@ async def test_watcher_dormant_stays_dormant_without_a_wake(rig: Rig, fake: Fake
     await rig.clock.advance(60)
     await rig.until(lambda: rig.w.state is WatchState.DORMANT)
     await rig.clock.advance(24 * 3600)
-    assert fake.dials == 1 and rig.w.state is WatchState.DORMANT
+    assert fake.dials == 1
+    assert rig.w.state is WatchState.DORMANT
 
 
 async def test_sidecar_resume_jump_redials(tmp_path: Path, fake: FakeConnector) -> None:
@@ -198,6 +202,7 @@ async def test_sidecar_resume_jump_redials(tmp_path: Path, fake: FakeConnector) 
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.port}/healthz") as r:
             assert r.status == 200
         await asyncio.wait_for(sc.transport.wait_until(lambda: sc.transport.connected), 10)
-        assert fake.dials == 2 and sc.watcher.state is WatchState.LIVE
+        assert fake.dials == 2
+        assert sc.watcher.state is WatchState.LIVE
     finally:
         await sc.shutdown()

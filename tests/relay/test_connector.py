@@ -92,13 +92,16 @@ async def test_connector_ingress_live_is_persisted_delivered_and_acked(env: Env)
     await gw.t.start()
     await gw.connected()
     status, body = await post(env.base + "/ingress/relay", MSG)
-    assert status == 202 and body["delivered"] == "live"
+    assert status == 202
+    assert body["delivered"] == "live"
     await gw.changes.until(lambda: len(gw.got) == 1)
     frame = gw.got[0]
     assert frame["bufferId"] == body["buffer_id"]
     ev = frame["event"]
-    assert ev["text"] == "hello" and ev["message_id"] == "1"
-    assert ev["source"]["chat_id"] == "42" and ev["source"]["platform"] == "relay"
+    assert ev["text"] == "hello"
+    assert ev["message_id"] == "1"
+    assert ev["source"]["chat_id"] == "42"
+    assert ev["source"]["platform"] == "relay"
     assert env.connector is not None
 
     async def acked() -> bool:
@@ -119,15 +122,18 @@ async def test_connector_outbound_goes_to_outbox_in_send_order(env: Env) -> None
     await gw.t.start()
     await gw.connected()
     r1 = await gw.t.send_outbound({"op": "send", "chat_id": "42", "content": "one"})
-    assert r1["success"] and r1["message_id"]
+    assert r1["success"]
+    assert r1["message_id"]
     r2 = await gw.t.send_outbound({"op": "edit", "chat_id": "42", "message_id": r1["message_id"],
                                    "content": "one!"})
     assert r2 == {"success": True, "message_id": r1["message_id"]}
     assert (await gw.t.send_outbound({"op": "typing", "chat_id": "7"}))["success"]
     bad = await gw.t.send_outbound({"op": "delete", "chat_id": "42"})
-    assert bad["success"] is False and "unsupported op" in bad["error"]
+    assert bad["success"] is False
+    assert "unsupported op" in bad["error"]
     missing = await gw.t.send_outbound({"chat_id": "42"})
-    assert missing["success"] is False and "unsupported op" in missing["error"]
+    assert missing["success"] is False
+    assert "unsupported op" in missing["error"]
     async with aiohttp.ClientSession() as s:
         async with s.get(env.base + "/outbox") as r:
             rows = await r.json()
@@ -135,8 +141,10 @@ async def test_connector_outbound_goes_to_outbox_in_send_order(env: Env) -> None
             chat = await r.json()
     assert [x["action"]["op"] for x in rows] == ["send", "edit", "typing"]
     assert [x["action"]["content"] for x in chat] == ["one", "one!"]
-    assert rows[0]["gateway_id"] == "dev" and rows[0]["platform"] == "relay"
-    assert rows[0]["at"].endswith("Z") and rows[0]["bot_id"] == ""
+    assert rows[0]["gateway_id"] == "dev"
+    assert rows[0]["platform"] == "relay"
+    assert rows[0]["at"].endswith("Z")
+    assert rows[0]["bot_id"] == ""
 
 
 async def test_connector_buffers_while_dormant_pokes_once_and_replays_in_order(env: Env) -> None:
@@ -150,7 +158,8 @@ async def test_connector_buffers_while_dormant_pokes_once_and_replays_in_order(e
     for i in range(5):
         status, body = await post(env.base + "/ingress/relay", {**MSG, "message_id": i,
                                                                 "text": f"m{i}"})
-        assert status == 202 and body["delivered"] == "buffered"
+        assert status == 202
+        assert body["delivered"] == "buffered"
         ids.append(body["buffer_id"])
     await env.gw_http.changes.until(lambda: len(env.gw_http.pokes) == 1)
     await env.clock.advance(5)  # t=5 s: inside the 10 s window, nothing more
@@ -255,7 +264,8 @@ async def test_connector_ingress_rejections_store_nothing(env: Env) -> None:
     await env.connector.store.flush()
     assert await env.connector.store.buffer_rows() == []
     ok_status, ok = await post(env.base + "/ingress/relay/b1", {**MSG, "extra": {"x": 1}})
-    assert ok_status == 202 and ok["delivered"] == "live"
+    assert ok_status == 202
+    assert ok["delivered"] == "live"
 
 
 async def test_connector_presence_held_while_live_and_closed_on_flip(env: Env) -> None:
@@ -271,7 +281,8 @@ async def test_connector_presence_held_while_live_and_closed_on_flip(env: Env) -
     await env.gw_http.changes.until(lambda: env.gw_http.presence_open == 0)
     assert env.gw_http.presence_closed == 1
     await env.clock.advance(120)
-    assert env.gw_http.presence_open == 0 and len(env.gw_http.presence_headers) == 1
+    assert env.gw_http.presence_open == 0
+    assert len(env.gw_http.presence_headers) == 1
 
 
 async def test_connector_presence_409_stops_until_next_handshake(env: Env) -> None:

@@ -61,5 +61,6 @@ async def test_relay_cli_rejects_bad_gateway_flag(tmp_path: Path) -> None:
                        "--db", str(tmp_path / "r.db")]).start()
     rc = await proc.wait()
     assert rc == 2
-    assert "'nosecret'" in proc.output and "ID=SECRET" in proc.output
+    assert "'nosecret'" in proc.output
+    assert "ID=SECRET" in proc.output
     assert not (tmp_path / "r.db").exists()

@@ -52,7 +52,8 @@ def test_token_round_trips_and_has_no_padding() -> None:
     raw = base64.urlsafe_b64decode(tok + "=" * (-len(tok) % 4)).decode()
     gid, exp, sig = raw.split(":")
     assert (gid, int(exp)) == ("gw1", int(NOW) + 300)
-    assert len(sig) == 64 and sig == sig.lower()
+    assert len(sig) == 64
+    assert sig == sig.lower()
     assert verify_token(tok, {"gw1": "s3cret"}, NOW) == "gw1"
 
 
@@ -200,7 +201,8 @@ def test_encode_decode_round_trips_through_any_chunking(
     """encode -> split at any point -> splitter -> decode gives the frame back."""
     frame = {**extra, "type": type_}
     line = encode_frame(frame)
-    assert line.endswith("\n") and line.count("\n") == 1  # JSON escapes newlines
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
     sp = NdjsonSplitter(10**7)
     out = []
     for i in range(0, len(line), cut):
@@ -212,7 +214,8 @@ def test_descriptor_requires_keys_and_coerces_length() -> None:
     """Missing required keys fail the handshake; a bad max_message_length becomes 4096."""
     good = F.descriptor("relay", max_message_length=-5)
     d = F.parse_descriptor(good)
-    assert d.max_message_length == 4096 and d.supports_wake_at is True
+    assert d.max_message_length == 4096
+    assert d.supports_wake_at is True
     bad = F.descriptor("relay")
     del bad["descriptor"]["len_unit"]
     with pytest.raises(ProtocolError, match="len_unit"):
@@ -233,7 +236,9 @@ def test_going_idle_wake_at_is_rfc3339_utc() -> None:
 def test_request_ids_are_32_hex() -> None:
     """requestId is 32 lowercase hex chars."""
     rid = F.new_request_id()
-    assert len(rid) == 32 and int(rid, 16) >= 0 and rid == rid.lower()
+    assert len(rid) == 32
+    assert int(rid, 16) >= 0
+    assert rid == rid.lower()
 
 
 def test_log_limiter_once_per_kind_per_minute() -> None:

@@ -128,7 +128,8 @@ async def test_transport_two_4401_after_handshake_latch_revoked_after_2_dials(
     await _connected(h)
     await fake.close(4401, "unauthorized")
     await h.until(lambda: h.t.state is ConnState.REVOKED)
-    assert h.t.dial_attempts == 2 and fake.dials == 2
+    assert h.t.dial_attempts == 2
+    assert fake.dials == 2
     assert h.t.backoff_delays == []  # the strike re-dial was immediate
     await h.clock.advance(3600)
     assert fake.dials == 2  # latched: no more dials
@@ -269,9 +270,11 @@ async def test_transport_dormant_never_dials_until_wake(fake: FakeConnector) -> 
     await _connected(h)
     assert await h.t.go_dormant() is True
     assert h.t.state is ConnState.DORMANT
-    assert h.t.last_close_code == 1000 and h.t.last_close_reason == "dormant"
+    assert h.t.last_close_code == 1000
+    assert h.t.last_close_reason == "dormant"
     await h.clock.advance(6 * 3600)
-    assert fake.dials == 1 and h.t.dial_attempts == 1
+    assert fake.dials == 1
+    assert h.t.dial_attempts == 1
     assert h.clock.pending == []  # nothing is even scheduled
     assert h.t.wake("poke")
     await _connected(h)
@@ -296,7 +299,8 @@ async def test_transport_bad_frames_and_raising_handler_leave_reader_running(
         await fake.wait_until(lambda: len(fake.of_type("inbound_ack")) == 1)
     assert h.inbound[0]["event"]["text"] == "second"
     assert fake.of_type("inbound_ack") == [{"type": "inbound_ack", "bufferId": "b2"}]
-    assert h.t.state is ConnState.CONNECTED and fake.dials == 1
+    assert h.t.state is ConnState.CONNECTED
+    assert fake.dials == 1
     drops = [r for r in caplog.records if "dropped a frame" in r.getMessage()]
     assert len(drops) == 3  # not_json, not_object, no_type: once per kind per minute
     await h.t.disconnect()
@@ -353,7 +357,8 @@ async def test_transport_oversized_frame_closes_1009_and_redials_with_backoff(
     assert fake.dials == 1
     await h.clock.advance(h.t.backoff_delays[-1])
     await _connected(h)
-    assert fake.dials == 2 and h.inbound == []
+    assert fake.dials == 2
+    assert h.inbound == []
     await h.t.disconnect()
 
 

@@ -1,0 +1,169 @@
+"""The sidecar's HTTP surface in-process: /wake auth and merge, /status, /metrics, fly-api."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from gateway.config import load_config
+from gateway.core.watcher import WatchState
+from gateway.runtime.fly import suspend_machine
+from gateway.runtime.sidecar import Sidecar
+from relay.clock import FakeClock
+from relay.protocol.token import mint_token
+
+
+@pytest.fixture
+async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
+    """A cron-only sidecar (no relay) armed by an external waker, on a fake clock."""
+    (tmp_path / "config.yaml").write_text(
+        "gateway: {scale_to_zero: {external_waker: true, idle_timeout_minutes: 1}}\n")
+    env = {"HERMES_SCALE_TO_ZERO": "1", "GATEWAY_RELAY_WAKE_URL": "http://x/wake",
+           "HERMES_WAKE_SECRET": "w4ke", "GATEWAY_RELAY_ID": "gw",
+           "GATEWAY_RELAY_SECRET": "rs"}
+    sc = Sidecar(load_config(tmp_path, env), port=0, clock=FakeClock(wall=1.8e9), env=env)
+    await sc.start()
+    yield sc
+    await sc.shutdown()
+
+
+async def _get(sc: Sidecar, path: str, headers: dict[str, str] | None = None,
+               method: str = "GET") -> tuple[int, dict]:
+    async with aiohttp.ClientSession() as s, s.request(
+        method, f"http://127.0.0.1:{sc.port}{path}", headers=headers or {}
+    ) as r:
+        return r.status, await r.json()
+
+
+async def _dormant(sc: Sidecar) -> None:
+    clock = sc.clock
+    assert isinstance(clock, FakeClock)
+    await clock.advance(60)
+    assert sc.watcher.state is WatchState.DORMANT
+
+
+async def test_wake_wrong_bearer_is_401_and_changes_nothing(sidecar: Sidecar) -> None:
+    """A wrong or missing bearer gets 401; the sidecar stays dormant and nothing is counted."""
+    await _dormant(sidecar)
+    for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": "w4ke"}):
+        status, _ = await _get(sidecar, "/wake", headers)
+        assert status == 401
+    assert sidecar.watcher.state is WatchState.DORMANT
+    assert sidecar.last_poke_at is None
+    status, doc = await _get(sidecar, "/wake", {"Authorization": "Bearer w4ke"}, "POST")
+    assert (status, doc["merged"], doc["woke"]) == (202, False, True)
+    assert sidecar.watcher.state is WatchState.LIVE
+
+
+async def test_wake_accepts_relay_token_and_merges_within_1s(sidecar: Sidecar) -> None:
+    """The connector's relay token is accepted; a second poke within 1 s is merged."""
+    await _dormant(sidecar)
+    token = mint_token("gw", "rs", sidecar.clock.wall())
+    status, doc = await _get(sidecar, "/wake", {"Authorization": f"Bearer {token}"})
+    assert (status, doc["merged"]) == (202, False)
+    status, doc = await _get(sidecar, "/wake", {"Authorization": f"Bearer {token}"})
+    assert (status, doc) == (202, {"merged": True})
+    assert isinstance(sidecar.clock, FakeClock)
+    await sidecar.clock.advance(1.0)
+    status, doc = await _get(sidecar, "/wake", {"Authorization": "Bearer w4ke"})
+    assert doc["merged"] is False
+
+
+async def test_status_metrics_and_presence(sidecar: Sidecar) -> None:
+    """/status has every field; /metrics is Prometheus text; /presence is 409 when dormant."""
+    status, doc = await _get(sidecar, "/status")
+    assert status == 200
+    assert set(doc) >= {"state", "armed", "arm_blockers", "last_inbound_at", "idle_for_s",
+                        "idle_timeout_s", "cooldown_until", "running_turns", "next_job_due_at",
+                        "jobs_may_run_late", "drift_alerts", "relay"}
+    assert (doc["state"], doc["armed"], doc["idle_timeout_s"]) == ("cron-only", True, 60.0)
+    await _dormant(sidecar)
+    status, doc = await _get(sidecar, "/status")
+    assert doc["state"] == "dormant"
+    assert doc["jobs_may_run_late"] is True
+    status, _ = await _get(sidecar, "/presence", {"Authorization": "Bearer w4ke"})
+    assert status == 409
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sidecar.port}/metrics") as r:
+        text = await r.text()
+    assert 'hermes_watcher_state{state="dormant"} 1.0' in text
+
+
+async def test_status_arm_blockers_name_each_reason(tmp_path: Path) -> None:
+    """Without the flag, wake URL or a waker, /status lists why it is not armed."""
+    sc = Sidecar(load_config(tmp_path, {}), port=0, clock=FakeClock(), env={})
+    await sc.start()
+    try:
+        doc = sc.status()
+        assert doc["armed"] is False
+        joined = " | ".join(doc["arm_blockers"])
+        assert "HERMES_SCALE_TO_ZERO" in joined
+        assert "GATEWAY_RELAY_WAKE_URL" in joined
+        assert "external_waker" in joined
+    finally:
+        await sc.shutdown()
+
+
+async def test_fly_api_suspend_posts_to_machines_api_over_unix_socket(tmp_path: Path) -> None:
+    """suspend: fly-api POSTs /v1/apps/$FLY_APP_NAME/machines/$FLY_MACHINE_ID/suspend."""
+    seen: list[tuple[str, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = str(tmp_path / "api.sock")
+    await web.UnixSite(runner, sock).start()
+    try:
+        env = {"FLY_APP_NAME": "myapp", "FLY_MACHINE_ID": "m123"}
+        assert await suspend_machine(env, socket_path=sock) is True
+        assert seen == [("POST", "/v1/apps/myapp/machines/m123/suspend")]
+        assert await suspend_machine({}, socket_path=sock) is False
+    finally:
+        await runner.cleanup()
+
+
+async def test_fly_api_suspends_only_after_cooldown_dormant(tmp_path: Path) -> None:
+    """The sidecar asks for a suspend once it has been dormant for cooldown_seconds."""
+    calls: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = str(tmp_path / "api.sock")
+    await web.UnixSite(runner, sock).start()
+    (tmp_path / "config.yaml").write_text(
+        "gateway: {scale_to_zero: {external_waker: true, idle_timeout_minutes: 1, "
+        "cooldown_seconds: 30, suspend: fly-api}}\n")
+    env = {"HERMES_SCALE_TO_ZERO": "1", "GATEWAY_RELAY_WAKE_URL": "http://x/wake",
+           "FLY_APP_NAME": "a", "FLY_MACHINE_ID": "m"}
+    clock = FakeClock()
+    sc = Sidecar(load_config(tmp_path, env), port=0, clock=clock, env=env)
+    sc.fly_api_socket = sock
+    await sc.start()
+    try:
+        await clock.advance(60)
+        assert sc.watcher.state is WatchState.DORMANT
+        await clock.advance(29.9)
+        assert calls == []
+        await clock.advance(0.1)
+        task = sc._suspend_task
+        assert task is not None
+        await asyncio.wait_for(task, 5)
+        assert calls == ["/v1/apps/a/machines/m/suspend"]
+    finally:
+        await sc.shutdown()
+        await runner.cleanup()
