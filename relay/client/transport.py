@@ -463,7 +463,7 @@ class RelayTransport:
                 for frame in batch:
                     bid = frame.get("bufferId")
                     if isinstance(bid, str | int) and not isinstance(bid, bool):
-                        await sock.ws.send_str(encode_frame(F.inbound_ack(str(bid))))
+                        await sock.ws.send_str(F.encode_inbound_ack(str(bid)))
             finally:
                 for _ in batch:
                     q.task_done()

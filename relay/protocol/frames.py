@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -144,6 +145,11 @@ def going_idle(wake_at: float | None = None) -> dict[str, Any]:
 def inbound_ack(buffer_id: str) -> dict[str, Any]:
     """Durable-handoff receipt for one ``inbound`` carrying ``bufferId``."""
     return {"type": "inbound_ack", "bufferId": buffer_id}
+
+
+def encode_inbound_ack(buffer_id: str) -> str:
+    """``inbound_ack`` already encoded as an NDJSON line (the hot path of replay)."""
+    return '{"type":"inbound_ack","bufferId":' + json.dumps(buffer_id) + "}\n"
 
 
 def interrupt(session_key: str, reason: str | None = None) -> dict[str, Any]:

@@ -248,3 +248,10 @@ def test_log_limiter_once_per_kind_per_minute() -> None:
     assert not lim.allow("not_json", 59.9)
     assert lim.allow("no_type", 1.0)
     assert lim.allow("not_json", 60.0)
+
+
+@given(st.text())
+def test_encoded_inbound_ack_matches_generic_encoder(buffer_id: str) -> None:
+    """The hand-built ack line decodes to the same frame as the generic encoder's."""
+    assert json.loads(F.encode_inbound_ack(buffer_id)) == F.inbound_ack(buffer_id)
+    assert F.encode_inbound_ack(buffer_id).endswith("\n")
