@@ -89,6 +89,7 @@ class Connector:
         self.routes: dict[tuple[str, str], str] = {}
         self.wake_urls: dict[str, str] = {}
         self.pokers: dict[str, WakePoker] = {}
+        self.flipped: dict[str, bool] = {}  # mirrors gateways.flipped in the store
         self._http: aiohttp.ClientSession | None = None
         self._limiter = LogLimiter()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -120,6 +121,7 @@ class Connector:
         for gid, rec in gateways.items():
             if rec.wake_url:
                 self.wake_urls[gid] = rec.wake_url
+            self.flipped[gid] = rec.flipped
             if rec.flipped:
                 poker = self._poker(gid)
                 if rec.wake_at is not None:
@@ -252,10 +254,12 @@ class Connector:
         previous = self.routes.get((platform, bot_id))
         if previous is not None and previous != gid:
             log.info("identity %s/%r moves from gateway %s to %s", platform, bot_id, previous, gid)
-        self.routes[(platform, bot_id)] = gid
-        if wake_url:
-            self.wake_urls[gid] = wake_url
-        await self.store.remember(gid, platform, bot_id, wake_url, self.clock.wall())
+        # Write only what changed: a gateway re-dialling with the same identity costs no fsync.
+        if previous != gid or (wake_url and self.wake_urls.get(gid) != wake_url):
+            self.routes[(platform, bot_id)] = gid
+            if wake_url:
+                self.wake_urls[gid] = wake_url
+            await self.store.remember(gid, platform, bot_id, wake_url, self.clock.wall())
         await s.ws.send_str(encode_frame(F.descriptor(platform)))
         if not s.handshaken:
             await self._complete_handshake(s, (platform, bot_id))
@@ -269,8 +273,10 @@ class Connector:
             log.info("gateway %s: newer handshake replaces an older socket (4409)", gid)
             self._spawn(old.ws.close(code=4409, message=b"replaced"))
         self._poker(gid).cancel()
-        await self.store.set_flip(gid, False, None, self.clock.wall())
-        await self.store.flush()  # acks received so far are committed: never resent
+        if self.flipped.get(gid):
+            # Not awaited: a stale "flipped" after a crash only costs a harmless extra poke.
+            self.flipped[gid] = False
+            self.store.clear_flip(gid, self.clock.wall())
         log.info("gateway %s: handshake complete; replaying unacked entries", gid)
         s.tasks.append(self._spawn(self._sender(s)))
         url = self.wake_urls.get(gid)
@@ -342,6 +348,7 @@ class Connector:
         for t in s.tasks:
             t.cancel()
         s.tasks.clear()
+        self.flipped[gid] = True
         await self.store.set_flip(gid, True, wake_at, self.clock.wall())
         self._poker(gid).schedule_wake_at(wake_at)
         log.info("gateway %s: flipped to buffered-only (wakeAt %s)", gid, raw if wake_at else None)

@@ -97,6 +97,9 @@ class BufferStore:
             asyncio.Queue()
         )
         self._writer = asyncio.create_task(self._write_loop(), name="relay-store-writer")
+        # Acks received but not yet committed: reads treat them as acked already, so a replay
+        # never resends an acked entry and needs no flush (and no fsync) first.
+        self._acking: set[str] = set()
 
     @classmethod
     async def open(cls, path: str) -> BufferStore:
@@ -146,7 +149,9 @@ class BufferStore:
                     if fut is not None and not fut.done():
                         fut.set_exception(exc)
                 continue
-            for _, _, fut in batch:
+            for sql, params, fut in batch:
+                if sql is _ACK:
+                    self._acking.discard(params[1])
                 if fut is not None and not fut.done():
                     fut.set_result(None)
 
@@ -169,17 +174,23 @@ class BufferStore:
         await fut
 
     def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
-        """Mark an entry acked (queued; committed with the next group)."""
+        """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
+        self._acking.add(buffer_id)
         self._enqueue(_ACK, (now, buffer_id, gateway_id), wait=False)
 
     async def unacked_after(self, gateway_id: str, after_seq: int, limit: int) -> list[tuple[int, str]]:
-        """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``."""
+        """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``.
+
+        Entries whose ack is received but not yet committed count as acked.
+        """
         async with self._r.execute(
-            "SELECT seq, frame FROM buffer WHERE gateway_id = ? AND acked_at IS NULL AND seq > ?"
-            " ORDER BY seq LIMIT ?",
+            "SELECT seq, frame, buffer_id FROM buffer WHERE gateway_id = ? AND acked_at IS NULL"
+            " AND seq > ? ORDER BY seq LIMIT ?",
             (gateway_id, after_seq, limit),
         ) as cur:
-            return [(int(r[0]), str(r[1])) for r in await cur.fetchall()]
+            rows = await cur.fetchall()
+        acking = self._acking
+        return [(int(r[0]), str(r[1])) for r in rows if r[2] not in acking]
 
     async def unacked_count(self, gateway_id: str) -> int:
         async with self._r.execute(
@@ -231,6 +242,13 @@ class BufferStore:
         )
         assert fut is not None
         await fut
+
+    def clear_flip(self, gateway_id: str, now: float) -> None:
+        """Queue clearing the flip and ``wakeAt`` of a gateway (committed with the next group)."""
+        self._enqueue(
+            "UPDATE gateways SET flipped = 0, wake_at = NULL, updated_at = ? WHERE gateway_id = ?",
+            (now, gateway_id), wait=False,
+        )
 
     async def identities(self) -> dict[tuple[str, str], str]:
         async with self._r.execute("SELECT platform, bot_id, gateway_id FROM identities") as cur:
