@@ -34,6 +34,64 @@ MIGRATIONS = [
     );
     CREATE INDEX inbox_pending ON inbox (status, id);
     """,
+    # 2: cron jobs, the run ledger, drift episodes, budget alerts, queued deliveries
+    """
+    CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        name TEXT,
+        prompt TEXT NOT NULL,
+        schedule TEXT NOT NULL,
+        tz TEXT NOT NULL,
+        profile TEXT,
+        model TEXT,
+        provider TEXT,
+        provider_snapshot TEXT,
+        model_snapshot TEXT,
+        skills TEXT NOT NULL DEFAULT '[]',
+        deliver_to TEXT,
+        catch_up TEXT NOT NULL DEFAULT 'latest',
+        misfire_grace_seconds REAL,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at REAL NOT NULL,
+        next_run_at REAL,
+        updated_at REAL NOT NULL
+    );
+    CREATE TABLE job_runs (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id TEXT NOT NULL,
+        scheduled_for REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        lease_until REAL,
+        owner TEXT,
+        status TEXT NOT NULL,
+        error TEXT,
+        model TEXT,
+        provider TEXT,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        cost_usd REAL,
+        routing_reason TEXT,
+        output TEXT,
+        UNIQUE (job_id, scheduled_for)
+    );
+    CREATE INDEX job_runs_status ON job_runs (status, job_id);
+    CREATE INDEX job_runs_started ON job_runs (started_at);
+    CREATE TABLE drift_episodes (
+        job_id TEXT PRIMARY KEY,
+        opened_at REAL NOT NULL,
+        detail TEXT NOT NULL
+    );
+    CREATE TABLE budget_alerts (day TEXT PRIMARY KEY, at REAL NOT NULL);
+    CREATE TABLE deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        platform TEXT NOT NULL,
+        chat_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        sent_at REAL
+    );
+    """,
 ]
 
 

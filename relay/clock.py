@@ -104,6 +104,20 @@ class FakeClock:
         self._mono = target
         await self.settle()
 
+    async def jump(self, seconds: float) -> None:
+        """Move both clocks at once, then wake every sleeper whose deadline passed (late).
+
+        Unlike ``advance``, sleepers do not run at their own deadlines: a process that was
+        frozen for ``seconds`` and then noticed.
+        """
+        self._mono += seconds
+        self._wall += seconds
+        while self._heap and self._heap[0][0] <= self._mono:
+            _, _, fut = heapq.heappop(self._heap)
+            if not fut.done():
+                fut.set_result(None)
+        await self.settle()
+
     def jump_wall(self, seconds: float) -> None:
         """Move only the wall clock (simulates a suspend: monotonic did not count it)."""
         self._wall += seconds

@@ -40,6 +40,7 @@ def build_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/presence", presence)
     app.router.add_post("/admin/notify", admin_notify)
+    app.router.add_post("/admin/cron/run", admin_cron_run)
     return app
 
 
@@ -78,7 +79,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(request.app[SIDECAR].status())
+    return web.json_response(await request.app[SIDECAR].status())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -120,3 +121,19 @@ async def admin_notify(request: web.Request) -> web.Response:
         return web.json_response({"error": "unauthorized"}, status=401)
     sc.on_poke()
     return web.json_response({"ok": True})
+
+
+async def admin_cron_run(request: web.Request) -> web.Response:
+    """``cron run ID`` handed to the running sidecar: the ledger row of the occurrence."""
+    sc = request.app[SIDECAR]
+    if request.headers.get("Authorization") != f"Bearer {sc.admin_token}":
+        return web.json_response({"error": "unauthorized"}, status=401)
+    try:
+        body = await request.json()
+        job_id = str(body["job_id"])
+    except (ValueError, KeyError, TypeError):
+        return web.json_response({"error": "body must be {\"job_id\": ID}"}, status=400)
+    row = await sc.run_job_now(job_id)
+    if row is None:
+        return web.json_response({"error": f"unknown job id {job_id!r}"}, status=404)
+    return web.json_response(row)

@@ -19,6 +19,10 @@ from gateway.config import Config
 from gateway.core.policy import ArmInputs, arm_blockers
 from gateway.core.resume import ResumeDetector
 from gateway.core.watcher import WatchState
+from gateway.cron.runner import CronContext, run_occurrence
+from gateway.cron.scheduler import CronScheduler
+from gateway.cron.store import CronStore
+from gateway.agent.provider import split_message
 from gateway.http.server import build_app
 from gateway.inbox.store import InboxStore
 from gateway.metrics import Metrics
@@ -110,6 +114,16 @@ class Sidecar:
         self.db = await open_state_db(self.config.state_db)
         self.inbox = InboxStore(self.db)
         self.http = aiohttp.ClientSession()
+        self.cron_store = CronStore(self.db)
+        self.cron_ctx = CronContext(config=self.config, store=self.cron_store, clock=self.clock,
+                                    http=self.http, env=self.env, deliver=self.deliver)
+        self.scheduler = CronScheduler(self.cron_ctx, activity=self.activity,
+                                       max_concurrent=self.config.cron_max_concurrent,
+                                       on_due=lambda: self.watcher.wake("due job"))
+        self.scheduler.on_planned = self.watcher.kick
+        self.watcher.next_due_wall = lambda: self.scheduler.next_due
+        if self.transport is not None:
+            self.transport.listeners.append(self._maybe_flush_deliveries)
         self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -127,6 +141,7 @@ class Sidecar:
             await self.transport.start()
         else:
             log.info("no relay configured: cron-only mode")
+        self._tasks.append(asyncio.create_task(self.scheduler.run(), name="cron-scheduler"))
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="idle-watcher"))
         log.info("hermes-sidecar started on http://%s:%d (state %s, home %s)", self.host,
                  self.port, self.state_name(), self.config.home)
@@ -210,7 +225,62 @@ class Sidecar:
     # --- wake, resume, dormancy ----------------------------------------------------------
 
     def on_poke(self) -> None:
-        """A poke or a change notification: re-plan (the scheduler hooks in here)."""
+        """A poke, a resume or a change notification: the scheduler re-plans at once."""
+        if hasattr(self, "scheduler"):
+            self.scheduler.replan()
+
+    # --- deliveries (cron results and alerts) ----------------------------------------------
+
+    async def deliver(self, platform: str, chat_id: str, text: str) -> None:
+        """Send ``text`` to a chat now, or keep it in state.db and send it after the next wake."""
+        if await self._send_text(platform, chat_id, text):
+            return
+        await self.cron_store.queue_delivery(platform, chat_id, text, self.clock.wall())
+        self._deliveries_pending = True
+        log.info("delivery to %s:%s queued until the relay is connected", platform, chat_id)
+
+    async def _send_text(self, platform: str, chat_id: str, text: str) -> bool:
+        t = self.transport
+        if t is None or not t.connected:
+            return False
+        for chunk in split_message(text, t.max_message_length):
+            result = await t.send_outbound({"op": "send", "chat_id": chat_id, "content": chunk},
+                                           platform=platform)
+            if not result.get("success"):
+                return bool(result.get("ambiguous"))  # ambiguous: never sent twice
+        return True
+
+    _flushing: asyncio.Task[None] | None = None
+    _deliveries_pending = True  # unknown at start: look once
+
+    def _maybe_flush_deliveries(self) -> None:
+        t = self.transport
+        if t is None or t.state is not ConnState.CONNECTED or not self._deliveries_pending:
+            return
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush_deliveries())
+
+    async def _flush_deliveries(self) -> None:
+        pending = await self.cron_store.pending_deliveries()
+        self._deliveries_pending = False
+        if not pending:
+            return
+        with self.activity.work("delivery"):
+            for delivery_id, platform, chat_id, text in pending:
+                if not await self._send_text(platform, chat_id, text):
+                    self._deliveries_pending = True
+                    return
+                await self.cron_store.mark_delivered(delivery_id, self.clock.wall())
+            log.info("sent %d queued deliver(ies) after the relay came back", len(pending))
+
+    async def run_job_now(self, job_id: str) -> dict[str, Any] | None:
+        """``cron run``: one occurrence now through the scheduler's path; the ledger row."""
+        job = await self.cron_store.get(job_id)
+        if job is None:
+            return None
+        with self.activity.work("job"):
+            run_id = await run_occurrence(self.cron_ctx, job, self.clock.wall())
+        return None if run_id is None else await self.cron_store.run_row(run_id)
 
     def check_resume(self) -> None:
         """Wake if the wall clock jumped against the monotonic one (a resumed machine)."""
@@ -254,7 +324,7 @@ class Sidecar:
             return "cron-only"
         return self.watcher.state.value
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
         """The ``/status`` document (SPEC section 2)."""
         now = self.clock.monotonic()
         t = self.transport
@@ -272,11 +342,12 @@ class Sidecar:
             "idle_timeout_s": self.config.scale_to_zero.idle_timeout_s,
             "cooldown_until": cooldown,
             "running_turns": self.activity.running.get("turn", 0),
-            "next_job_due_at": None,
+            "next_job_due_at": (rfc3339(self.scheduler.next_due)
+                                if self.scheduler.next_due is not None else None),
             "jobs_may_run_late": bool(
                 w.state is WatchState.DORMANT and (t is None or not t.supports_wake_at)
             ),
-            "drift_alerts": [],
+            "drift_alerts": await self.cron_store.drift_episodes(),
             "relay": {
                 "connected": bool(t is not None and t.connected),
                 "dial_attempts": t.dial_attempts if t is not None else 0,

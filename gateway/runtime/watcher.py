@@ -58,6 +58,10 @@ class IdleWatcher:
         if transport is not None:
             transport.listeners.append(self._kick.set)
 
+    def kick(self) -> None:
+        """Re-evaluate now (activity, a new due time, a relay change)."""
+        self._kick.set()
+
     @property
     def armed(self) -> bool:
         return not self.blockers

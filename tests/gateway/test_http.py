@@ -98,7 +98,7 @@ async def test_status_arm_blockers_name_each_reason(tmp_path: Path) -> None:
     sc = Sidecar(load_config(tmp_path, {}), port=0, clock=FakeClock(), env={})
     await sc.start()
     try:
-        doc = sc.status()
+        doc = await sc.status()
         assert doc["armed"] is False
         joined = " | ".join(doc["arm_blockers"])
         assert "HERMES_SCALE_TO_ZERO" in joined

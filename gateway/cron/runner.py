@@ -1,0 +1,148 @@
+"""One cron occurrence as an agent turn: drift guard, budget, skills, provider call, delivery,
+ledger (SPEC sections 3 and 5). Every path ends in exactly one ledger status."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+
+from gateway.agent.provider import ProviderError, complete
+from gateway.agent.resolve import Resolved
+from gateway.config import Config
+from gateway.cron.drift import Axes, check_drift, current_axes
+from gateway.cron.store import CronStore, Job
+from relay.clock import Clock
+
+log = logging.getLogger("gateway.cron")
+
+Deliver = Callable[[str, str, str], Awaitable[None]]
+"""``deliver(platform, chat_id, text)``: send now or queue for after the next wake."""
+
+RUN_LEASE_S = 600.0
+
+
+@dataclass
+class CronContext:
+    """What cron turns need from the sidecar."""
+
+    config: Config
+    store: CronStore
+    clock: Clock
+    http: aiohttp.ClientSession
+    env: Mapping[str, str]
+    deliver: Deliver
+
+
+def parse_target(deliver_to: str | None) -> tuple[str, str] | None:
+    """``PLATFORM:CHAT_ID`` -> (platform, chat_id); None when unset."""
+    if not deliver_to:
+        return None
+    platform, _, chat = deliver_to.partition(":")
+    return platform, chat
+
+
+async def _alert(ctx: CronContext, job: Job, text: str) -> None:
+    target = parse_target(job.deliver_to)
+    if target is None:
+        log.warning("cron alert for job %s (no delivery target): %s", job.id, text)
+        return
+    await ctx.deliver(target[0], target[1], text)
+
+
+def _load_skills(home: Path, names: list[str]) -> tuple[list[str], str | None]:
+    texts = []
+    for name in names:
+        path = home / "skills" / name / "SKILL.md"
+        try:
+            texts.append(path.read_text())
+        except OSError:
+            return [], f"skill not found: {name} (expected {path})"
+    return texts, None
+
+
+async def run_occurrence(ctx: CronContext, job: Job, scheduled_for: float) -> int | None:
+    """Claim and run one occurrence; return its run id (None if another process has it)."""
+    store, clock = ctx.store, ctx.clock
+    now = clock.wall()
+    run_id = await store.claim(job.id, scheduled_for, now, RUN_LEASE_S)
+    if run_id is None:
+        return None
+    try:
+        await _run_claimed(ctx, job, scheduled_for, run_id, now)
+    except BaseException as exc:
+        # Never leave a claimed row "running" behind a crash or a cancellation.
+        await store.finish(run_id, "failed", clock.wall(), error=f"interrupted: {exc!r}")
+        raise
+    return run_id
+
+
+async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id: int,
+                       now: float) -> None:
+    store, clock = ctx.store, ctx.clock
+    pinned = Axes(job.provider, job.model)
+    decision = check_drift(
+        job_id=job.id, pinned=pinned, snapshot=Axes(job.provider_snapshot, job.model_snapshot),
+        current=current_axes(ctx.config, job.profile), policy=ctx.config.drift_policy,
+    )
+    if decision.blocked:
+        assert decision.message is not None and decision.detail is not None
+        await store.finish(run_id, "blocked_drift", clock.wall(), error=decision.detail)
+        if await store.open_drift(job.id, decision.detail, clock.wall()):
+            await _alert(ctx, job, decision.message)
+        log.warning("cron job %s blocked: %s", job.id, decision.detail)
+        return
+    if await store.close_drift(job.id):
+        log.info("cron job %s: drift healed", job.id)
+    limit = ctx.config.cron_max_daily_usd
+    if limit is not None:
+        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        spent = await store.spend_since(day.timestamp())
+        if spent >= limit:
+            err = f"daily cron budget reached: ${spent:.4f} of ${limit:.4f} (UTC day)"
+            await store.finish(run_id, "blocked_budget", clock.wall(), error=err)
+            if await store.budget_alert_once(day.date().isoformat(), clock.wall()):
+                await _alert(ctx, job, f"Cron jobs are paused for today: {err}. Raise "
+                                       "cron.max_daily_usd to allow more spend.")
+            log.warning("cron job %s blocked: %s", job.id, err)
+            return
+    skills, missing = _load_skills(ctx.config.home, job.skills)
+    if missing:
+        await store.finish(run_id, "failed", clock.wall(), error=missing)
+        log.warning("cron job %s failed: %s", job.id, missing)
+        return
+    provider = ctx.config.providers.get(decision.provider or "")
+    if provider is None or not decision.model:
+        err = (f"no provider configured for cron job {job.id}: set model.provider, "
+               "model.default and providers.<name>.base_url")
+        await store.finish(run_id, "failed", clock.wall(), error=err)
+        return
+    messages = [{"role": "system", "content": t} for t in skills]
+    messages.append({"role": "user", "content": job.prompt})
+    target = Resolved(job.profile or "default", decision.model, provider)
+    log.info("cron job %s fired for %s on %s/%s", job.id,
+             datetime.fromtimestamp(scheduled_for, UTC).isoformat(), provider.name, decision.model)
+    try:
+        result = await complete(ctx.http, target, messages, env=ctx.env)
+    except ProviderError as exc:
+        await store.finish(run_id, "failed", clock.wall(), error=str(exc), model=decision.model,
+                           provider=provider.name)
+        log.warning("cron job %s failed: %s", job.id, exc)
+        return
+    await store.finish(
+        run_id, "succeeded", clock.wall(), model=result.model, provider=provider.name,
+        input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+        cost_usd=result.cost_usd, output=result.text,
+    )
+    dest = parse_target(job.deliver_to)
+    if dest is not None:
+        await ctx.deliver(dest[0], dest[1], result.text)
+    return
+
+
+def with_next(job: Job, next_run_at: float | None) -> Job:
+    return replace(job, next_run_at=next_run_at)

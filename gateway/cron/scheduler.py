@@ -1,0 +1,172 @@
+"""The cron scheduler's async shell: sleep until the earliest due time or a re-plan, then plan
+(``plan_due``), record misses, claim and run (``run_occurrence``). No fixed poll.
+
+Runs happen in background tasks, at most ``max_concurrent`` at once, each counted as work for
+the idle watcher. A job still running is not started again (``skipped_overlap``); ``catch_up:
+all`` runs its occurrences one at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from gateway.cron.plan import plan_due
+from gateway.cron.runner import CronContext, run_occurrence
+from gateway.cron.schedule import fires_between, next_fire, parse_schedule, timezone
+from gateway.cron.store import Job
+from gateway.runtime.activity import Activity
+from relay.clock import wait_with_timeout
+from relay.errors import ConfigError
+
+log = logging.getLogger("gateway.cron")
+
+
+def first_run_at(job: Job) -> float | None:
+    """The first fire time of a new job (strictly after its creation)."""
+    sched = parse_schedule(job.schedule, job.created_at)
+    return next_fire(sched, anchor=job.created_at, after=job.created_at, tz=timezone(job.tz))
+
+
+class CronScheduler:
+    """Owns the cron loop. ``replan()`` wakes it (job changed, poke, resume)."""
+
+    def __init__(
+        self,
+        ctx: CronContext,
+        *,
+        activity: Activity | None = None,
+        max_concurrent: int = 4,
+        on_due: Callable[[], None] | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.activity = activity
+        self.on_due = on_due  # called before running due work (wakes a dormant sidecar)
+        self._sem = asyncio.Semaphore(max_concurrent)
+        self._kick = asyncio.Event()
+        self.sleeping = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.next_due: float | None = None
+        self.fired = 0
+        self.on_planned: Callable[[], None] | None = None  # next_due may have changed
+        self._finished = asyncio.Event()
+
+    def replan(self) -> None:
+        self._kick.set()
+
+    @property
+    def running(self) -> int:
+        return len(self._tasks)
+
+    async def wait_quiet(self) -> None:
+        """Return once the loop is asleep and no run task is left (for tests and shutdown)."""
+        while True:
+            await self.sleeping.wait()
+            if not self._tasks:
+                return
+            self._finished.clear()
+            await self._finished.wait()
+
+    async def run(self) -> None:
+        store = self.ctx.store
+        failed = await store.fail_interrupted(self.ctx.clock.wall())
+        if failed:
+            log.info("cron: %d interrupted run(s) marked failed", failed)
+        try:
+            while True:
+                self._kick.clear()
+                self.sleeping.clear()
+                await self.tick()
+                await self._sleep()
+        finally:
+            for t in list(self._tasks):
+                t.cancel()
+
+    async def _sleep(self) -> None:
+        self.sleeping.set()
+        if self.next_due is None:
+            await self._kick.wait()
+            return
+        delay = self.next_due - self.ctx.clock.wall()
+        if delay <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await wait_with_timeout(self.ctx.clock, self._kick.wait(), delay)
+
+    async def tick(self) -> None:
+        """Plan every enabled job once: record misses, start due runs, find the next due time."""
+        store, clock = self.ctx.store, self.ctx.clock
+        now = clock.wall()
+        next_due: float | None = None
+        for job in await store.list():
+            if not job.enabled:
+                continue
+            try:
+                due_at = job.next_run_at
+                if due_at is None:
+                    continue
+                if due_at <= now:
+                    due_at = await self._fire_due(job, now)
+            except ConfigError as exc:
+                log.warning("cron job %s has a bad schedule or timezone: %s", job.id, exc)
+                continue
+            if due_at is not None and (next_due is None or due_at < next_due):
+                next_due = due_at
+        self.next_due = next_due
+        if self.on_planned is not None:
+            self.on_planned()
+
+    async def _fire_due(self, job: Job, now: float) -> float | None:
+        store = self.ctx.store
+        assert job.next_run_at is not None
+        tz = timezone(job.tz)
+        sched = parse_schedule(job.schedule, job.created_at)
+        due = fires_between(sched, anchor=job.created_at, start=job.next_run_at, end=now, tz=tz)
+        new_next = next_fire(sched, anchor=job.created_at, after=now, tz=tz)
+        if not await store.set_next_run(job.id, new_next, expected=job.next_run_at):
+            return new_next  # another scheduler planned these occurrences
+        plan = plan_due(due, now, job.catch_up, job.misfire_grace_seconds)
+        for t in plan.missed:
+            await store.record(job.id, t, "missed", now)
+        if plan.missed:
+            log.info("cron job %s: %d occurrence(s) missed (catch_up %s)", job.id,
+                     len(plan.missed), job.catch_up)
+        if new_next is None:
+            job.enabled = False
+            job.next_run_at = None
+            job.updated_at = now
+            await store.save(job)  # a spent one-shot retires
+        if plan.run:
+            if self.on_due is not None:
+                self.on_due()
+            self._start(job, plan.run)
+        return new_next
+
+    def _start(self, job: Job, occurrences: list[float]) -> None:
+        task = asyncio.create_task(self._run_in_order(job, occurrences), name=f"cron-{job.id}")
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            self._finished.set()
+
+        task.add_done_callback(done)
+
+    async def _run_in_order(self, job: Job, occurrences: list[float]) -> None:
+        store, clock = self.ctx.store, self.ctx.clock
+        for t in occurrences:
+            if await store.running(job.id):
+                await store.record(job.id, t, "skipped_overlap", clock.wall(),
+                                   error="previous run still running")
+                log.info("cron job %s skipped: previous run still running", job.id)
+                continue
+            async with self._sem:
+                ctx = contextlib.nullcontext() if self.activity is None else self.activity.work("job")
+                with ctx:
+                    try:
+                        if await run_occurrence(self.ctx, job, t) is not None:
+                            self.fired += 1
+                    except Exception:
+                        log.exception("cron job %s crashed its run", job.id)

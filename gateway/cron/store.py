@@ -1,0 +1,275 @@
+"""Cron persistence in state.db: ``jobs``, the ``job_runs`` ledger (one row per occurrence,
+unique ``(job_id, scheduled_for)``: the claim), drift episodes, budget alerts, deliveries.
+
+Claims are plain inserts against the unique key, so two processes on one state.db never run
+an occurrence twice. A ``running`` row carries a lease and its owner (``host:pid``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiosqlite
+
+RUN_STATUSES = ("running", "succeeded", "failed", "blocked_drift", "blocked_budget",
+                "skipped_overlap", "missed")
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Job:
+    """One cron job; times are Unix seconds (UTC)."""
+
+    id: str
+    prompt: str
+    schedule: str
+    tz: str
+    created_at: float
+    name: str | None = None
+    profile: str | None = None
+    model: str | None = None
+    provider: str | None = None
+    provider_snapshot: str | None = None
+    model_snapshot: str | None = None
+    skills: list[str] = field(default_factory=list)
+    deliver_to: str | None = None
+    catch_up: str = "latest"
+    misfire_grace_seconds: float | None = None
+    enabled: bool = True
+    next_run_at: float | None = None
+    updated_at: float = 0.0
+
+    def as_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key in ("created_at", "next_run_at", "updated_at"):
+            d[key] = _iso(d[key])
+        return d
+
+
+_COLS = ("id, name, prompt, schedule, tz, profile, model, provider, provider_snapshot, "
+         "model_snapshot, skills, deliver_to, catch_up, misfire_grace_seconds, enabled, "
+         "created_at, next_run_at, updated_at")
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace(
+        "+00:00", "Z")
+
+
+def _job(r: Any) -> Job:
+    return Job(id=r[0], name=r[1], prompt=r[2], schedule=r[3], tz=r[4], profile=r[5],
+               model=r[6], provider=r[7], provider_snapshot=r[8], model_snapshot=r[9],
+               skills=json.loads(r[10]), deliver_to=r[11], catch_up=r[12],
+               misfire_grace_seconds=r[13], enabled=bool(r[14]), created_at=r[15],
+               next_run_at=r[16], updated_at=r[17])
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def pid_alive(owner: str | None) -> bool:
+    """Whether the owner ``host:pid`` of a run is a live process on this host."""
+    if not owner or ":" not in owner:
+        return False
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True  # another host: trust its lease
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class CronStore:
+    """The cron tables of state.db (the connection is shared with the rest of the sidecar)."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    async def add(self, job: Job) -> None:
+        await self.db.execute(
+            f"INSERT INTO jobs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (job.id, job.name, job.prompt, job.schedule, job.tz, job.profile, job.model,
+             job.provider, job.provider_snapshot, job.model_snapshot, json.dumps(job.skills),
+             job.deliver_to, job.catch_up, job.misfire_grace_seconds, int(job.enabled),
+             job.created_at, job.next_run_at, job.updated_at),
+        )
+
+    async def save(self, job: Job) -> None:
+        """Overwrite every column of an existing job."""
+        await self.db.execute(
+            "UPDATE jobs SET name=?, prompt=?, schedule=?, tz=?, profile=?, model=?, provider=?,"
+            " provider_snapshot=?, model_snapshot=?, skills=?, deliver_to=?, catch_up=?,"
+            " misfire_grace_seconds=?, enabled=?, next_run_at=?, updated_at=? WHERE id=?",
+            (job.name, job.prompt, job.schedule, job.tz, job.profile, job.model, job.provider,
+             job.provider_snapshot, job.model_snapshot, json.dumps(job.skills), job.deliver_to,
+             job.catch_up, job.misfire_grace_seconds, int(job.enabled), job.next_run_at,
+             job.updated_at, job.id),
+        )
+
+    async def get(self, job_id: str) -> Job | None:
+        async with self.db.execute(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,)) as cur:
+            row = await cur.fetchone()
+        return _job(row) if row else None
+
+    async def list(self) -> list[Job]:
+        async with self.db.execute(f"SELECT {_COLS} FROM jobs ORDER BY created_at, id") as cur:
+            return [_job(r) for r in await cur.fetchall()]
+
+    async def remove(self, job_id: str) -> bool:
+        cur = await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        await self.db.execute("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
+        return cur.rowcount == 1
+
+    async def set_next_run(self, job_id: str, next_run_at: float | None, expected: float | None) -> bool:
+        """Compare-and-set ``next_run_at`` (only if it still equals ``expected``)."""
+        cur = await self.db.execute(
+            "UPDATE jobs SET next_run_at = ? WHERE id = ? AND next_run_at IS ?",
+            (next_run_at, job_id, expected),
+        )
+        return cur.rowcount == 1
+
+    # --- ledger ----------------------------------------------------------------------------
+
+    async def claim(self, job_id: str, scheduled_for: float, now: float, lease_s: float) -> int | None:
+        """Claim an occurrence to run; its run id, or None if any process already has a row."""
+        cur = await self.db.execute(
+            "INSERT INTO job_runs (job_id, scheduled_for, started_at, lease_until, owner, status)"
+            " VALUES (?, ?, ?, ?, ?, 'running') ON CONFLICT (job_id, scheduled_for) DO NOTHING",
+            (job_id, scheduled_for, now, now + lease_s, OWNER),
+        )
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    async def record(self, job_id: str, scheduled_for: float, status: str, now: float,
+                     error: str | None = None) -> int | None:
+        """Record an occurrence that did not run (missed, skipped_overlap, blocked_*)."""
+        cur = await self.db.execute(
+            "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status, error)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, scheduled_for) DO NOTHING",
+            (job_id, scheduled_for, now, status, error),
+        )
+        return cur.lastrowid if cur.rowcount == 1 else None
+
+    async def finish(self, run_id: int, status: str, now: float, **fields: Any) -> None:
+        """Close a claimed run with its status and result columns."""
+        allowed = {"error", "model", "provider", "input_tokens", "output_tokens", "cost_usd",
+                   "routing_reason", "output"}
+        sets = ["status = ?", "finished_at = ?", "lease_until = NULL"]
+        params: list[Any] = [status, now]
+        for key, value in fields.items():
+            if key not in allowed:
+                raise ValueError(f"unknown ledger column {key!r}")
+            sets.append(f"{key} = ?")
+            params.append(value)
+        params.append(run_id)
+        await self.db.execute(f"UPDATE job_runs SET {', '.join(sets)} WHERE id = ?", params)
+
+    async def running(self, job_id: str) -> bool:
+        async with self.db.execute(
+            "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1", (job_id,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def fail_interrupted(self, now: float) -> int:
+        """At start-up: running rows whose lease lapsed or whose owner died become failed."""
+        async with self.db.execute(
+            "SELECT id, lease_until, owner FROM job_runs WHERE status = 'running'"
+        ) as cur:
+            rows = await cur.fetchall()
+        dead = [r[0] for r in rows if (r[1] is not None and r[1] < now) or not pid_alive(r[2])]
+        for run_id in dead:
+            await self.finish(run_id, "failed", now, error="interrupted")
+        return len(dead)
+
+    async def history(self, job_id: str, limit: int = 50) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT id, job_id, scheduled_for, started_at, finished_at, status, error, model,"
+            " provider, input_tokens, output_tokens, cost_usd, routing_reason, output"
+            " FROM job_runs WHERE job_id = ? ORDER BY scheduled_for DESC, id DESC LIMIT ?",
+            (job_id, limit),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [self._run(r) for r in rows]
+
+    async def run_row(self, run_id: int) -> dict[str, Any]:
+        async with self.db.execute(
+            "SELECT id, job_id, scheduled_for, started_at, finished_at, status, error, model,"
+            " provider, input_tokens, output_tokens, cost_usd, routing_reason, output"
+            " FROM job_runs WHERE id = ?", (run_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        assert row is not None
+        return self._run(row)
+
+    @staticmethod
+    def _run(r: Any) -> dict[str, Any]:
+        keys = ("id", "job_id", "scheduled_for", "started_at", "finished_at", "status", "error",
+                "model", "provider", "input_tokens", "output_tokens", "cost_usd",
+                "routing_reason", "output")
+        d = dict(zip(keys, r, strict=True))
+        for k in ("scheduled_for", "started_at", "finished_at"):
+            d[k] = _iso(d[k])
+        return d
+
+    async def spend_since(self, since: float) -> float:
+        """Cron spend (USD) of runs started at or after ``since``."""
+        async with self.db.execute(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM job_runs WHERE started_at >= ?", (since,)
+        ) as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
+    # --- alerts and deliveries -------------------------------------------------------------
+
+    async def open_drift(self, job_id: str, detail: str, now: float) -> bool:
+        """Open a drift episode; True if it is new (so one alert per episode)."""
+        cur = await self.db.execute(
+            "INSERT INTO drift_episodes (job_id, opened_at, detail) VALUES (?, ?, ?)"
+            " ON CONFLICT (job_id) DO NOTHING", (job_id, now, detail),
+        )
+        return cur.rowcount == 1
+
+    async def close_drift(self, job_id: str) -> bool:
+        cur = await self.db.execute("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
+        return cur.rowcount == 1
+
+    async def drift_episodes(self) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT job_id, opened_at, detail FROM drift_episodes ORDER BY opened_at"
+        ) as cur:
+            return [{"job_id": r[0], "opened_at": _iso(r[1]), "detail": r[2]}
+                    for r in await cur.fetchall()]
+
+    async def budget_alert_once(self, day: str, now: float) -> bool:
+        cur = await self.db.execute(
+            "INSERT INTO budget_alerts (day, at) VALUES (?, ?) ON CONFLICT (day) DO NOTHING",
+            (day, now),
+        )
+        return cur.rowcount == 1
+
+    async def queue_delivery(self, platform: str, chat_id: str, content: str, now: float) -> None:
+        await self.db.execute(
+            "INSERT INTO deliveries (platform, chat_id, content, created_at) VALUES (?, ?, ?, ?)",
+            (platform, chat_id, content, now),
+        )
+
+    async def pending_deliveries(self) -> list[tuple[int, str, str, str]]:
+        async with self.db.execute(
+            "SELECT id, platform, chat_id, content FROM deliveries WHERE sent_at IS NULL ORDER BY id"
+        ) as cur:
+            return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+
+    async def mark_delivered(self, delivery_id: int, now: float) -> None:
+        await self.db.execute("UPDATE deliveries SET sent_at = ? WHERE id = ?", (now, delivery_id))
