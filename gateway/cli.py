@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="idle timeout for the demo (default 0.5)")
     st = sub.add_parser("status", help="print the running sidecar's /status")
     st.add_argument("--json", action="store_true")
+    from gateway import cli_cron
+
+    cli_cron.add_parsers(sub, _Parser)
     return p
 
 
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "status":
         return _status(args)
+    if args.command == "cron":
+        return _manage(args)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     if args.command == "dev":
         from gateway.dev import run_dev
@@ -105,6 +110,20 @@ async def run_until_signal(sidecar: Any, on_started: Any = None) -> int:
     logging.getLogger("gateway.sidecar").info("signal received: shutting down")
     await sidecar.shutdown()
     return 0
+
+
+def _manage(args: argparse.Namespace) -> int:
+    """Run a management command; ``Exit`` becomes its exit code and one stderr line."""
+    from gateway import cli_cron
+    from gateway.mgmt import Exit
+
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
+    config = load_config()
+    try:
+        return asyncio.run(cli_cron.run(args, config))
+    except Exit as exc:
+        print(f"hermes-sidecar: error: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -12,8 +12,8 @@ from typing import Any
 from gateway.config import Config
 from gateway.cron.drift import Axes, current_axes, snapshot_for
 from gateway.cron.plan import CATCH_UP
-from gateway.cron.scheduler import first_run_at
 from gateway.cron.schedule import next_fire, parse_schedule, timezone
+from gateway.cron.scheduler import first_run_at
 from gateway.cron.store import Job, new_job_id
 from relay.errors import ConfigError
 

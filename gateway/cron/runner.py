@@ -90,7 +90,8 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
         current=current_axes(ctx.config, job.profile), policy=ctx.config.drift_policy,
     )
     if decision.blocked:
-        assert decision.message is not None and decision.detail is not None
+        assert decision.message is not None
+        assert decision.detail is not None
         await store.finish(run_id, "blocked_drift", clock.wall(), error=decision.detail)
         if await store.open_drift(job.id, decision.detail, clock.wall()):
             await _alert(ctx, job, decision.message)

@@ -138,7 +138,12 @@ class CronScheduler:
             job.next_run_at = None
             job.updated_at = now
             await store.save(job)  # a spent one-shot retires
-        if plan.run:
+        if plan.run and await store.running(job.id):
+            for t in plan.run:
+                await store.record(job.id, t, "skipped_overlap", now,
+                                   error="previous run still running")
+            log.info("cron job %s skipped: previous run still running (overlap)", job.id)
+        elif plan.run:
             if self.on_due is not None:
                 self.on_due()
             self._start(job, plan.run)
@@ -156,8 +161,8 @@ class CronScheduler:
 
     async def _run_in_order(self, job: Job, occurrences: list[float]) -> None:
         store, clock = self.ctx.store, self.ctx.clock
-        for t in occurrences:
-            if await store.running(job.id):
+        for i, t in enumerate(occurrences):
+            if i and await store.running(job.id):
                 await store.record(job.id, t, "skipped_overlap", clock.wall(),
                                    error="previous run still running")
                 log.info("cron job %s skipped: previous run still running", job.id)

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.agent.provider import split_message
 from gateway.config import Config
 from gateway.core.policy import ArmInputs, arm_blockers
 from gateway.core.resume import ResumeDetector
@@ -22,7 +23,6 @@ from gateway.core.watcher import WatchState
 from gateway.cron.runner import CronContext, run_occurrence
 from gateway.cron.scheduler import CronScheduler
 from gateway.cron.store import CronStore
-from gateway.agent.provider import split_message
 from gateway.http.server import build_app
 from gateway.inbox.store import InboxStore
 from gateway.metrics import Metrics
