@@ -216,7 +216,8 @@ def load_config(home: Path | None = None, env: Mapping[str, str] | None = None) 
             r.get(f"profiles.{name}.provider", None, _str, "a provider name"),
         )
     if "default" not in c.profiles:
-        c.profiles["default"] = Profile("default", c.model_default, c.model_provider)
+        # The implicit default profile pins nothing: it always resolves through model.*.
+        c.profiles["default"] = Profile("default", None, None)
 
     g = "gateway"
     c.relay_url = r.get(f"{g}.relay_url", None, normalise_relay_url,

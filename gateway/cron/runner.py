@@ -139,6 +139,7 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
         input_tokens=result.input_tokens, output_tokens=result.output_tokens,
         cost_usd=result.cost_usd, output=result.text,
     )
+    log.info("cron job %s succeeded on %s/%s", job.id, provider.name, result.model)
     dest = parse_target(job.deliver_to)
     if dest is not None:
         await ctx.deliver(dest[0], dest[1], result.text)

@@ -53,8 +53,9 @@ class CronRig:
     async def add(self, **fields: Any) -> Job:
         job = create_job(self.config, fields, self.clock.wall())
         await self.store.add(job)
-        self.sched.replan()
-        await self.quiet()
+        if self.task is not None:
+            self.sched.replan()
+            await self.quiet()
         return job
 
     async def quiet(self) -> None:
