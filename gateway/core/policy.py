@@ -81,15 +81,18 @@ def is_idle(i: IdleInputs) -> bool:
 
 
 def idle_deadline(i: IdleInputs) -> float | None:
-    """Monotonic time at which ``is_idle`` will next be re-checked, or None (wait for an event).
+    """Monotonic time at which ``is_idle`` should next be re-checked, or None (wait for an event).
 
-    Busy -> None (the end of the work is an event). A job due within the timeout -> its due
-    time plus one timeout is the earliest the predicate can hold, but the job firing is itself
-    an event, so this returns the plain idle deadline and lets the caller re-check.
+    Busy -> None (the end of the work is an event). A job due within the timeout -> None too:
+    the scheduler re-plans when it fires and that re-plan is the event to wait for. Otherwise
+    the idle clock's deadline ``idle_since + timeout``, or the moment the next job comes within
+    one timeout, whichever is earlier.
     """
     if i.busy:
         return None
-    deadline = i.idle_since + i.timeout
     if i.next_due_in is not None and i.next_due_in <= i.timeout:
-        return max(deadline, i.now + i.next_due_in)
+        return None
+    deadline = i.idle_since + i.timeout
+    if i.next_due_in is not None:
+        deadline = min(deadline, i.now + i.next_due_in - i.timeout)
     return deadline

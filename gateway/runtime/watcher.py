@@ -164,6 +164,7 @@ class IdleWatcher:
             return
         delay = deadline - self.clock.monotonic()
         if delay <= 0:
+            await asyncio.sleep(0)  # never a synchronous spin, whatever the inputs
             return
         try:
             await wait_with_timeout(self.clock, self._kick.wait(), delay)

@@ -35,6 +35,10 @@ def test_idle_predicate_boundary_counts_as_idle() -> None:
     assert is_idle(IdleInputs(160.0, 100.0, False, 60.01, 60.0))
     assert idle_deadline(IdleInputs(120.0, 100.0, False, None, 60.0)) == 160.0
     assert idle_deadline(IdleInputs(120.0, 100.0, True, None, 60.0)) is None
+    # a job due within the timeout: wait for the scheduler's re-plan, never a past deadline
+    assert idle_deadline(IdleInputs(190.0, 100.0, False, 0.0, 60.0)) is None
+    # a job due in 100 s: re-check when it comes within one timeout (t=160) if that is first
+    assert idle_deadline(IdleInputs(120.0, 110.0, False, 100.0, 60.0)) == 160.0
 
 
 def test_watcher_table_has_no_stop_path_and_names_illegal_transitions() -> None:

@@ -26,6 +26,7 @@ class FakeConnector:
         self.script: list[Any] = []
         self.dials = 0
         self.ack_going_idle = True
+        self.answer_outbound = False  # True: every outbound gets a success result
         self.frames: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
         self.ws: web.WebSocketResponse | None = None
@@ -95,6 +96,9 @@ class FakeConnector:
                         F.descriptor(frame["platform"], **self.descriptor_overrides)) + "\n")
                     if isinstance(behaviour, tuple) and behaviour[0] == "close_after_hello":
                         await ws.close(code=behaviour[1], message=behaviour[2].encode())
+                elif frame["type"] == "outbound" and self.answer_outbound:
+                    await ws.send_str(json.dumps(F.outbound_result(
+                        frame["requestId"], {"success": True, "message_id": "m"})) + "\n")
                 elif frame["type"] == "going_idle" and self.ack_going_idle:
                     await ws.send_str(json.dumps(F.going_idle_ack()) + "\n")
         self._changed.set()
