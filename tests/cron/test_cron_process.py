@@ -63,7 +63,8 @@ async def test_kill9_during_cron_run_marks_it_interrupted_and_next_runs(
     statuses = [r["status"] for r in reversed(hist)]
     assert statuses[0] == "failed"
     assert hist[-1]["error"] == "interrupted"
-    assert "succeeded" in statuses and statuses.count("running") <= 1
+    assert "succeeded" in statuses
+    assert statuses.count("running") <= 1
 
 
 @pytest.mark.parametrize(
@@ -90,7 +91,8 @@ def test_cron_cli_bad_input_exits_2_with_one_line_and_writes_nothing(
     r = cli(home, *args)
     assert r.returncode == 2
     lines = [x for x in r.stderr.splitlines() if x.strip()]
-    assert len(lines) == 1 and needle in lines[0], r.stderr
+    assert len(lines) == 1, r.stderr
+    assert needle in lines[0]
     assert not (home / "state.db").exists()
 
 
@@ -104,7 +106,8 @@ def test_cron_cli_round_trip(tmp_path: Path) -> None:
                          "--name", "hourly", "--skill", "s1", "--deliver-to", "telegram:7",
                          "--json").stdout)
     assert (job["provider_snapshot"], job["model_snapshot"]) == ("a", "m1")
-    assert job["skills"] == ["s1"] and job["deliver_to"] == "telegram:7"
+    assert job["skills"] == ["s1"]
+    assert job["deliver_to"] == "telegram:7"
     listed = json.loads(cli(home, "cron", "list", "--json").stdout)
     assert [j["id"] for j in listed] == [job["id"]]
     pinned = json.loads(cli(home, "cron", "update", job["id"], "--provider", "a", "--model",
@@ -114,7 +117,8 @@ def test_cron_cli_round_trip(tmp_path: Path) -> None:
     assert json.loads(cli(home, "cron", "pause", job["id"], "--json").stdout)["enabled"] is False
     assert json.loads(cli(home, "cron", "resume", job["id"], "--json").stdout)["enabled"] is True
     text = cli(home, "cron", "list").stdout
-    assert "hourly" in text and job["id"] in text
+    assert "hourly" in text
+    assert job["id"] in text
     assert cli(home, "cron", "remove", job["id"]).returncode == 0
     assert json.loads(cli(home, "cron", "list", "--json").stdout) == []
     run = cli(home, "cron", "history", job["id"])

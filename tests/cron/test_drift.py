@@ -52,7 +52,8 @@ async def test_drift_snapshot_matches_runs(rig: CronRig, llm: FakeLLM) -> None:
     runs = await _job(rig)
     assert (runs.job.provider_snapshot, runs.job.model_snapshot) == ("a", "m1")
     assert await runs.fire() == "succeeded"
-    assert len(llm.requests) == 1 and rig.delivered == [("telegram", "42", "echo: p")]
+    assert len(llm.requests) == 1
+    assert rig.delivered == [("telegram", "42", "echo: p")]
 
 
 async def test_drift_provider_change_blocks_with_alert_and_no_request(
@@ -66,7 +67,9 @@ async def test_drift_provider_change_blocks_with_alert_and_no_request(
     assert llm.requests == []
     [(platform, chat, text)] = rig.delivered
     assert (platform, chat) == ("telegram", "42")
-    assert "a/m1" in text and "b/m1" in text and "spend" in text
+    assert "a/m1" in text
+    assert "b/m1" in text
+    assert "spend" in text
     assert f"hermes-sidecar cron update {runs.job.id} --provider a --model m1" in text
     episodes = await rig.store.drift_episodes()
     assert [e["job_id"] for e in episodes] == [runs.job.id]
@@ -77,7 +80,8 @@ async def test_drift_model_change_on_same_provider_blocks(rig: CronRig, llm: Fak
     runs = await _job(rig)
     rig.config.model_default = "m2"
     assert await runs.fire() == "blocked_drift"
-    assert llm.requests == [] and "m2" in rig.delivered[0][2]
+    assert llm.requests == []
+    assert "m2" in rig.delivered[0][2]
 
 
 async def test_drift_two_ticks_one_alert_heal_then_drift_again_new_alert(
@@ -94,7 +98,8 @@ async def test_drift_two_ticks_one_alert_heal_then_drift_again_new_alert(
     rig.config.model_default = "m3"
     assert await runs.fire() == "blocked_drift"
     alerts = [d for d in rig.delivered if "blocked" in d[2]]
-    assert len(alerts) == 2 and "m3" in alerts[1][2]
+    assert len(alerts) == 2
+    assert "m3" in alerts[1][2]
     assert len(llm.requests) == 1
 
 
@@ -160,4 +165,6 @@ def test_check_drift_resolution_error_counts_as_drift() -> None:
     """A snapshot of 'a' against an unresolvable provider (None) is drift under fail_closed."""
     d = check_drift(job_id="j", pinned=Axes(None, None), snapshot=Axes("a", "m"),
                     current=Axes(None, "m"), policy="fail_closed")
-    assert d.blocked and d.message is not None and "None/m" in d.message
+    assert d.blocked
+    assert d.message is not None
+    assert "None/m" in d.message

@@ -125,7 +125,9 @@ async def test_one_shot_runs_once_and_retires(rig: CronRig, llm: FakeLLM) -> Non
     await rig.quiet()
     assert await rig.statuses(job.id) == ["succeeded"]
     stored = await rig.store.get(job.id)
-    assert stored is not None and stored.enabled is False and rig.sched.next_due is None
+    assert stored is not None
+    assert stored.enabled is False
+    assert rig.sched.next_due is None
 
 
 async def test_interval_runs_stay_anchored_when_a_run_is_slow(rig: CronRig, llm: FakeLLM) -> None:

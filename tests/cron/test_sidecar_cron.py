@@ -76,7 +76,8 @@ async def test_sidecar_sends_wake_at_and_a_due_job_wakes_it(tmp_path: Path, llm:
             await clock.advance(540)
             await asyncio.wait_for(sc.scheduler.wait_quiet(), 10)
             await fake.wait_until(lambda: len(fake.of_type("outbound")) == 1)
-            assert fake.dials == 2 and sc.watcher.state is WatchState.LIVE
+            assert fake.dials == 2
+            assert sc.watcher.state is WatchState.LIVE
             assert fake.of_type("outbound")[0]["action"]["content"] == "echo: p"
         finally:
             await sc.shutdown()
@@ -92,12 +93,14 @@ async def test_sidecar_job_due_within_idle_timeout_keeps_it_live(
         try:
             await _add(sc, clock, "every 90s")
             await clock.advance(60)  # idle reached, but the job is due in 30 s
-            assert sc.watcher.state is WatchState.LIVE and fake.of_type("going_idle") == []
+            assert sc.watcher.state is WatchState.LIVE
+            assert fake.of_type("going_idle") == []
             llm.hold = asyncio.Event()
             await clock.advance(30)  # the job runs (held at the provider)
             await llm.wait_requests(1)
             await clock.advance(59)  # next due in 1 s and a job running: still live
-            assert sc.watcher.state is WatchState.LIVE and fake.of_type("going_idle") == []
+            assert sc.watcher.state is WatchState.LIVE
+            assert fake.of_type("going_idle") == []
             llm.hold.set()
             await asyncio.wait_for(sc.scheduler.wait_quiet(), 10)
         finally:

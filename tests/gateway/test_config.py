@@ -67,7 +67,8 @@ def test_config_bad_values_fall_back_with_one_warning_per_key(
     assert c.kanban_max_in_progress == 8
     assert "p1" not in c.providers
     assert c.providers["p2"].base_url == "http://x/v1"
-    assert "default" in c.profiles and c.model_default == "m1"
+    assert "default" in c.profiles
+    assert c.model_default == "m1"
 
 
 def test_config_env_wins_over_yaml(tmp_path: Path) -> None:
