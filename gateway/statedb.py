@@ -92,6 +92,10 @@ MIGRATIONS = [
         sent_at REAL
     );
     """,
+    # 3: the scheduler asks for due jobs and the earliest next run through an index
+    """
+    CREATE INDEX jobs_due ON jobs (enabled, next_run_at);
+    """,
 ]
 
 

@@ -96,25 +96,23 @@ class CronScheduler:
             await wait_with_timeout(self.ctx.clock, self._kick.wait(), delay)
 
     async def tick(self) -> None:
-        """Plan every enabled job once: record misses, start due runs, find the next due time."""
+        """Plan every due job once (record misses, start runs), then find the next due time.
+
+        Reads only due jobs and ``MIN(next_run_at)`` through an index: a tick costs the same
+        with 10 jobs or 10,000.
+        """
         store, clock = self.ctx.store, self.ctx.clock
         now = clock.wall()
-        next_due: float | None = None
-        for job in await store.list():
-            if not job.enabled:
-                continue
+        for job in await store.due(now):
             try:
-                due_at = job.next_run_at
-                if due_at is None:
-                    continue
-                if due_at <= now:
-                    due_at = await self._fire_due(job, now)
+                await self._fire_due(job, now)
             except ConfigError as exc:
-                log.warning("cron job %s has a bad schedule or timezone: %s", job.id, exc)
-                continue
-            if due_at is not None and (next_due is None or due_at < next_due):
-                next_due = due_at
-        self.next_due = next_due
+                # A schedule or timezone that no longer parses would be due forever: pause it.
+                log.warning("cron job %s paused: bad schedule or timezone: %s", job.id, exc)
+                job.enabled = False
+                job.updated_at = now
+                await store.save(job)
+        self.next_due = await store.next_due()
         if self.on_planned is not None:
             self.on_planned()
 

@@ -128,6 +128,22 @@ class CronStore:
         async with self.db.execute(f"SELECT {_COLS} FROM jobs ORDER BY created_at, id") as cur:
             return [_job(r) for r in await cur.fetchall()]
 
+    async def due(self, now: float) -> list[Job]:
+        """Enabled jobs whose next run is at or before ``now``, earliest first."""
+        async with self.db.execute(
+            f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ?"
+            " ORDER BY next_run_at", (now,),
+        ) as cur:
+            return [_job(r) for r in await cur.fetchall()]
+
+    async def next_due(self) -> float | None:
+        """The earliest next run of any enabled job (Unix seconds), or None."""
+        async with self.db.execute(
+            "SELECT MIN(next_run_at) FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL"
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
     async def remove(self, job_id: str) -> bool:
         cur = await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         await self.db.execute("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
