@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from gateway.cron.plan import plan_due
 from gateway.cron.runner import CronContext, run_occurrence
@@ -40,8 +40,10 @@ class CronScheduler:
         activity: Activity | None = None,
         max_concurrent: int = 4,
         on_due: Callable[[], None] | None = None,
+        run_fn: Callable[[CronContext, Job, float], Awaitable[int | None]] = run_occurrence,
     ) -> None:
         self.ctx = ctx
+        self.run_fn = run_fn  # one occurrence: claim, turn, ledger (a no-op turn in bench/)
         self.activity = activity
         self.on_due = on_due  # called before running due work (wakes a dormant sidecar)
         self._sem = asyncio.Semaphore(max_concurrent)
@@ -50,6 +52,7 @@ class CronScheduler:
         self._tasks: set[asyncio.Task[None]] = set()
         self.next_due: float | None = None
         self.fired = 0
+        self.ticks = 0  # loop wake-ups that planned (no fixed poll: 0 while nothing is due)
         self.on_planned: Callable[[], None] | None = None  # next_due may have changed
         self._finished = asyncio.Event()
 
@@ -102,6 +105,7 @@ class CronScheduler:
         with 10 jobs or 10,000.
         """
         store, clock = self.ctx.store, self.ctx.clock
+        self.ticks += 1
         now = clock.wall()
         for job in await store.due(now):
             try:
@@ -169,7 +173,7 @@ class CronScheduler:
                 ctx = contextlib.nullcontext() if self.activity is None else self.activity.work("job")
                 with ctx:
                     try:
-                        if await run_occurrence(self.ctx, job, t) is not None:
+                        if await self.run_fn(self.ctx, job, t) is not None:
                             self.fired += 1
                     except Exception:
                         log.exception("cron job %s crashed its run", job.id)

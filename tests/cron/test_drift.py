@@ -168,3 +168,19 @@ def test_check_drift_resolution_error_counts_as_drift() -> None:
     assert d.blocked
     assert d.message is not None
     assert "None/m" in d.message
+
+
+async def test_missing_skill_is_a_recorded_failure_and_skills_reach_the_prompt(
+    rig: CronRig, llm: FakeLLM
+) -> None:
+    """A missing SKILL.md fails the run with an error naming it (no call); a present one is sent."""
+    runs = await _job(rig, skills=["digest"])
+    assert await runs.fire() == "failed"
+    rows = await rig.store.history(runs.job.id)
+    assert "skill not found: digest" in rows[0]["error"] and llm.requests == []
+    skill = rig.config.home / "skills" / "digest" / "SKILL.md"
+    skill.parent.mkdir(parents=True)
+    skill.write_text("Summarise in three bullets.")
+    assert await runs.fire() == "succeeded"
+    assert llm.requests[0]["messages"][0] == {"role": "system",
+                                              "content": "Summarise in three bullets."}
