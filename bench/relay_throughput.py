@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import json
 import logging
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bench.common import emit_rows
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.connector.server import Connector
@@ -182,13 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     rows = asyncio.run(run(5_000 if args.quick else args.frames))
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        print()
-    else:
-        for r in rows:
-            print(f"{r['figure']:34} ours {r['ours']:>8}  baseline {r['baseline']:>8}  "
-                  f"ratio {r['ratio']:>6}  goal {r['goal']:22} {'met' if r['met'] else 'NOT met'}")
+    emit_rows(rows, args.json)
     return 0
 
 

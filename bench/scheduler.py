@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import sys
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -27,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.common import emit_rows, pct
 from gateway.config import load_config
 from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler, first_run_at
@@ -34,11 +33,6 @@ from gateway.cron.store import CronStore, Job, new_job_id
 from gateway.statedb import open_state_db
 from relay.clock import SystemClock
 from relay.protocol.frames import rfc3339
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -> dict[str, Any]:
@@ -56,6 +50,7 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         await store.add(job)
     await db.execute("COMMIT")
     lateness: list[float] = []
+    all_fired = asyncio.Event()
 
     async def noop_turn(ctx: CronContext, job: Job, scheduled_for: float) -> int | None:
         now = clock.wall()
@@ -63,6 +58,8 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         if run_id is not None:
             lateness.append(now - scheduled_for)
             await store.finish(run_id, "succeeded", clock.wall())
+            if len(lateness) >= n:
+                all_fired.set()
         return run_id
 
     async with aiohttp.ClientSession() as http:
@@ -74,8 +71,7 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         sched = CronScheduler(ctx, max_concurrent=64, run_fn=noop_turn)
         task = asyncio.create_task(sched.run())
         cpu0 = time.process_time()
-        while len(lateness) < n:
-            await asyncio.sleep(0.05)
+        await all_fired.wait()
         await sched.wait_quiet()
         cpu = time.process_time() - cpu0
         ticks_before = sched.ticks
@@ -85,7 +81,8 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
     async with db.execute("SELECT COUNT(*) FROM job_runs WHERE status = 'succeeded'") as cur:
         row = await cur.fetchone()
     await db.close()
-    assert row is not None and row[0] == n, f"ledger has {row} rows, expected {n}"
+    if row is None or row[0] != n:
+        raise RuntimeError(f"ledger has {row} succeeded rows, expected {n}")
     return {"lateness": lateness, "cpu": cpu, "idle_wakeups": idle_ticks / quiet}
 
 
@@ -148,13 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     n, window = (2_000, 5.0) if args.quick else (args.jobs, args.window)
     rows = asyncio.run(run(n, window, quiet=3.0))
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        print()
-    else:
-        for r in rows:
-            print(f"{r['figure']:48} ours {r['ours']!s:>8}  baseline {r['baseline']!s:>8}  "
-                  f"ratio {r['ratio']!s:>6}  goal {r['goal']:18} {'met' if r['met'] else 'NOT met'}")
+    emit_rows(rows, args.json)
     return 0
 
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,16 +30,12 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from bench.common import emit_rows, pct
 from gateway.inbox.store import InboxStore
 from gateway.statedb import open_state_db
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.connector.server import Connector
-
-
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
 async def floor(cycles: int) -> list[float]:
@@ -183,13 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     cycles, timer_cycles = (50, 5) if args.quick else (args.cycles, args.timer_cycles)
     rows = asyncio.run(run(cycles, timer_cycles))
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        print()
-    else:
-        for r in rows:
-            print(f"{r['figure']:52} ours {r['ours']:>9}  baseline {r['baseline']:>9}  "
-                  f"ratio {r['ratio']:>7}  goal {r['goal']:32} {'met' if r['met'] else 'NOT met'}")
+    emit_rows(rows, args.json)
     return 0
 
 

@@ -64,10 +64,10 @@ class CronScheduler:
         return len(self._tasks)
 
     async def wait_quiet(self) -> None:
-        """Return once the loop is asleep and no run task is left (for tests and shutdown)."""
+        """Return once the loop is asleep with nothing due now and no run task left."""
         while True:
-            await self.sleeping.wait()
-            if not self._tasks:
+            if (self.sleeping.is_set() and not self._tasks
+                    and (self.next_due is None or self.next_due > self.ctx.clock.wall())):
                 return
             self._finished.clear()
             await self._finished.wait()
@@ -89,6 +89,7 @@ class CronScheduler:
 
     async def _sleep(self) -> None:
         self.sleeping.set()
+        self._finished.set()  # wakes wait_quiet
         if self.next_due is None:
             await self._kick.wait()
             return

@@ -6,7 +6,6 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -21,13 +20,6 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
                           text=True, env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
                           timeout=60)
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    f = await FakeLLM().start()
-    yield f
-    await f.close()
 
 
 async def test_kill9_during_cron_run_marks_it_interrupted_and_next_runs(

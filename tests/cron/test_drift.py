@@ -16,13 +16,6 @@ from tests.fake_llm import FakeLLM
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    f = await FakeLLM().start()
-    yield f
-    await f.close()
-
-
-@pytest.fixture
 async def rig(tmp_path: Path, llm: FakeLLM) -> AsyncIterator[CronRig]:
     r = await CronRig(fake_config(tmp_path / "home", llm), FakeClock()).start(run_loop=False)
     yield r
@@ -177,7 +170,8 @@ async def test_missing_skill_is_a_recorded_failure_and_skills_reach_the_prompt(
     runs = await _job(rig, skills=["digest"])
     assert await runs.fire() == "failed"
     rows = await rig.store.history(runs.job.id)
-    assert "skill not found: digest" in rows[0]["error"] and llm.requests == []
+    assert "skill not found: digest" in rows[0]["error"]
+    assert llm.requests == []
     skill = rig.config.home / "skills" / "digest" / "SKILL.md"
     skill.parent.mkdir(parents=True)
     skill.write_text("Summarise in three bullets.")

@@ -17,13 +17,6 @@ HOUR = 3600.0
 
 
 @pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    f = await FakeLLM().start()
-    yield f
-    await f.close()
-
-
-@pytest.fixture
 async def rig(tmp_path: Path, llm: FakeLLM) -> AsyncIterator[CronRig]:
     r = await CronRig(fake_config(tmp_path / "home", llm), FakeClock()).start()
     yield r

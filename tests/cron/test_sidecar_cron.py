@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from relay.protocol.frames import parse_rfc3339
 from tests.fake_llm import FakeLLM, provider_config
 from tests.procs import Proc, free_port
 from tests.relay.fakes import FakeConnector
-
-
-@pytest.fixture
-async def llm() -> AsyncIterator[FakeLLM]:
-    f = await FakeLLM().start()
-    yield f
-    await f.close()
 
 
 async def _sidecar(tmp_path: Path, fake: FakeConnector, llm: FakeLLM) -> tuple[Sidecar, FakeClock]:
