@@ -41,14 +41,12 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
     db = await open_state_db(Path(tmp) / "state.db", synchronous="NORMAL")
     store = CronStore(db)
     t0 = clock.wall() + start_in
-    await db.execute("BEGIN")
     for i in range(n):
         at = t0 + window * i / n
         job = Job(id=new_job_id(), prompt="noop", schedule=rfc3339(at), tz="UTC",
                   created_at=clock.wall(), updated_at=clock.wall())
         job.next_run_at = first_run_at(job)
         await store.add(job)
-    await db.execute("COMMIT")
     lateness: list[float] = []
     all_fired = asyncio.Event()
 

@@ -6,8 +6,12 @@ scripts; migration ``i`` (1-based) runs once, in a transaction, when the version
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Sequence
+import sqlite3
+import weakref
+from collections.abc import AsyncIterator, Sequence
 
 import aiosqlite
 
@@ -83,3 +87,41 @@ def _statements(script: str) -> list[str]:
     if buf:
         out.append("\n".join(buf))
     return out
+
+
+BUSY_RETRY_S = 10.0
+_locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+@contextlib.asynccontextmanager
+async def write_tx(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on ``db``, one at a time per connection.
+
+    IMMEDIATE takes the write lock up front, so the busy timeout applies and another process's
+    commit can never make the write fail with a stale snapshot (SQLITE_BUSY_SNAPSHOT), which a
+    plain autocommit write in WAL mode can. SQLite still answers BEGIN IMMEDIATE with "database
+    is locked" without running its busy handler in some cases (its deadlock avoidance), so the
+    BEGIN is retried with a short backoff for up to ``BUSY_RETRY_S``: nothing is held at that
+    point, so a retry cannot deadlock. Rolls back on any error.
+    """
+    lock = _locks.get(db)
+    if lock is None:
+        lock = _locks[db] = asyncio.Lock()
+    async with lock:
+        delay, waited = 0.001, 0.0
+        while True:
+            try:
+                await db.execute("BEGIN IMMEDIATE")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or waited >= BUSY_RETRY_S:
+                    raise
+            await asyncio.sleep(delay)  # I/O contention with another connection: real time
+            waited += delay
+            delay = min(delay * 2, 0.05)
+        try:
+            yield db
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")

@@ -17,6 +17,8 @@ from typing import Any
 
 import aiosqlite
 
+from relay.sqlite import write_tx
+
 RUN_STATUSES = ("running", "succeeded", "failed", "blocked_drift", "blocked_budget",
                 "skipped_overlap", "missed")
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
@@ -91,15 +93,23 @@ def pid_alive(owner: str | None) -> bool:
 
 
 class CronStore:
-    """The cron tables of state.db (the connection is shared with the rest of the sidecar)."""
+    """The cron tables of state.db (the connection is shared with the rest of the sidecar).
+
+    Every write is its own ``BEGIN IMMEDIATE`` transaction (``write_tx``): safe beside another
+    process writing the same file.
+    """
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
+    async def _write(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
+        async with write_tx(self.db):
+            return await self.db.execute(sql, params)
+
     # --- jobs ------------------------------------------------------------------------------
 
     async def add(self, job: Job) -> None:
-        await self.db.execute(
+        await self._write(
             f"INSERT INTO jobs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (job.id, job.name, job.prompt, job.schedule, job.tz, job.profile, job.model,
              job.provider, job.provider_snapshot, job.model_snapshot, json.dumps(job.skills),
@@ -109,7 +119,7 @@ class CronStore:
 
     async def save(self, job: Job) -> None:
         """Overwrite every column of an existing job."""
-        await self.db.execute(
+        await self._write(
             "UPDATE jobs SET name=?, prompt=?, schedule=?, tz=?, profile=?, model=?, provider=?,"
             " provider_snapshot=?, model_snapshot=?, skills=?, deliver_to=?, catch_up=?,"
             " misfire_grace_seconds=?, enabled=?, next_run_at=?, updated_at=? WHERE id=?",
@@ -145,13 +155,13 @@ class CronStore:
         return None if row is None or row[0] is None else float(row[0])
 
     async def remove(self, job_id: str) -> bool:
-        cur = await self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
-        await self.db.execute("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
+        cur = await self._write("DELETE FROM jobs WHERE id = ?", (job_id,))
+        await self._write("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
         return cur.rowcount == 1
 
     async def set_next_run(self, job_id: str, next_run_at: float | None, expected: float | None) -> bool:
         """Compare-and-set ``next_run_at`` (only if it still equals ``expected``)."""
-        cur = await self.db.execute(
+        cur = await self._write(
             "UPDATE jobs SET next_run_at = ? WHERE id = ? AND next_run_at IS ?",
             (next_run_at, job_id, expected),
         )
@@ -161,7 +171,7 @@ class CronStore:
 
     async def claim(self, job_id: str, scheduled_for: float, now: float, lease_s: float) -> int | None:
         """Claim an occurrence to run; its run id, or None if any process already has a row."""
-        cur = await self.db.execute(
+        cur = await self._write(
             "INSERT INTO job_runs (job_id, scheduled_for, started_at, lease_until, owner, status)"
             " VALUES (?, ?, ?, ?, ?, 'running') ON CONFLICT (job_id, scheduled_for) DO NOTHING",
             (job_id, scheduled_for, now, now + lease_s, OWNER),
@@ -171,7 +181,7 @@ class CronStore:
     async def record(self, job_id: str, scheduled_for: float, status: str, now: float,
                      error: str | None = None) -> int | None:
         """Record an occurrence that did not run (missed, skipped_overlap, blocked_*)."""
-        cur = await self.db.execute(
+        cur = await self._write(
             "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status, error)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, scheduled_for) DO NOTHING",
             (job_id, scheduled_for, now, status, error),
@@ -190,7 +200,7 @@ class CronStore:
             sets.append(f"{key} = ?")
             params.append(value)
         params.append(run_id)
-        await self.db.execute(f"UPDATE job_runs SET {', '.join(sets)} WHERE id = ?", params)
+        await self._write(f"UPDATE job_runs SET {', '.join(sets)} WHERE id = ?", params)
 
     async def running(self, job_id: str) -> bool:
         async with self.db.execute(
@@ -251,14 +261,14 @@ class CronStore:
 
     async def open_drift(self, job_id: str, detail: str, now: float) -> bool:
         """Open a drift episode; True if it is new (so one alert per episode)."""
-        cur = await self.db.execute(
+        cur = await self._write(
             "INSERT INTO drift_episodes (job_id, opened_at, detail) VALUES (?, ?, ?)"
             " ON CONFLICT (job_id) DO NOTHING", (job_id, now, detail),
         )
         return cur.rowcount == 1
 
     async def close_drift(self, job_id: str) -> bool:
-        cur = await self.db.execute("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
+        cur = await self._write("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
         return cur.rowcount == 1
 
     async def drift_episodes(self) -> list[dict[str, Any]]:
@@ -269,14 +279,14 @@ class CronStore:
                     for r in await cur.fetchall()]
 
     async def budget_alert_once(self, day: str, now: float) -> bool:
-        cur = await self.db.execute(
+        cur = await self._write(
             "INSERT INTO budget_alerts (day, at) VALUES (?, ?) ON CONFLICT (day) DO NOTHING",
             (day, now),
         )
         return cur.rowcount == 1
 
     async def queue_delivery(self, platform: str, chat_id: str, content: str, now: float) -> None:
-        await self.db.execute(
+        await self._write(
             "INSERT INTO deliveries (platform, chat_id, content, created_at) VALUES (?, ?, ?, ?)",
             (platform, chat_id, content, now),
         )
@@ -288,4 +298,4 @@ class CronStore:
             return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
 
     async def mark_delivered(self, delivery_id: int, now: float) -> None:
-        await self.db.execute("UPDATE deliveries SET sent_at = ? WHERE id = ?", (now, delivery_id))
+        await self._write("UPDATE deliveries SET sent_at = ? WHERE id = ?", (now, delivery_id))

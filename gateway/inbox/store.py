@@ -13,6 +13,8 @@ from typing import Any
 
 import aiosqlite
 
+from relay.sqlite import write_tx
+
 
 @dataclass(frozen=True)
 class InboxItem:
@@ -54,8 +56,7 @@ class InboxStore:
         A frame without a usable ``message_id`` is still stored (keyed by its bufferId).
         """
         new: list[InboxItem] = []
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
+        async with write_tx(self.db):
             for frame in frames:
                 bid, platform, chat_id, message_id, profile, ev = _key(frame)
                 if not message_id:
@@ -68,10 +69,6 @@ class InboxStore:
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     new.append(InboxItem(cur.lastrowid, bid, platform, chat_id, message_id,
                                          profile, ev))
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
         return new
 
     async def unfinished(self) -> list[InboxItem]:
@@ -86,10 +83,11 @@ class InboxStore:
     async def mark(self, item_id: int, status: str, now: float, error: str | None = None) -> None:
         """Move an item to ``running``, ``done`` or ``failed`` (committed at once)."""
         col = "started_at" if status == "running" else "finished_at"
-        await self.db.execute(
-            f"UPDATE inbox SET status = ?, {col} = ?, error = ? WHERE id = ?",
-            (status, now, error, item_id),
-        )
+        async with write_tx(self.db):
+            await self.db.execute(
+                f"UPDATE inbox SET status = ?, {col} = ?, error = ? WHERE id = ?",
+                (status, now, error, item_id),
+            )
 
     async def counts(self) -> dict[str, int]:
         async with self.db.execute("SELECT status, COUNT(*) FROM inbox GROUP BY status") as cur:

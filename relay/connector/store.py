@@ -181,15 +181,17 @@ class BufferStore:
     async def unacked_after(self, gateway_id: str, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``.
 
-        Entries whose ack is received but not yet committed count as acked.
+        Entries whose ack is received but not yet committed count as acked: the set is copied
+        before the read, so an ack that commits while the read runs is still filtered out.
         """
+        acking_before = set(self._acking)
         async with self._r.execute(
             "SELECT seq, frame, buffer_id FROM buffer WHERE gateway_id = ? AND acked_at IS NULL"
             " AND seq > ? ORDER BY seq LIMIT ?",
             (gateway_id, after_seq, limit),
         ) as cur:
             rows = await cur.fetchall()
-        acking = self._acking
+        acking = acking_before | self._acking
         return [(int(r[0]), str(r[1])) for r in rows if r[2] not in acking]
 
     async def unacked_count(self, gateway_id: str) -> int:
