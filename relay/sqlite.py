@@ -11,7 +11,8 @@ import contextlib
 import os
 import sqlite3
 import weakref
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -89,8 +90,37 @@ def _statements(script: str) -> list[str]:
     return out
 
 
+T = TypeVar("T")
 BUSY_RETRY_S = 10.0
 _locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
+def _lock(db: aiosqlite.Connection) -> asyncio.Lock:
+    lock = _locks.get(db)
+    if lock is None:
+        lock = _locks[db] = asyncio.Lock()
+    return lock
+
+
+async def _retry_locked(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run ``attempt`` again while SQLite answers "database is locked", up to BUSY_RETRY_S."""
+    delay, waited = 0.001, 0.0
+    while True:
+        try:
+            return await attempt()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or waited >= BUSY_RETRY_S:
+                raise
+        await asyncio.sleep(delay)  # I/O contention with another connection: real time
+        waited += delay
+        delay = min(delay * 2, 0.05)
+
+
+async def write_one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> aiosqlite.Cursor:
+    """One write statement in autocommit mode (one thread hop), never inside another task's
+    ``write_tx``; retried while SQLite answers "locked" (a failed statement applied nothing)."""
+    async with _lock(db):
+        return await _retry_locked(lambda: db.execute(sql, params))
 
 
 @contextlib.asynccontextmanager
@@ -104,21 +134,8 @@ async def write_tx(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connecti
     BEGIN is retried with a short backoff for up to ``BUSY_RETRY_S``: nothing is held at that
     point, so a retry cannot deadlock. Rolls back on any error.
     """
-    lock = _locks.get(db)
-    if lock is None:
-        lock = _locks[db] = asyncio.Lock()
-    async with lock:
-        delay, waited = 0.001, 0.0
-        while True:
-            try:
-                await db.execute("BEGIN IMMEDIATE")
-                break
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or waited >= BUSY_RETRY_S:
-                    raise
-            await asyncio.sleep(delay)  # I/O contention with another connection: real time
-            waited += delay
-            delay = min(delay * 2, 0.05)
+    async with _lock(db):
+        await _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
         try:
             yield db
         except BaseException:

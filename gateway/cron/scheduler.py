@@ -128,19 +128,14 @@ class CronScheduler:
         sched = parse_schedule(job.schedule, job.created_at)
         due = fires_between(sched, anchor=job.created_at, start=job.next_run_at, end=now, tz=tz)
         new_next = next_fire(sched, anchor=job.created_at, after=now, tz=tz)
-        if not await store.set_next_run(job.id, new_next, expected=job.next_run_at):
-            return new_next  # another scheduler planned these occurrences
         plan = plan_due(due, now, job.catch_up, job.misfire_grace_seconds)
-        for t in plan.missed:
-            await store.record(job.id, t, "missed", now)
+        # One transaction: move the job on (a spent one-shot retires) and record its misses.
+        if not await store.advance(job.id, expected=job.next_run_at, next_run_at=new_next,
+                                   missed=plan.missed, now=now):
+            return new_next  # another scheduler planned these occurrences
         if plan.missed:
             log.info("cron job %s: %d occurrence(s) missed (catch_up %s)", job.id,
                      len(plan.missed), job.catch_up)
-        if new_next is None:
-            job.enabled = False
-            job.next_run_at = None
-            job.updated_at = now
-            await store.save(job)  # a spent one-shot retires
         if plan.run and await store.running(job.id):
             for t in plan.run:
                 await store.record(job.id, t, "skipped_overlap", now,

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from relay.sqlite import write_tx
+from relay.sqlite import write_one, write_tx
 
 RUN_STATUSES = ("running", "succeeded", "failed", "blocked_drift", "blocked_budget",
                 "skipped_overlap", "missed")
@@ -95,16 +95,15 @@ def pid_alive(owner: str | None) -> bool:
 class CronStore:
     """The cron tables of state.db (the connection is shared with the rest of the sidecar).
 
-    Every write is its own ``BEGIN IMMEDIATE`` transaction (``write_tx``): safe beside another
-    process writing the same file.
+    Single writes go through ``write_one`` and multi-statement ones through ``write_tx``: both
+    are safe beside another process writing the same file.
     """
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
     async def _write(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
-        async with write_tx(self.db):
-            return await self.db.execute(sql, params)
+        return await write_one(self.db, sql, params)
 
     # --- jobs ------------------------------------------------------------------------------
 
@@ -159,13 +158,31 @@ class CronStore:
         await self._write("DELETE FROM drift_episodes WHERE job_id = ?", (job_id,))
         return cur.rowcount == 1
 
-    async def set_next_run(self, job_id: str, next_run_at: float | None, expected: float | None) -> bool:
-        """Compare-and-set ``next_run_at`` (only if it still equals ``expected``)."""
-        cur = await self._write(
-            "UPDATE jobs SET next_run_at = ? WHERE id = ? AND next_run_at IS ?",
-            (next_run_at, job_id, expected),
-        )
-        return cur.rowcount == 1
+    async def advance(
+        self, job_id: str, *, expected: float | None, next_run_at: float | None,
+        missed: list[float], now: float,
+    ) -> bool:
+        """One transaction: compare-and-set ``next_run_at`` (from ``expected``), record the
+        ``missed`` occurrences, and retire the job when there is no next run.
+
+        Returns False (and writes nothing) when another scheduler already moved the job on.
+        """
+        async with write_tx(self.db):
+            cur = await self.db.execute(
+                "UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
+                " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
+                " WHERE id = ? AND next_run_at IS ?",
+                (next_run_at, next_run_at, next_run_at, now, job_id, expected),
+            )
+            if cur.rowcount != 1:
+                return False
+            if missed:
+                await self.db.executemany(
+                    "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status)"
+                    " VALUES (?, ?, ?, 'missed') ON CONFLICT (job_id, scheduled_for) DO NOTHING",
+                    [(job_id, t, now) for t in missed],
+                )
+        return True
 
     # --- ledger ----------------------------------------------------------------------------
 

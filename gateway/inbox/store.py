@@ -13,7 +13,7 @@ from typing import Any
 
 import aiosqlite
 
-from relay.sqlite import write_tx
+from relay.sqlite import write_one, write_tx
 
 
 @dataclass(frozen=True)
@@ -83,11 +83,10 @@ class InboxStore:
     async def mark(self, item_id: int, status: str, now: float, error: str | None = None) -> None:
         """Move an item to ``running``, ``done`` or ``failed`` (committed at once)."""
         col = "started_at" if status == "running" else "finished_at"
-        async with write_tx(self.db):
-            await self.db.execute(
-                f"UPDATE inbox SET status = ?, {col} = ?, error = ? WHERE id = ?",
-                (status, now, error, item_id),
-            )
+        await write_one(
+            self.db, f"UPDATE inbox SET status = ?, {col} = ?, error = ? WHERE id = ?",
+            (status, now, error, item_id),
+        )
 
     async def counts(self) -> dict[str, int]:
         async with self.db.execute("SELECT status, COUNT(*) FROM inbox GROUP BY status") as cur:
