@@ -82,71 +82,54 @@ class _Rig:
         await self.inbox.admit(batch, time.time())
 
 
-async def ours(cycles: int, tmp: str) -> list[float]:
-    connector = await Connector.create(str(Path(tmp) / "wake.db"))
+async def _cycles(cycles: int, tmp: str, *, timer: bool) -> list[float]:
+    """Dormant -> one buffered message -> wake -> time until its ack, ``cycles`` times.
+
+    ``timer``: the wake only happens at the next tick of a 1 s re-dial timer counted from the
+    dormant close, and the poke lands at a random moment of that period.
+    """
+    name = "timer" if timer else "ours"
+    connector = await Connector.create(str(Path(tmp) / f"{name}.db"))
     server = TestServer(connector.app, host="127.0.0.1")
     await server.start_server()
-    db = await open_state_db(Path(tmp) / "state-ours.db")
+    db = await open_state_db(Path(tmp) / f"state-{name}.db")
     rig = _Rig(connector, f"ws://127.0.0.1:{server.port}/relay", InboxStore(db))
     await rig.t.start()
     out = []
-    for i in range(cycles):
-        await rig.t.wait_until(lambda: rig.t.state is ConnState.CONNECTED)
-        assert await rig.t.go_dormant()
-        await connector.ingest("relay", "", {"chat_id": 1, "user_id": 1, "message_id": i,
-                                             "text": "wake"})
-        for poker in connector.pokers.values():
-            poker.cancel()  # no wake URL in this bench; the poke is ours below
-        await connector.store.flush()
-        rig.acked.clear()
-        t0 = time.perf_counter()
-        rig.t.wake("poke")
-        await rig.acked.wait()
-        out.append(time.perf_counter() - t0)
-    await rig.t.disconnect()
-    await server.close()
-    await connector.close()
-    await db.close()
-    return out
-
-
-async def timer_way(cycles: int, tmp: str) -> list[float]:
-    """Re-dial on a 1 s timer: a poke at a random moment waits for the next tick."""
-    connector = await Connector.create(str(Path(tmp) / "timer.db"))
-    server = TestServer(connector.app, host="127.0.0.1")
-    await server.start_server()
-    db = await open_state_db(Path(tmp) / "state-timer.db")
-    rig = _Rig(connector, f"ws://127.0.0.1:{server.port}/relay", InboxStore(db))
-    await rig.t.start()
-    out = []
-    for i in range(cycles):
-        await rig.t.wait_until(lambda: rig.t.state is ConnState.CONNECTED)
-        assert await rig.t.go_dormant()
-        closed_at = time.perf_counter()
-        await connector.ingest("relay", "", {"chat_id": 1, "user_id": 1, "message_id": i,
-                                             "text": "wake"})
-        for poker in connector.pokers.values():
-            poker.cancel()
-        rig.acked.clear()
-        await asyncio.sleep(random.uniform(0, 1.0))  # the poke lands somewhere in the period
-        t0 = time.perf_counter()
-        next_tick = closed_at + 1.0 * (1 + int((t0 - closed_at) // 1.0))
-        await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
-        rig.t.wake("timer tick")
-        await rig.acked.wait()
-        out.append(time.perf_counter() - t0)
-    await rig.t.disconnect()
-    await server.close()
-    await connector.close()
-    await db.close()
+    try:
+        for i in range(cycles):
+            await rig.t.wait_until(lambda: rig.t.state is ConnState.CONNECTED)
+            if not await rig.t.go_dormant():
+                raise RuntimeError("flip was not acknowledged")
+            closed_at = time.perf_counter()
+            await connector.ingest("relay", "", {"chat_id": 1, "user_id": 1, "message_id": i,
+                                                 "text": "wake"})
+            for poker in connector.pokers.values():
+                poker.cancel()  # no wake URL in this bench; the poke is ours below
+            await connector.store.flush()
+            rig.acked.clear()
+            if timer:
+                await asyncio.sleep(random.uniform(0, 1.0))  # when the poke lands
+            t0 = time.perf_counter()
+            if timer:
+                next_tick = closed_at + 1.0 * (1 + int((t0 - closed_at) // 1.0))
+                await asyncio.sleep(max(0.0, next_tick - time.perf_counter()))
+            rig.t.wake("timer tick" if timer else "poke")
+            await rig.acked.wait()
+            out.append(time.perf_counter() - t0)
+    finally:
+        await rig.t.disconnect()
+        await server.close()
+        await connector.close()
+        await db.close()
     return out
 
 
 async def run(cycles: int, timer_cycles: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         f = await floor(cycles)
-        o = await ours(cycles, tmp)
-        t = await timer_way(timer_cycles, tmp)
+        o = await _cycles(cycles, tmp, timer=False)
+        t = await _cycles(timer_cycles, tmp, timer=True)
     ms = 1000.0
     rows = []
     for q, goal_ms in (("p50", 6.0), ("p99", 12.0)):
