@@ -103,6 +103,8 @@ class Sidecar:
         self._suspend_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
+        self._flushing: asyncio.Task[None] | None = None
+        self._deliveries_pending = True  # unknown at start: look once
         self.http: aiohttp.ClientSession
         self.inbox: InboxStore
 
@@ -249,9 +251,6 @@ class Sidecar:
             if not result.get("success"):
                 return bool(result.get("ambiguous"))  # ambiguous: never sent twice
         return True
-
-    _flushing: asyncio.Task[None] | None = None
-    _deliveries_pending = True  # unknown at start: look once
 
     def _maybe_flush_deliveries(self) -> None:
         t = self.transport

@@ -19,6 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.clock import Clock, SystemClock
+from relay.connector.ingress import IngressError, build_event, check_action
 from relay.connector.store import BufferStore
 from relay.connector.wake import WakePoker, hold_presence
 from relay.errors import FrameTooLarge, ProtocolError, TokenError
@@ -54,14 +55,6 @@ class _Session:
     @property
     def live(self) -> bool:
         return self.handshaken and not self.flipped and not self.ws.closed
-
-
-class IngressError(Exception):
-    """An ingress request is refused: ``status`` (400/404/413) and a message naming why."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Connector:
@@ -305,7 +298,7 @@ class Connector:
             log.warning("gateway %s: outbound without a string requestId dropped", s.gateway_id)
             return
         action = frame.get("action")
-        error = _check_action(action)
+        error = check_action(action)
         if error is not None:
             self._spawn(self._reply(s, rid, {"success": False, "error": error}))
             return
@@ -407,64 +400,3 @@ class Connector:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "gateways_live": sorted(self.sessions)})
-
-
-def _check_action(action: Any) -> str | None:
-    """None if ``action`` is a supported op with its fields, else the error for the result."""
-    if not isinstance(action, dict):
-        return "unsupported op: action is not an object"
-    op = action.get("op")
-    if op not in F.SUPPORTED_OPS:
-        return f"unsupported op {op!r}; supported: {', '.join(F.SUPPORTED_OPS)}"
-    need = {"send": ("chat_id", "content"), "edit": ("chat_id", "message_id", "content"),
-            "typing": ("chat_id",)}[op]
-    missing = [k for k in need if action.get(k) in (None, "")]
-    if missing:
-        return f"op {op!r} lacks {', '.join(missing)}"
-    if op != "typing" and not isinstance(action.get("content"), str):
-        return f"op {op!r} content must be a string"
-    return None
-
-
-def _id_field(body: dict[str, Any], key: str, required: bool) -> str | None:
-    value = body.get(key)
-    if value is None:
-        if required:
-            raise IngressError(400, f"field {key!r} is missing; expected a string or number")
-        return None
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise IngressError(400, f"field {key!r} must be a string or number, not "
-                                f"{type(value).__name__}")
-    text = str(value)
-    if required and not text.strip():
-        raise IngressError(400, f"field {key!r} is empty")
-    return text
-
-
-def build_event(platform: str, body: Any) -> dict[str, Any]:
-    """Validate an ingress body and build the ``inbound.event`` (PROTOCOL.md section 4).
-
-    Raises ``IngressError(400)`` naming the bad or missing field, or saying the body is not a
-    JSON object. Extra fields are ignored; ids are kept as strings.
-    """
-    if not isinstance(body, dict):
-        raise IngressError(400, "body is not a JSON object")
-    chat_id = _id_field(body, "chat_id", True)
-    user_id = _id_field(body, "user_id", True)
-    message_id = _id_field(body, "message_id", True)
-    text = body.get("text")
-    if not isinstance(text, str) or not text:
-        raise IngressError(400, "field 'text' must be a non-empty string")
-    source: dict[str, Any] = {
-        "platform": platform,
-        "chat_id": chat_id,
-        "chat_type": "dm",
-        "user_id": user_id,
-        "user_name": None,
-    }
-    for key in ("user_name", "chat_type", "profile"):
-        if key in body and body[key] is not None:
-            if not isinstance(body[key], str):
-                raise IngressError(400, f"field {key!r} must be a string")
-            source[key] = body[key]
-    return {"text": text, "message_type": "text", "message_id": message_id, "source": source}
