@@ -121,3 +121,27 @@ async def test_cron_run_is_handed_to_the_running_sidecar(tmp_path: Path, llm: Fa
         await proc.wait_for_line(f"cron job {job_id} fired")  # it ran inside the sidecar
     finally:
         await proc.stop()
+
+
+async def test_delivery_while_dormant_is_kept_and_sent_after_wake(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    """A cron result produced while the relay is dormant waits in state.db, then goes out once."""
+    async with FakeConnector() as fake:
+        fake.answer_outbound = True
+        sc, clock = await _sidecar(tmp_path, fake, llm)
+        try:
+            await clock.advance(60)
+            await asyncio.wait_for(sc.transport.wait_until(
+                lambda: sc.transport.state is ConnState.DORMANT), 10)
+            await sc.deliver("relay", "9", "digest ready")
+            assert [d[3] for d in await sc.cron_store.pending_deliveries()] == ["digest ready"]
+            assert fake.of_type("outbound") == []
+            assert sc.watcher.wake("poke")
+            await fake.wait_until(lambda: len(fake.of_type("outbound")) == 1)
+            assert fake.of_type("outbound")[0]["action"] == {
+                "op": "send", "chat_id": "9", "content": "digest ready"}
+            await asyncio.wait_for(sc._flushing, 10)  # type: ignore[arg-type]
+            assert await sc.cron_store.pending_deliveries() == []
+        finally:
+            await sc.shutdown()
