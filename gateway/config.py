@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag
+from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag, idle_timeout_s
 from relay.errors import ConfigError
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
@@ -229,7 +229,7 @@ def load_config(home: Path | None = None, env: Mapping[str, str] | None = None) 
     s = f"{g}.scale_to_zero"
     z = c.scale_to_zero
     z.idle_timeout_s = r.get(f"{s}.idle_timeout_minutes", DEFAULT_IDLE_TIMEOUT_MIN,
-                             _num(0, strict=True), "a number > 0") * 60
+                             lambda v: idle_timeout_s(v) / 60, "a number > 0") * 60
     z.cooldown_s = r.get(f"{s}.cooldown_seconds", 60.0, _num(0), "a number >= 0")
     z.ack_timeout_s = r.get(f"{s}.ack_timeout_seconds", 10.0, _num(0), "a number >= 0")
     z.suspend = r.get(f"{s}.suspend", "autostop", _choice(SUSPEND_MODES),

@@ -18,17 +18,28 @@ def env_flag(value: str | None) -> bool:
     return value is not None and value.strip().lower() in TRUTHY
 
 
-def coerce_idle_timeout(minutes: object) -> float:
-    """Idle timeout in seconds from ``idle_timeout_minutes``: <= 0 or non-numeric -> 5 min."""
-    if isinstance(minutes, bool):
-        return DEFAULT_IDLE_TIMEOUT_MIN * 60
+def idle_timeout_s(minutes: object) -> float:
+    """Idle timeout in seconds from ``idle_timeout_minutes`` (a number > 0, may be a float).
+
+    Raises ``ValueError`` naming the value when it is <= 0, infinite, NaN or not a number.
+    """
+    if isinstance(minutes, bool) or not isinstance(minutes, int | float | str):
+        raise ValueError(f"idle_timeout_minutes {minutes!r} is not a number")
     try:
-        value = float(minutes)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return DEFAULT_IDLE_TIMEOUT_MIN * 60
-    if not value > 0 or value == float("inf"):
-        return DEFAULT_IDLE_TIMEOUT_MIN * 60
+        value = float(minutes)
+    except ValueError:
+        raise ValueError(f"idle_timeout_minutes {minutes!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise ValueError(f"idle_timeout_minutes {minutes!r} must be > 0")
     return value * 60
+
+
+def coerce_idle_timeout(minutes: object) -> float:
+    """``idle_timeout_s``, or the 5 minute default for <= 0 or non-numeric (SPEC section 4)."""
+    try:
+        return idle_timeout_s(minutes)
+    except ValueError:
+        return DEFAULT_IDLE_TIMEOUT_MIN * 60
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -144,7 +144,3 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
     if dest is not None:
         await ctx.deliver(dest[0], dest[1], result.text)
     return
-
-
-def with_next(job: Job, next_run_at: float | None) -> Job:
-    return replace(job, next_run_at=next_run_at)

@@ -87,7 +87,3 @@ class InboxStore:
             self.db, f"UPDATE inbox SET status = ?, {col} = ?, error = ? WHERE id = ?",
             (status, now, error, item_id),
         )
-
-    async def counts(self) -> dict[str, int]:
-        async with self.db.execute("SELECT status, COUNT(*) FROM inbox GROUP BY status") as cur:
-            return {r[0]: r[1] for r in await cur.fetchall()}
