@@ -96,6 +96,71 @@ MIGRATIONS = [
     """
     CREATE INDEX jobs_due ON jobs (enabled, next_run_at);
     """,
+    # 4: skill telemetry; a daily rollup kept by a trigger so the view and the EMA never scan
+    # the raw rows (rows from any writer count: the trigger sees every insert)
+    """
+    CREATE TABLE skill_invocations (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id INTEGER,
+        cron_id TEXT,
+        skill_name TEXT NOT NULL,
+        skill_version TEXT,
+        invoked_at REAL NOT NULL,
+        completed_at REAL,
+        model TEXT,
+        provider TEXT,
+        duration_seconds REAL,
+        input_tokens INTEGER,
+        output_tokens INTEGER,
+        cache_read_tokens INTEGER,
+        cache_write_tokens INTEGER,
+        estimated_cost_usd REAL,
+        success INTEGER,
+        end_reason TEXT,
+        quality_score REAL
+    );
+    CREATE INDEX skill_invocations_skill ON skill_invocations (skill_name, invoked_at);
+    CREATE INDEX skill_invocations_cron ON skill_invocations (cron_id, invoked_at);
+    CREATE TABLE skill_stats_rollup (
+        day TEXT NOT NULL,
+        skill_name TEXT NOT NULL,
+        model TEXT NOT NULL,
+        provider TEXT NOT NULL,
+        invocations INTEGER NOT NULL DEFAULT 0,
+        successes INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        total_duration_s REAL NOT NULL DEFAULT 0,
+        total_cost_usd REAL NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0,
+        output_tokens INTEGER NOT NULL DEFAULT 0,
+        last_invoked_at REAL,
+        PRIMARY KEY (day, skill_name, model, provider)
+    );
+    CREATE TRIGGER skill_invocations_rollup AFTER INSERT ON skill_invocations
+    BEGIN
+        INSERT OR IGNORE INTO skill_stats_rollup (day, skill_name, model, provider)
+        VALUES (date(NEW.invoked_at, 'unixepoch'), NEW.skill_name, COALESCE(NEW.model, ''),
+                COALESCE(NEW.provider, ''));
+        UPDATE skill_stats_rollup SET
+            invocations = invocations + 1,
+            successes = successes + (CASE WHEN NEW.success = 1 THEN 1 ELSE 0 END),
+            failures = failures + (CASE WHEN NEW.success = 0 THEN 1 ELSE 0 END),
+            total_duration_s = total_duration_s + COALESCE(NEW.duration_seconds, 0),
+            total_cost_usd = total_cost_usd + COALESCE(NEW.estimated_cost_usd, 0),
+            input_tokens = input_tokens + COALESCE(NEW.input_tokens, 0),
+            output_tokens = output_tokens + COALESCE(NEW.output_tokens, 0),
+            last_invoked_at = MAX(COALESCE(last_invoked_at, 0), NEW.invoked_at)
+        WHERE day = date(NEW.invoked_at, 'unixepoch') AND skill_name = NEW.skill_name
+          AND model = COALESCE(NEW.model, '') AND provider = COALESCE(NEW.provider, '');
+    END;
+    DROP VIEW IF EXISTS skill_stats_daily;
+    CREATE VIEW skill_stats_daily AS
+        SELECT day, skill_name, model, provider, invocations, successes, failures,
+               total_duration_s, total_duration_s / invocations AS avg_duration_s,
+               total_cost_usd, total_cost_usd / invocations AS avg_cost_usd,
+               input_tokens, output_tokens, last_invoked_at
+        FROM skill_stats_rollup;
+    """,
 ]
 
 

@@ -1,0 +1,1 @@
+"""Skill telemetry (invocations, daily rollup, EMA) and time-aware model routing."""
