@@ -69,7 +69,8 @@ async def test_ema_excludes_null_success_and_cuts_the_window_by_day(
     await _calls(db, 14, "provider_error")
     [entry] = await query_skill_ema(db, window_days=14, now=NOW)
     assert entry["ema_success_rate"] == 1.0
-    assert entry["sample_count"] == 3 and entry["days_with_data"] == 1
+    assert entry["sample_count"] == 3
+    assert entry["days_with_data"] == 1
     [wider] = await query_skill_ema(db, window_days=15, now=NOW)
     assert wider["failure_count"] == 1
 
@@ -104,7 +105,8 @@ async def test_two_skill_run_splits_cost_and_the_daily_view_sums_it(
     async with db.execute("SELECT SUM(total_cost_usd), SUM(invocations) FROM "
                           "skill_stats_daily") as cur:
         total, count = await cur.fetchone()  # type: ignore[misc]
-    assert total == pytest.approx(0.10) and count == 2
+    assert total == pytest.approx(0.10)
+    assert count == 2
 
 
 async def test_rollup_counts_rows_from_any_writer(db: aiosqlite.Connection) -> None:
