@@ -178,3 +178,48 @@ async def test_missing_skill_is_a_recorded_failure_and_skills_reach_the_prompt(
     assert await runs.fire() == "succeeded"
     assert llm.requests[0]["messages"][0] == {"role": "system",
                                               "content": "Summarise in three bullets."}
+
+
+async def test_routing_sends_an_18h_cron_turn_to_the_strong_model_and_records_it(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    """routing.enabled with a strong model and provider: an unpinned job at 18:00 UTC runs on
+    the strong model, the ledger keeps the reason, and each skill gets a telemetry row."""
+    from datetime import UTC, datetime
+
+    config = fake_config(tmp_path / "home", llm, "routing: {enabled: true, strong_model: big, "
+                         "strong_provider: b}\n")
+    at_18 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC).timestamp()
+    r = await CronRig(config, FakeClock(wall=at_18)).start(run_loop=False)
+    try:
+        skill = config.home / "skills" / "s1" / "SKILL.md"
+        skill.parent.mkdir(parents=True)
+        skill.write_text("be brief")
+        runs = await _job(r, skills=["s1"])
+        assert await runs.fire() == "succeeded"
+        assert llm.requests[-1]["model"] == "big"
+        [row] = await r.store.history(runs.job.id)
+        assert (row["provider"], row["model"]) == ("b", "big")
+        assert "strong model" in row["routing_reason"]
+        pinned = await _job(r, model="m1")
+        assert await pinned.fire() == "succeeded"
+        assert llm.requests[-1]["model"] == "m1"  # a pinned model is never routed
+        async with r.db.execute("SELECT skill_name, model, success, end_reason FROM "
+                                "skill_invocations") as cur:
+            assert [tuple(x) for x in await cur.fetchall()] == [("s1", "big", 1, "succeeded")]
+    finally:
+        await r.close()
+
+
+async def test_scaffolding_failures_are_recorded_with_null_success(
+    rig: CronRig, llm: FakeLLM
+) -> None:
+    """A missing skill and a drift block leave telemetry rows whose success is NULL."""
+    runs = await _job(rig, skills=["nope"])
+    assert await runs.fire() == "failed"
+    rig.config.model_default = "m2"
+    assert await runs.fire() == "blocked_drift"
+    async with rig.db.execute("SELECT success, end_reason FROM skill_invocations "
+                              "ORDER BY id") as cur:
+        rows = [tuple(x) for x in await cur.fetchall()]
+    assert rows == [(None, "skill_not_found"), (None, "blocked_drift")]
