@@ -12,12 +12,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from gateway.config import hermes_home, load_config
+from gateway.config import load_config
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -129,11 +128,12 @@ def _manage(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    path = hermes_home() / "sidecar.json"
-    try:
-        info = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        msg = f"no running sidecar: {path} not found"
+    from gateway.mgmt import sidecar_info
+
+    config = load_config()
+    info = sidecar_info(config)
+    if info is None:
+        msg = f"no running sidecar: {config.home / 'sidecar.json'} not found"
         if args.json:
             print(json.dumps({"error": msg}))
         else:

@@ -512,9 +512,7 @@ class RelayTransport:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         sock.pending[rid] = fut
         try:
-            try:
-                await sock.ws.send_str(encode_frame(F.outbound(rid, action, platform, bot_id)))
-            except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            if not await self.send_frame(F.outbound(rid, action, platform, bot_id)):
                 return dict(F.NOT_CONNECTED)
             try:
                 return await wait_with_timeout(

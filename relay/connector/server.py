@@ -128,8 +128,7 @@ class Connector:
         """Stop pokes, close sockets and flush the store."""
         for poker in self.pokers.values():
             poker.cancel()
-        for s in list(self.sessions.values()):
-            await s.ws.close(code=1001, message=b"connector shutting down")
+        await self._on_shutdown(self.app)
         for t in list(self._tasks):
             t.cancel()
         if self._http is not None:
@@ -137,6 +136,7 @@ class Connector:
         await self.store.close()
 
     async def _on_shutdown(self, _app: web.Application) -> None:
+        """Close every gateway socket with 1001 (the app's shutdown hook, and ``close()``)."""
         for s in list(self.sessions.values()):
             with contextlib.suppress(Exception):
                 await s.ws.close(code=1001, message=b"connector shutting down")
