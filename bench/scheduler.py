@@ -31,6 +31,7 @@ from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler, first_run_at
 from gateway.cron.store import CronStore, Job, new_job_id
 from gateway.statedb import open_state_db
+from gateway.telemetry.writer import TelemetryWriter
 from relay.clock import SystemClock
 from relay.protocol.frames import rfc3339
 
@@ -65,7 +66,7 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
             return None
 
         ctx = CronContext(config=config, store=store, clock=clock, http=http, env={},
-                          deliver=deliver)
+                          deliver=deliver, telemetry=TelemetryWriter(db, clock=clock))
         sched = CronScheduler(ctx, max_concurrent=64, run_fn=noop_turn)
         task = asyncio.create_task(sched.run())
         cpu0 = time.process_time()

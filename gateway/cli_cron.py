@@ -17,6 +17,7 @@ from gateway.cron.jobs import create_job, resume_next, update_job
 from gateway.cron.runner import CronContext, run_occurrence
 from gateway.cron.store import CronStore, Job
 from gateway.mgmt import Exit, call_sidecar, emit, notify, open_db
+from gateway.telemetry.writer import TelemetryWriter
 from relay.clock import SystemClock
 from relay.errors import ConfigError
 
@@ -154,9 +155,13 @@ async def _run_now(args: argparse.Namespace, config: Config, store: CronStore, j
             async def deliver(platform: str, chat_id: str, text: str) -> None:
                 await store.queue_delivery(platform, chat_id, text, clock.wall())
 
+            telemetry = TelemetryWriter(store.db, clock=clock)
             ctx = CronContext(config=config, store=store, clock=clock, http=http,
-                              env=os.environ, deliver=deliver)
-            run_id = await run_occurrence(ctx, job, clock.wall())
+                              env=os.environ, deliver=deliver, telemetry=telemetry)
+            try:
+                run_id = await run_occurrence(ctx, job, clock.wall())
+            finally:
+                await telemetry.flush()
         if run_id is None:
             raise Exit(1, "this occurrence was already claimed")
         row = await store.run_row(run_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from gateway.telemetry.record import Invocation
+
 
 class Metrics:
     """Counters and gauges exported on ``/metrics``."""
@@ -29,3 +31,24 @@ class Metrics:
         self.relay_connected = Gauge("hermes_relay_connected", "1 while the relay socket is up",
                                      registry=r)
         self.relay_dials = Gauge("hermes_relay_dial_attempts", "Relay dial attempts", registry=r)
+        self.skill_invocations = Counter(
+            "hermes_skill_invocations_total",
+            "Skill invocations by skill, model and outcome (success, failure, scaffolding)",
+            ["skill", "model", "outcome"], registry=r)
+        self.skill_cost = Counter("hermes_skill_cost_usd_total",
+                                  "Estimated spend in USD by skill and model (split evenly "
+                                  "across a run's skills)", ["skill", "model"], registry=r)
+        self.telemetry_dropped = Counter("hermes_telemetry_dropped_rows_total",
+                                         "Telemetry rows lost to a failed write", registry=r)
+
+    def observe_skill(self, row: Invocation) -> None:
+        """Count one skill invocation (``TelemetryWriter.on_record``); ``success`` NULL is a
+        scaffolding outcome, never a model failure."""
+        if row.success is None:
+            outcome = "scaffolding"
+        else:
+            outcome = "success" if row.success else "failure"
+        model = row.model or ""
+        self.skill_invocations.labels(row.skill_name, model, outcome).inc()
+        if row.estimated_cost_usd:
+            self.skill_cost.labels(row.skill_name, model).inc(row.estimated_cost_usd)

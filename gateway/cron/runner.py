@@ -17,12 +17,13 @@ from gateway.config import Config
 from gateway.cron.drift import Axes, check_drift, current_axes
 from gateway.cron.store import CronStore, Job
 from gateway.telemetry.learned import learned_hour_rates
-from gateway.telemetry.record import insert_invocations, split_run
+from gateway.telemetry.record import split_run
 from gateway.telemetry.routing import (
     RoutingDecision,
     RoutingSettings,
     resolve_time_aware_model,
 )
+from gateway.telemetry.writer import TelemetryWriter
 from relay.clock import Clock
 
 log = logging.getLogger("gateway.cron")
@@ -43,6 +44,8 @@ class CronContext:
     http: aiohttp.ClientSession
     env: Mapping[str, str]
     deliver: Deliver
+    telemetry: TelemetryWriter
+    """Batched ``skill_invocations`` writer (started by whoever builds the context)."""
 
 
 def parse_target(deliver_to: str | None) -> tuple[str, str] | None:
@@ -94,15 +97,13 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
 
     async def telemetry(end_reason: str, model: str | None = None, provider: str | None = None,
                         cost: float | None = None, tokens: tuple[int, int] | None = None) -> None:
-        """One skill_invocations row per skill of this run (scaffolding reasons -> NULL)."""
-        rows = split_run(run_id=run_id, cron_id=job.id, skills=job.skills, invoked_at=now,
-                         completed_at=clock.wall(), model=model, provider=provider,
-                         cost_usd=cost, input_tokens=tokens[0] if tokens else None,
-                         output_tokens=tokens[1] if tokens else None, end_reason=end_reason)
-        try:
-            await insert_invocations(store.db, rows)
-        except Exception as exc:  # telemetry never fails a run
-            log.warning("cron job %s: telemetry write failed: %s", job.id, exc)
+        """One skill_invocations row per skill of this run (scaffolding reasons -> NULL),
+        queued on the batched writer: a failed write is logged there and never fails a run."""
+        ctx.telemetry.record_many(split_run(
+            run_id=run_id, cron_id=job.id, skills=job.skills, invoked_at=now,
+            completed_at=clock.wall(), model=model, provider=provider, cost_usd=cost,
+            input_tokens=tokens[0] if tokens else None,
+            output_tokens=tokens[1] if tokens else None, end_reason=end_reason))
 
     pinned = Axes(job.provider, job.model)
     decision = check_drift(

@@ -31,6 +31,7 @@ from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
 from gateway.runtime.inbox_worker import InboxWorker
 from gateway.runtime.watcher import IdleWatcher
 from gateway.statedb import open_state_db
+from gateway.telemetry.writer import TelemetryWriter
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.clock import Clock, SystemClock
@@ -117,8 +118,13 @@ class Sidecar:
         self.inbox = InboxStore(self.db)
         self.http = aiohttp.ClientSession()
         self.cron_store = CronStore(self.db)
+        self.telemetry = TelemetryWriter(self.db, clock=self.clock,
+                                         on_record=self.metrics.observe_skill,
+                                         on_dropped=self.metrics.telemetry_dropped.inc)
+        self.telemetry.start()
         self.cron_ctx = CronContext(config=self.config, store=self.cron_store, clock=self.clock,
-                                    http=self.http, env=self.env, deliver=self.deliver)
+                                    http=self.http, env=self.env, deliver=self.deliver,
+                                    telemetry=self.telemetry)
         self.scheduler = CronScheduler(self.cron_ctx, activity=self.activity,
                                        max_concurrent=self.config.cron_max_concurrent,
                                        on_due=lambda: self.watcher.wake("due job"))
@@ -180,6 +186,7 @@ class Sidecar:
             self._suspend_task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.telemetry.aclose()
         await self.http.close()
         await self.db.close()
         self._remove_discovery()

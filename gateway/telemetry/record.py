@@ -6,7 +6,7 @@ by drift or budget, config error), so infrastructure breakage never counts again
 
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass
+from typing import NamedTuple
 
 import aiosqlite
 
@@ -19,9 +19,9 @@ _COLS = ("run_id, cron_id, skill_name, skill_version, invoked_at, completed_at, 
          " estimated_cost_usd, success, end_reason, quality_score")
 
 
-@dataclass(frozen=True)
-class Invocation:
-    """One ``skill_invocations`` row; times are Unix seconds (REAL), money USD."""
+class Invocation(NamedTuple):
+    """One ``skill_invocations`` row in column order; times are Unix seconds (REAL), money
+    USD. A tuple, so a batch goes to ``executemany`` without a copy."""
 
     run_id: int | None
     cron_id: str | None
@@ -67,12 +67,13 @@ def split_run(
     ]
 
 
+_INSERT = f"INSERT INTO skill_invocations ({_COLS}) VALUES ({', '.join('?' * 17)})"
+
+
 async def insert_invocations(db: aiosqlite.Connection, rows: list[Invocation]) -> None:
-    """Insert rows in one transaction (the rollup trigger keeps the daily stats)."""
+    """Insert rows now, in one transaction; the rollup trigger keeps the daily stats
+    (``TelemetryWriter`` batches calls to this). Raises what SQLite raises (rolled back)."""
     if not rows:
         return
     async with write_tx(db):
-        await db.executemany(
-            f"INSERT INTO skill_invocations ({_COLS}) VALUES ({', '.join('?' * 17)})",
-            [astuple(r) for r in rows],
-        )
+        await db.executemany(_INSERT, rows)

@@ -14,6 +14,7 @@ from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler
 from gateway.cron.store import CronStore, Job
 from gateway.statedb import open_state_db
+from gateway.telemetry.writer import TelemetryWriter
 from relay.clock import FakeClock
 from tests.fake_llm import FakeLLM
 
@@ -39,8 +40,11 @@ class CronRig:
         self.db = await open_state_db(self.config.state_db)
         self.store = CronStore(self.db)
         self.http = aiohttp.ClientSession()
+        self.telemetry = TelemetryWriter(self.db, clock=self.clock)
+        self.telemetry.start()
         self.ctx = CronContext(config=self.config, store=self.store, clock=self.clock,
-                               http=self.http, env={}, deliver=self._deliver)
+                               http=self.http, env={}, deliver=self._deliver,
+                               telemetry=self.telemetry)
         self.sched = CronScheduler(self.ctx, max_concurrent=4)
         if run_loop:
             self.task = asyncio.create_task(self.sched.run())
@@ -73,5 +77,6 @@ class CronRig:
                 await self.task
             except asyncio.CancelledError:
                 pass
+        await self.telemetry.aclose()
         await self.http.close()
         await self.db.close()

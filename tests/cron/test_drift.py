@@ -204,6 +204,7 @@ async def test_routing_sends_an_18h_cron_turn_to_the_strong_model_and_records_it
         pinned = await _job(r, model="m1")
         assert await pinned.fire() == "succeeded"
         assert llm.requests[-1]["model"] == "m1"  # a pinned model is never routed
+        await r.telemetry.flush()
         async with r.db.execute("SELECT skill_name, model, success, end_reason FROM "
                                 "skill_invocations") as cur:
             assert [tuple(x) for x in await cur.fetchall()] == [("s1", "big", 1, "succeeded")]
@@ -219,6 +220,7 @@ async def test_scaffolding_failures_are_recorded_with_null_success(
     assert await runs.fire() == "failed"
     rig.config.model_default = "m2"
     assert await runs.fire() == "blocked_drift"
+    await rig.telemetry.flush()
     async with rig.db.execute("SELECT success, end_reason FROM skill_invocations "
                               "ORDER BY id") as cur:
         rows = [tuple(x) for x in await cur.fetchall()]
