@@ -161,6 +161,38 @@ MIGRATIONS = [
                input_tokens, output_tokens, last_invoked_at
         FROM skill_stats_rollup;
     """,
+    # 5: the dispatch board. Every agent turn is a task; (source, ref) links a task to its
+    # inbox row or cron occurrence, unique so a restart never makes a second task for one.
+    """
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        title TEXT NOT NULL,
+        body TEXT NOT NULL DEFAULT '',
+        assignee TEXT,
+        status TEXT NOT NULL DEFAULT 'ready'
+            CHECK (status IN ('todo', 'ready', 'running', 'done', 'failed', 'blocked')),
+        priority INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        claim_lock TEXT,
+        claim_expires_at REAL,
+        source TEXT NOT NULL DEFAULT 'manual' CHECK (source IN ('inbound', 'cron', 'manual')),
+        ref TEXT,
+        result TEXT,
+        error TEXT
+    );
+    CREATE INDEX tasks_ready ON tasks (status, priority DESC, created_at, id);
+    CREATE UNIQUE INDEX tasks_ref ON tasks (source, ref) WHERE ref IS NOT NULL;
+    CREATE TABLE task_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        task_id INTEGER NOT NULL REFERENCES tasks (id),
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}',
+        at REAL NOT NULL
+    );
+    CREATE INDEX task_events_task ON task_events (task_id, id);
+    """,
 ]
 
 

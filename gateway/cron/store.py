@@ -8,8 +8,6 @@ an occurrence twice. A ``running`` row carries a lease and its owner (``host:pid
 from __future__ import annotations
 
 import json
-import os
-import socket
 import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -17,11 +15,11 @@ from typing import Any
 
 import aiosqlite
 
+from gateway.core.lease import OWNER, lapsed
 from relay.sqlite import write_one, write_tx
 
 RUN_STATUSES = ("running", "succeeded", "failed", "blocked_drift", "blocked_budget",
                 "skipped_overlap", "missed")
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -74,22 +72,6 @@ def _job(r: Any) -> Job:
 
 def new_job_id() -> str:
     return uuid.uuid4().hex[:12]
-
-
-def pid_alive(owner: str | None) -> bool:
-    """Whether the owner ``host:pid`` of a run is a live process on this host."""
-    if not owner or ":" not in owner:
-        return False
-    host, _, pid = owner.rpartition(":")
-    if host != socket.gethostname():
-        return True  # another host: trust its lease
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class CronStore:
@@ -231,7 +213,7 @@ class CronStore:
             "SELECT id, lease_until, owner FROM job_runs WHERE status = 'running'"
         ) as cur:
             rows = await cur.fetchall()
-        dead = [r[0] for r in rows if (r[1] is not None and r[1] < now) or not pid_alive(r[2])]
+        dead = [r[0] for r in rows if lapsed(r[2], r[1], now)]
         for run_id in dead:
             await self.finish(run_id, "failed", now, error="interrupted")
         return len(dead)

@@ -1,0 +1,163 @@
+"""The ``tasks`` and ``task_events`` tables of state.db (migration 5).
+
+Statuses: ``todo`` (not ready yet), ``ready`` (the dispatcher may claim it), ``running``
+(claimed: ``claim_lock`` holds the owner ``host:pid``), ``done``, ``failed``, ``blocked`` (the
+dispatcher cannot run it, e.g. an unknown profile; ``error`` says why). Times are Unix seconds.
+Every write goes through ``write_tx`` (BEGIN IMMEDIATE), so other processes' writers wait.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import aiosqlite
+
+from gateway.core.lease import lapsed
+from relay.sqlite import write_tx
+
+STATUSES = ("todo", "ready", "running", "done", "failed", "blocked")
+SOURCES = ("inbound", "cron", "manual")
+_COLS = ("id, title, body, assignee, status, priority, created_at, started_at, finished_at,"
+         " claim_lock, claim_expires_at, source, ref, result, error")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One row of ``tasks``. ``ref`` links an inbound task to ``inbox:<id>`` and a cron task
+    to ``cron:<job id>@<scheduled_for>``; manual tasks have none."""
+
+    id: int
+    title: str
+    body: str
+    assignee: str | None
+    status: str
+    priority: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    claim_lock: str | None
+    claim_expires_at: float | None
+    source: str
+    ref: str | None
+    result: str | None
+    error: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TaskStore:
+    """Task rows and their event log on one state.db connection."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def get(self, task_id: int) -> Task | None:
+        async with self.db.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else Task(*row)
+
+    async def by_ref(self, source: str, ref: str) -> Task | None:
+        async with self.db.execute(f"SELECT {_COLS} FROM tasks WHERE source = ? AND ref = ?",
+                                   (source, ref)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else Task(*row)
+
+    async def list(self, status: str | None = None, limit: int = 1000) -> list[Task]:
+        """Tasks, newest first (``status`` filters)."""
+        where, params = ("WHERE status = ?", [status]) if status else ("", [])
+        async with self.db.execute(f"SELECT {_COLS} FROM tasks {where} ORDER BY id DESC LIMIT ?",
+                                   (*params, limit)) as cur:
+            return [Task(*r) for r in await cur.fetchall()]
+
+    async def ready(self) -> list[Task]:
+        """Ready tasks in dispatch order: priority high first, then creation time, then id."""
+        async with self.db.execute(
+            f"SELECT {_COLS} FROM tasks WHERE status = 'ready'"
+            " ORDER BY priority DESC, created_at, id"
+        ) as cur:
+            return [Task(*r) for r in await cur.fetchall()]
+
+    async def running_counts(self) -> dict[str, int]:
+        """Running tasks per assignee (None/blank assignees under ``""``)."""
+        async with self.db.execute(
+            "SELECT COALESCE(assignee, ''), COUNT(*) FROM tasks WHERE status = 'running'"
+            " GROUP BY COALESCE(assignee, '')"
+        ) as cur:
+            return {a: n for a, n in await cur.fetchall()}
+
+    async def events(self, task_id: int) -> list[dict[str, Any]]:
+        async with self.db.execute(
+            "SELECT kind, payload, at FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
+        ) as cur:
+            return [{"kind": k, "payload": json.loads(p), "at": at}
+                    for k, p, at in await cur.fetchall()]
+
+    async def counts(self) -> dict[str, int]:
+        """Tasks per status (every status present, 0 when none)."""
+        async with self.db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status") as cur:
+            found = {s: n for s, n in await cur.fetchall()}
+        return {s: found.get(s, 0) for s in STATUSES}
+
+    # --- writes ----------------------------------------------------------------------------
+
+    async def event(self, task_id: int, kind: str, payload: dict[str, Any], now: float) -> None:
+        """Append one event (call inside a ``write_tx``)."""
+        await self.db.execute(
+            "INSERT INTO task_events (task_id, kind, payload, at) VALUES (?, ?, ?, ?)",
+            (task_id, kind, json.dumps(payload, sort_keys=True), now))
+
+    async def create(self, *, title: str, now: float, body: str = "",
+                     assignee: str | None = None, priority: int = 0, source: str = "manual",
+                     ref: str | None = None, status: str = "ready") -> Task | None:
+        """Insert a task (and its ``created`` event) in one transaction.
+
+        Returns the task, or None when a task with the same ``(source, ref)`` exists already.
+        Raises ``ValueError`` naming a bad ``source`` or ``status``.
+        """
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r} must be one of {', '.join(SOURCES)}")
+        if status not in ("todo", "ready"):
+            raise ValueError(f"a new task's status {status!r} must be todo or ready")
+        async with write_tx(self.db):
+            cur = await self.db.execute(
+                "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
+                " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (title, body, assignee, status, priority, now, source, ref))
+            if cur.rowcount != 1 or cur.lastrowid is None:
+                return None
+            task_id = cur.lastrowid
+            await self.event(task_id, "created", {"source": source, "assignee": assignee}, now)
+        return await self.get(task_id)
+
+    async def finish(self, task_id: int, status: str, now: float, *, result: str | None = None,
+                     error: str | None = None) -> None:
+        """Close a running task as ``done`` or ``failed`` (a ``finished`` event with both)."""
+        if status not in ("done", "failed"):
+            raise ValueError(f"finish status {status!r} must be done or failed")
+        async with write_tx(self.db):
+            await self.db.execute(
+                "UPDATE tasks SET status = ?, finished_at = ?, result = ?, error = ?,"
+                " claim_lock = NULL, claim_expires_at = NULL WHERE id = ?",
+                (status, now, result, error, task_id))
+            await self.event(task_id, "finished", {"status": status, "error": error}, now)
+
+    async def requeue_lapsed(self, now: float) -> list[int]:
+        """At start-up: ``running`` tasks whose claim lapsed (lease over or owner gone) go back
+        to ``ready`` with a ``requeued`` event naming the old claim. Returns their ids."""
+        async with write_tx(self.db):
+            async with self.db.execute(
+                "SELECT id, claim_lock, claim_expires_at FROM tasks WHERE status = 'running'"
+            ) as cur:
+                rows = await cur.fetchall()
+            ids = [r[0] for r in rows if lapsed(r[1], r[2], now)]
+            for task_id, lock, _ in (r for r in rows if r[0] in ids):
+                await self.db.execute(
+                    "UPDATE tasks SET status = 'ready', started_at = NULL, claim_lock = NULL,"
+                    " claim_expires_at = NULL WHERE id = ?", (task_id,))
+                await self.event(task_id, "requeued", {"lapsed_claim": lock}, now)
+        return ids

@@ -1,0 +1,214 @@
+"""dispatch_once against a real state.db: order, caps, default assignee, dry run, races."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from gateway.core.lease import OWNER
+from gateway.kanban.dispatch import DispatchResult, as_cap, dispatch_once
+from gateway.kanban.store import Task, TaskStore
+from gateway.statedb import open_state_db
+
+NOW = 1_800_000_000.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[TaskStore]:
+    db = await open_state_db(tmp_path / "state.db")
+    yield TaskStore(db)
+    await db.close()
+
+
+async def _make(store: TaskStore, alpha: int, beta: int) -> dict[str, list[int]]:
+    ids: dict[str, list[int]] = {"alpha": [], "beta": []}
+    t = NOW
+    for name, n in (("alpha", alpha), ("beta", beta)):
+        for i in range(n):
+            t += 1
+            task = await store.create(title=f"{name} {i}", assignee=name, now=t)
+            assert task is not None
+            ids[name].append(task.id)
+    return ids
+
+
+async def _tick(store: TaskStore, **kw: object) -> tuple[DispatchResult, list[Task]]:
+    spawned: list[Task] = []
+    result = await dispatch_once(store, spawn_fn=spawned.append, now=NOW + 100, **kw)  # type: ignore[arg-type]
+    return result, spawned
+
+
+def _by(result: DispatchResult) -> tuple[int, int]:
+    names = [a for _, a in result.spawned]
+    return names.count("alpha"), names.count("beta")
+
+
+async def test_no_cap_spawns_every_ready_task(store: TaskStore) -> None:
+    await _make(store, 5, 3)
+    result, spawned = await _tick(store)
+    assert _by(result) == (5, 3)
+    assert {t.status for t in await store.list()} == {"running"}
+    assert [t.id for t in spawned] == [i for i, _ in result.spawned]
+
+
+async def test_per_profile_cap_two(store: TaskStore) -> None:
+    ids = await _make(store, 5, 3)
+    result, _ = await _tick(store, max_in_progress_per_profile=2)
+    assert result.spawned == [(ids["alpha"][0], "alpha"), (ids["alpha"][1], "alpha"),
+                              (ids["beta"][0], "beta"), (ids["beta"][1], "beta")]
+    capped = result.skipped_per_profile_capped
+    assert [(a, n) for _, a, n in capped] == [("alpha", 2)] * 3 + [("beta", 2)]
+    assert [t for t, _, _ in capped] == ids["alpha"][2:] + ids["beta"][2:]
+
+
+async def test_already_running_counts_against_the_cap(store: TaskStore) -> None:
+    """1 alpha running, cap 1: 0 alpha + 1 beta spawned, 2 alpha + 1 beta deferred."""
+    await _make(store, 1, 0)
+    await _tick(store)  # alpha 0 is now running
+    await _make(store, 2, 2)
+    result, _ = await _tick(store, max_in_progress_per_profile=1)
+    assert _by(result) == (0, 1)
+    capped = result.skipped_per_profile_capped
+    assert sorted((a, n) for _, a, n in capped) == [("alpha", 1), ("alpha", 1), ("beta", 1)]
+
+
+@pytest.mark.parametrize("cap", [0, -1, "abc", None, True, 2.5], ids=repr)
+async def test_invalid_caps_mean_no_cap(store: TaskStore, cap: object) -> None:
+    await _make(store, 5, 3)
+    result, _ = await _tick(store, max_in_progress=cap, max_in_progress_per_profile=cap)
+    assert _by(result) == (5, 3)
+    assert as_cap(cap) is None
+
+
+async def test_global_cap_counts_running_tasks_and_order_is_priority_then_age(
+    store: TaskStore,
+) -> None:
+    low = await store.create(title="low", assignee="alpha", now=NOW)
+    high = await store.create(title="high", assignee="beta", priority=5, now=NOW + 5)
+    mid = await store.create(title="mid", assignee="alpha", priority=1, now=NOW + 1)
+    assert low and high and mid
+    result, _ = await _tick(store, max_in_progress=2)
+    assert result.spawned == [(high.id, "beta"), (mid.id, "alpha")]
+    assert result.skipped_global_cap == [low.id]
+    result, _ = await _tick(store, max_in_progress=2)
+    assert (result.spawned, result.skipped_global_cap) == ([], [low.id])
+
+
+async def test_a_capped_task_spawns_on_the_next_tick_after_one_finishes(store: TaskStore) -> None:
+    ids = await _make(store, 2, 0)
+    first, _ = await _tick(store, max_in_progress_per_profile=1)
+    assert first.spawned == [(ids["alpha"][0], "alpha")]
+    again, _ = await _tick(store, max_in_progress_per_profile=1)
+    assert again.spawned == []  # still running: still deferred
+    await store.finish(ids["alpha"][0], "done", NOW + 200, result="ok")
+    after, _ = await _tick(store, max_in_progress_per_profile=1)
+    assert after.spawned == [(ids["alpha"][1], "alpha")]
+
+
+async def test_default_assignee_auto_assigns_and_leaves_an_event(store: TaskStore) -> None:
+    task = await store.create(title="unowned", now=NOW)
+    assert task is not None
+    for blank in ("", "   ", None):
+        result, _ = await _tick(store, dry_run=True, default_assignee=blank)
+        assert (result.skipped_unassigned, result.spawned) == ([task.id], [])
+    result, spawned = await _tick(store, default_assignee=" alpha ")
+    assert (result.auto_assigned_default, result.spawned) == ([task.id], [(task.id, "alpha")])
+    assert spawned[0].assignee == "alpha"
+    row = await store.get(task.id)
+    assert row is not None and row.assignee == "alpha"
+    [assigned] = [e for e in await store.events(task.id) if e["kind"] == "assigned"]
+    assert assigned["payload"] == {"assignee": "alpha", "source": "kanban.default_assignee"}
+
+
+async def test_unknown_profile_is_blocked_with_an_error_naming_it(store: TaskStore) -> None:
+    task = await store.create(title="t", assignee="ghost", now=NOW)
+    assert task is not None
+    result, spawned = await _tick(store, profiles=["default", "alpha"])
+    assert spawned == []
+    row = await store.get(task.id)
+    assert row is not None and row.status == "blocked"
+    assert row.error == "unknown profile 'ghost' (known profiles: alpha, default)"
+    assert result.blocked == [(task.id, "ghost", row.error)]
+
+
+def _dump(path: Path) -> list[str]:
+    conn = sqlite3.connect(path)
+    try:
+        return list(conn.iterdump())
+    finally:
+        conn.close()
+
+
+async def test_dry_run_writes_nothing_and_reports_what_a_real_tick_spawns(
+    tmp_path: Path, store: TaskStore,
+) -> None:
+    await _make(store, 5, 3)
+    for _ in range(2):
+        await store.create(title="unowned", now=NOW + 50)
+    await store.create(title="ghost", assignee="ghost", now=NOW + 60)
+    kw = {"max_in_progress_per_profile": 2, "max_in_progress": 3, "default_assignee": "beta",
+          "profiles": ["alpha", "beta"]}
+    before = _dump(tmp_path / "state.db")
+    dry, spawned = await _tick(store, dry_run=True, **kw)
+    assert spawned == []
+    assert _dump(tmp_path / "state.db") == before
+    real, _ = await _tick(store, **kw)
+    assert dry == real
+    assert real.auto_assigned_default and real.blocked and real.skipped_global_cap
+    assert real.skipped_per_profile_capped
+
+
+async def test_two_dispatchers_race_over_500_tasks_and_claim_each_once(tmp_path: Path) -> None:
+    """Two connections (two dispatchers) tick until the board is empty: every task is claimed
+    exactly once, and the claims split between them."""
+    path = tmp_path / "race.db"
+    dbs = [await open_state_db(path), await open_state_db(path)]
+    try:
+        stores = [TaskStore(db) for db in dbs]
+        for i in range(500):
+            await stores[0].create(title=f"t{i}", assignee=("alpha", "beta")[i % 2], now=NOW + i)
+        claims: list[list[int]] = [[], []]
+
+        async def run(k: int) -> None:
+            while True:
+                result = await dispatch_once(stores[k], spawn_fn=lambda t: None, now=NOW,
+                                             max_in_progress=7, owner=f"host:{k}")
+                claims[k] += [i for i, _ in result.spawned]
+                if not result.spawned and not result.skipped_global_cap:
+                    return
+                # finish this dispatcher's work so the global cap frees up
+                for task_id, _ in result.spawned:
+                    await stores[k].finish(task_id, "done", NOW)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(run(0), run(1))
+        everything = claims[0] + claims[1]
+        assert sorted(everything) == list(range(1, 501))  # each exactly once
+        assert claims[0] and claims[1]
+        async with dbs[0].execute("SELECT COUNT(*) FROM task_events WHERE kind = 'claimed'") as c:
+            assert (await c.fetchone()) == (500,)
+    finally:
+        for db in dbs:
+            await db.close()
+
+
+async def test_lapsed_running_tasks_go_back_to_ready_with_an_event(store: TaskStore) -> None:
+    """A claim by another host whose lease ran out is requeued; this live process's is not."""
+    dead = await store.create(title="dead owner", assignee="alpha", now=NOW)
+    live = await store.create(title="live owner", assignee="alpha", now=NOW)
+    assert dead and live
+    await dispatch_once(store, spawn_fn=lambda t: None, now=NOW, owner="nohost-x:1")
+    # the "live" one is claimed by this very process
+    await store.db.execute("UPDATE tasks SET claim_lock = ? WHERE id = ?",
+                           (OWNER, live.id))
+    await store.db.execute("UPDATE tasks SET claim_expires_at = ? WHERE id = ?", (NOW - 1, dead.id))
+    assert await store.requeue_lapsed(NOW + 10) == [dead.id]
+    row = await store.get(dead.id)
+    assert row is not None and (row.status, row.claim_lock) == ("ready", None)
+    assert (await store.events(dead.id))[-1]["kind"] == "requeued"
+    still = await store.get(live.id)
+    assert still is not None and still.status == "running"
