@@ -90,7 +90,9 @@ async def test_global_cap_counts_running_tasks_and_order_is_priority_then_age(
     low = await store.create(title="low", assignee="alpha", now=NOW)
     high = await store.create(title="high", assignee="beta", priority=5, now=NOW + 5)
     mid = await store.create(title="mid", assignee="alpha", priority=1, now=NOW + 1)
-    assert low and high and mid
+    assert low
+    assert high
+    assert mid
     result, _ = await _tick(store, max_in_progress=2)
     assert result.spawned == [(high.id, "beta"), (mid.id, "alpha")]
     assert result.skipped_global_cap == [low.id]
@@ -119,7 +121,8 @@ async def test_default_assignee_auto_assigns_and_leaves_an_event(store: TaskStor
     assert (result.auto_assigned_default, result.spawned) == ([task.id], [(task.id, "alpha")])
     assert spawned[0].assignee == "alpha"
     row = await store.get(task.id)
-    assert row is not None and row.assignee == "alpha"
+    assert row is not None
+    assert row.assignee == "alpha"
     [assigned] = [e for e in await store.events(task.id) if e["kind"] == "assigned"]
     assert assigned["payload"] == {"assignee": "alpha", "source": "kanban.default_assignee"}
 
@@ -130,7 +133,8 @@ async def test_unknown_profile_is_blocked_with_an_error_naming_it(store: TaskSto
     result, spawned = await _tick(store, profiles=["default", "alpha"])
     assert spawned == []
     row = await store.get(task.id)
-    assert row is not None and row.status == "blocked"
+    assert row is not None
+    assert row.status == "blocked"
     assert row.error == "unknown profile 'ghost' (known profiles: alpha, default)"
     assert result.blocked == [(task.id, "ghost", row.error)]
 
@@ -158,7 +162,9 @@ async def test_dry_run_writes_nothing_and_reports_what_a_real_tick_spawns(
     assert _dump(tmp_path / "state.db") == before
     real, _ = await _tick(store, **kw)
     assert dry == real
-    assert real.auto_assigned_default and real.blocked and real.skipped_global_cap
+    assert real.auto_assigned_default
+    assert real.blocked
+    assert real.skipped_global_cap
     assert real.skipped_per_profile_capped
 
 
@@ -188,7 +194,8 @@ async def test_two_dispatchers_race_over_500_tasks_and_claim_each_once(tmp_path:
         await asyncio.gather(run(0), run(1))
         everything = claims[0] + claims[1]
         assert sorted(everything) == list(range(1, 501))  # each exactly once
-        assert claims[0] and claims[1]
+        assert claims[0]
+        assert claims[1]
         async with dbs[0].execute("SELECT COUNT(*) FROM task_events WHERE kind = 'claimed'") as c:
             assert (await c.fetchone()) == (500,)
     finally:
@@ -200,7 +207,8 @@ async def test_lapsed_running_tasks_go_back_to_ready_with_an_event(store: TaskSt
     """A claim by another host whose lease ran out is requeued; this live process's is not."""
     dead = await store.create(title="dead owner", assignee="alpha", now=NOW)
     live = await store.create(title="live owner", assignee="alpha", now=NOW)
-    assert dead and live
+    assert dead
+    assert live
     await dispatch_once(store, spawn_fn=lambda t: None, now=NOW, owner="nohost-x:1")
     # the "live" one is claimed by this very process
     await store.db.execute("UPDATE tasks SET claim_lock = ? WHERE id = ?",
@@ -208,7 +216,9 @@ async def test_lapsed_running_tasks_go_back_to_ready_with_an_event(store: TaskSt
     await store.db.execute("UPDATE tasks SET claim_expires_at = ? WHERE id = ?", (NOW - 1, dead.id))
     assert await store.requeue_lapsed(NOW + 10) == [dead.id]
     row = await store.get(dead.id)
-    assert row is not None and (row.status, row.claim_lock) == ("ready", None)
+    assert row is not None
+    assert (row.status, row.claim_lock) == ("ready", None)
     assert (await store.events(dead.id))[-1]["kind"] == "requeued"
     still = await store.get(live.id)
-    assert still is not None and still.status == "running"
+    assert still is not None
+    assert still.status == "running"
