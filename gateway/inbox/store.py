@@ -80,6 +80,16 @@ class InboxStore:
             rows = await cur.fetchall()
         return [InboxItem(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
+    async def get(self, item_id: int) -> InboxItem | None:
+        """One item by id (None when there is none)."""
+        async with self.db.execute(
+            "SELECT id, buffer_id, platform, chat_id, message_id, profile, event FROM inbox"
+            " WHERE id = ?", (item_id,)
+        ) as cur:
+            r = await cur.fetchone()
+        return None if r is None else InboxItem(r[0], r[1], r[2], r[3], r[4], r[5],
+                                                json.loads(r[6]))
+
     async def mark(self, item_id: int, status: str, now: float, error: str | None = None) -> None:
         """Move an item to ``running``, ``done`` or ``failed`` (committed at once)."""
         col = "started_at" if status == "running" else "finished_at"

@@ -1,9 +1,11 @@
-"""Turns for admitted inbound: one provider call, one relay ``send`` per chunk of the answer.
+"""The turn of one admitted inbound message: one provider call on the task's profile, then the
+answer sent chunk by chunk through ``reply``. The dispatch board calls ``turn`` for inbound
+tasks (so caps and the idle watcher see it); items of one chat still run in arrival order (a
+FIFO lock per chat), whatever the caps allow.
 
-Items of one chat run in arrival order (a FIFO lock per chat); different chats run side by
-side up to ``workers``. A reply that cannot be sent because the relay is down waits for the
-reconnect (the work stays counted, so the watcher will not flip under it); an ambiguous result
-(timeout, lost connection) is not resent, so nobody gets an answer twice.
+``relay_reply`` is the sidecar's reply path: a reply that cannot be sent because the relay is
+down waits for the reconnect (the task stays running, so the watcher will not flip under it);
+an ambiguous result (timeout, lost connection) is not resent, so nobody gets an answer twice.
 """
 
 from __future__ import annotations
@@ -12,88 +14,80 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
 
 from gateway.agent.provider import ProviderError, complete, split_message
 from gateway.agent.resolve import resolve
-from gateway.inbox.store import InboxItem
+from gateway.config import Config
+from gateway.inbox.store import InboxItem, InboxStore
+from gateway.kanban.board import Outcome
+from relay.client.transport import RelayTransport
+from relay.clock import Clock
 from relay.errors import ConfigError
-
-if TYPE_CHECKING:
-    from gateway.runtime.sidecar import Sidecar
 
 log = logging.getLogger("gateway.inbox")
 
+Reply = Callable[[InboxItem, str], Awaitable[tuple[bool, str | None]]]
+"""``reply(item, answer) -> (sent, error)``."""
+
 
 class InboxWorker:
-    """Consumes admitted inbox items; ``accepting=False`` stops new turns (shutdown)."""
+    """Runs inbound turns. ``on_outcome(label)`` counts turns (the sidecar's metrics)."""
 
-    def __init__(self, sidecar: Sidecar, workers: int = 4) -> None:
-        self.sc = sidecar
-        self.queue: asyncio.Queue[InboxItem] = asyncio.Queue()
-        self.workers = workers
-        self.accepting = True
+    def __init__(self, *, inbox: InboxStore, config: Config, http: aiohttp.ClientSession,
+                 env: Mapping[str, str], clock: Clock, reply: Reply,
+                 on_outcome: Callable[[str], None] | None = None) -> None:
+        self.inbox = inbox
+        self.config = config
+        self.http = http
+        self.env = env
+        self.clock = clock
+        self.reply = reply
+        self.on_outcome = on_outcome
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self.running = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
-    def submit(self, items: list[InboxItem]) -> None:
-        for item in items:
-            self.queue.put_nowait(item)
+    async def turn(self, item: InboxItem, profile: str | None) -> Outcome:
+        """Answer ``item`` on ``profile`` (None: the default) and reply; the task's outcome.
 
-    async def run(self) -> None:
-        async with asyncio.TaskGroup() as tg:
-            for i in range(self.workers):
-                tg.create_task(self._work(), name=f"inbox-worker-{i}")
-
-    async def wait_idle(self) -> None:
-        """Return once no turn is running."""
-        await self._idle.wait()
-
-    async def _work(self) -> None:
-        while True:
-            item = await self.queue.get()
-            if not self.accepting:
-                continue  # left pending in state.db for the next start
-            lock = self._locks[f"{item.platform}\x00{item.chat_id}"]
-            async with lock:
-                if not self.accepting:
-                    continue
-                self.running += 1
-                self._idle.clear()
-                try:
-                    with self.sc.activity.work("turn"):
-                        await self._turn(item)
-                finally:
-                    self.running -= 1
-                    if self.running == 0:
-                        self._idle.set()
-
-    async def _turn(self, item: InboxItem) -> None:
-        sc = self.sc
-        await sc.inbox.mark(item.id, "running", sc.clock.wall())
-        text = item.event.get("text")
-        outcome, error = "succeeded", None
-        try:
-            target = resolve(sc.config, item.profile)
-            answer = (await complete(sc.http, target, [{"role": "user", "content": str(text)}],
-                                     env=sc.env)).text
-        except ConfigError as exc:
-            outcome, error = "config_error", str(exc)
-            answer = f"This agent cannot answer yet: {exc}."
-        except ProviderError as exc:
-            outcome, error = "failed", str(exc)
-            answer = "Sorry, the model provider failed for this message; please try again."
-        sent_ok, send_error = await self._reply(item, answer)
-        status = "done" if sent_ok and outcome == "succeeded" else "failed"
-        await sc.inbox.mark(item.id, status, sc.clock.wall(), error or send_error)
-        sc.metrics.turns.labels(outcome=outcome if sent_ok else "reply_failed").inc()
+        The inbox row goes ``running`` then ``done``/``failed``. A config or provider error
+        still sends the user a short apology, and the task is ``failed`` with the cause.
+        """
+        async with self._locks[f"{item.platform}\x00{item.chat_id}"]:
+            await self.inbox.mark(item.id, "running", self.clock.wall())
+            text = item.event.get("text")
+            outcome, error = "succeeded", None
+            try:
+                target = resolve(self.config, profile)
+                answer = (await complete(self.http, target,
+                                         [{"role": "user", "content": str(text)}],
+                                         env=self.env)).text
+            except ConfigError as exc:
+                outcome, error = "config_error", str(exc)
+                answer = f"This agent cannot answer yet: {exc}."
+            except ProviderError as exc:
+                outcome, error = "failed", str(exc)
+                answer = "Sorry, the model provider failed for this message; please try again."
+            sent_ok, send_error = await self.reply(item, answer)
+            ok = sent_ok and outcome == "succeeded"
+            await self.inbox.mark(item.id, "done" if ok else "failed", self.clock.wall(),
+                                  error or send_error)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome if sent_ok else "reply_failed")
         log.info("turn %s for inbox %d (chat %s): %s; reply %s", outcome, item.id, item.chat_id,
                  error or "answered", "sent" if sent_ok else f"not sent ({send_error})")
+        return Outcome("done" if ok else "failed", result="answered" if ok else None,
+                       error=error or send_error)
 
-    async def _reply(self, item: InboxItem, answer: str) -> tuple[bool, str | None]:
-        t = self.sc.transport
+
+def relay_reply(transport: RelayTransport | None,
+                accepting: Callable[[], bool]) -> Reply:
+    """The sidecar's ``reply``: send each chunk over the relay; wait for a reconnect while
+    ``accepting()``; never resend an ambiguous result."""
+
+    async def reply(item: InboxItem, answer: str) -> tuple[bool, str | None]:
+        t = transport
         if t is None:
             return False, "no relay configured: reply not sent"
         for chunk in split_message(answer, t.max_message_length):
@@ -106,12 +100,14 @@ class InboxWorker:
                     log.warning("reply to inbox %d is ambiguous (%s); not resending", item.id,
                                 result.get("error"))
                     return False, str(result.get("error"))
-                if result.get("error") == "relay transport not connected" and self.accepting:
+                if result.get("error") == "relay transport not connected" and accepting():
                     # Keep the turn counted as work until the relay is back, then resend.
                     with contextlib.suppress(asyncio.CancelledError):
-                        await t.wait_until(lambda: t.connected or not self.accepting)
-                    if not self.accepting:
+                        await t.wait_until(lambda: t.connected or not accepting())
+                    if not accepting():
                         return False, "shutting down before the relay came back"
                     continue
                 return False, str(result.get("error"))
         return True, None
+
+    return reply

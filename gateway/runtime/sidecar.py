@@ -20,15 +20,18 @@ from gateway.config import Config
 from gateway.core.policy import ArmInputs, arm_blockers
 from gateway.core.resume import ResumeDetector
 from gateway.core.watcher import WatchState
-from gateway.cron.runner import CronContext, run_occurrence
+from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler
-from gateway.cron.store import CronStore
+from gateway.cron.store import CronStore, Job
 from gateway.http.server import build_app
-from gateway.inbox.store import InboxStore
+from gateway.inbox.store import InboxItem, InboxStore
+from gateway.kanban.board import Board
+from gateway.kanban.execute import TaskExecutor, cron_ref
+from gateway.kanban.store import TaskStore
 from gateway.metrics import Metrics
 from gateway.runtime.activity import Activity
 from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
-from gateway.runtime.inbox_worker import InboxWorker
+from gateway.runtime.inbox_worker import InboxWorker, relay_reply
 from gateway.runtime.watcher import IdleWatcher
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
@@ -99,7 +102,6 @@ class Sidecar:
         )
         self.watcher.on_dormant.append(self._entered_dormant)
         self.watcher.on_live.append(self._left_dormant)
-        self.worker = InboxWorker(self)
         self._tasks: list[asyncio.Task[Any]] = []
         self._suspend_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
@@ -125,9 +127,18 @@ class Sidecar:
         self.cron_ctx = CronContext(config=self.config, store=self.cron_store, clock=self.clock,
                                     http=self.http, env=self.env, deliver=self.deliver,
                                     telemetry=self.telemetry)
+        self.worker = InboxWorker(
+            inbox=self.inbox, config=self.config, http=self.http, env=self.env, clock=self.clock,
+            reply=relay_reply(self.transport, lambda: self.board.accepting),
+            on_outcome=lambda label: self.metrics.turns.labels(outcome=label).inc())
+        self.tasks = TaskStore(self.db)
+        self.board = Board(self.tasks, config=self.config, clock=self.clock,
+                           activity=self.activity,
+                           execute=TaskExecutor(self.cron_ctx, self.inbox, self.worker.turn))
         self.scheduler = CronScheduler(self.cron_ctx, activity=self.activity,
                                        max_concurrent=self.config.cron_max_concurrent,
-                                       on_due=lambda: self.watcher.wake("due job"))
+                                       on_due=lambda: self.watcher.wake("due job"),
+                                       run_fn=self._run_cron_task)
         self.scheduler.on_planned = self.watcher.kick
         self.watcher.next_due_wall = lambda: self.scheduler.next_due
         if self.transport is not None:
@@ -143,8 +154,8 @@ class Sidecar:
         leftover = await self.inbox.unfinished()
         if leftover:
             log.info("resuming %d unfinished inbox item(s) from the last run", len(leftover))
-            self.worker.submit(leftover)
-        self._tasks.append(asyncio.create_task(self.worker.run(), name="inbox-workers"))
+            await self._submit_inbound(leftover)  # no-op for items whose task exists
+        self._tasks.append(asyncio.create_task(self.board.run(), name="dispatch-board"))
         if self.transport is not None:
             await self.transport.start()
         else:
@@ -165,11 +176,10 @@ class Sidecar:
 
         Unfinished inbox items stay ``pending``/``running`` in state.db for the next start.
         """
-        log.info("shutdown: accepting no new turns; %d running", self.worker.running)
-        self.worker.accepting = False
+        log.info("shutdown: accepting no new turns; %d task(s) running", self.board.running)
+        self.board.accepting = False
         self.watcher.dormant.set()  # ends /presence streams: this process is going away
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.worker.wait_idle(), self.config.shutdown_timeout_s)
+        await self.board.stop(self.config.shutdown_timeout_s)
         if self.transport is not None and self.transport.state is ConnState.CONNECTED:
             with contextlib.suppress(TimeoutError):
                 flipped = await asyncio.wait_for(self.transport.go_dormant(),
@@ -226,7 +236,30 @@ class Sidecar:
             log.info("admitted %d inbound message(s)%s", len(new),
                      f" ({dupes} duplicate(s) re-acked)" if dupes else "")
             self.activity.inbound()
-            self.worker.submit(new)
+            await self._submit_inbound(new)
+
+    async def _submit_inbound(self, items: list[InboxItem]) -> None:
+        """One board task per inbox item, assigned to its ``source.profile`` (else the default
+        profile). Idempotent: an item that has a task already gets no second one."""
+        for item in items:
+            await self.board.submit(
+                title=f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
+                assignee=item.profile or "default", source="inbound", ref=f"inbox:{item.id}")
+
+    async def _run_cron_task(self, ctx: CronContext, job: Job, scheduled_for: float) -> int | None:
+        """The scheduler's ``run_fn``: the occurrence becomes a board task on the job's profile
+        and runs when the caps allow; returns its ledger run id (None: another process has it).
+        A task blocked by an unknown profile is recorded on the ledger as failed."""
+        task = await self.board.submit(
+            title=f"cron {job.name or job.id}", body=job.prompt,
+            assignee=job.profile or "default", source="cron", ref=cron_ref(job.id, scheduled_for))
+        if task is None:
+            return None
+        outcome = await self.board.wait(task.id)
+        if outcome.status == "blocked":
+            return await ctx.store.record(job.id, scheduled_for, "failed", self.clock.wall(),
+                                          error=outcome.error)
+        return json.loads(outcome.result)["run_id"] if outcome.result else None
 
     async def _on_interrupt(self, frame: dict[str, Any]) -> None:
         log.info("interrupt_inbound for session %r", frame.get("session_key"))
@@ -237,6 +270,7 @@ class Sidecar:
         """A poke, a resume or a change notification: the scheduler re-plans at once."""
         if hasattr(self, "scheduler"):
             self.scheduler.replan()
+            self.board.kick()
 
     # --- deliveries (cron results and alerts) ----------------------------------------------
 
@@ -285,7 +319,7 @@ class Sidecar:
         if job is None:
             return None
         with self.activity.work("job"):
-            run_id = await run_occurrence(self.cron_ctx, job, self.clock.wall())
+            run_id = await self._run_cron_task(self.cron_ctx, job, self.clock.wall())
         return None if run_id is None else await self.cron_store.run_row(run_id)
 
     def check_resume(self) -> None:

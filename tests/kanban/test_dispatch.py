@@ -169,8 +169,9 @@ async def test_dry_run_writes_nothing_and_reports_what_a_real_tick_spawns(
 
 
 async def test_two_dispatchers_race_over_500_tasks_and_claim_each_once(tmp_path: Path) -> None:
-    """Two connections (two dispatchers) tick until the board is empty: every task is claimed
-    exactly once, and the claims split between them."""
+    """Two connections (two dispatchers, each on its own SQLite connection and thread) tick
+    side by side until the board is empty: every task is claimed exactly once. (How the claims
+    split between them depends on who wins the write lock, so only the union is asserted.)"""
     path = tmp_path / "race.db"
     dbs = [await open_state_db(path), await open_state_db(path)]
     try:
@@ -194,8 +195,6 @@ async def test_two_dispatchers_race_over_500_tasks_and_claim_each_once(tmp_path:
         await asyncio.gather(run(0), run(1))
         everything = claims[0] + claims[1]
         assert sorted(everything) == list(range(1, 501))  # each exactly once
-        assert claims[0]
-        assert claims[1]
         async with dbs[0].execute("SELECT COUNT(*) FROM task_events WHERE kind = 'claimed'") as c:
             assert (await c.fetchone()) == (500,)
     finally:
