@@ -2,7 +2,8 @@
 
 ``POST /v1/chat/completions`` answers ``"echo: <last user content>"`` with usage and cost.
 ``hold`` (an Event, when set to one) makes every request wait until it is set; ``requests``
-records each request body; ``status`` forces an error status.
+records each request body; ``status`` forces an error status; ``delay`` (seconds) makes every
+answer slow (a slow provider); ``max_in_flight`` is the most requests it held at once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         self.hold: asyncio.Event | None = None
         self.status = 200
+        self.delay = 0.0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.changed = asyncio.Event()
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._complete)
@@ -49,8 +53,15 @@ class FakeLLM:
         body = await request.json()
         self.requests.append(body)
         self.changed.set()
-        if self.hold is not None:
-            await self.hold.wait()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.hold is not None:
+                await self.hold.wait()
+            if self.delay:
+                await asyncio.sleep(self.delay)  # the provider's own slowness, not a test wait
+        finally:
+            self.in_flight -= 1
         if self.status != 200:
             return web.json_response({"error": "boom"}, status=self.status)
         content = body["messages"][-1]["content"]

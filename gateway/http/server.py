@@ -41,6 +41,7 @@ def build_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/presence", presence)
     app.router.add_post("/admin/notify", admin_notify)
     app.router.add_post("/admin/cron/run", admin_cron_run)
+    app.router.add_post("/admin/kanban/dispatch", admin_kanban_dispatch)
     return app
 
 
@@ -137,3 +138,23 @@ async def admin_cron_run(request: web.Request) -> web.Response:
     if row is None:
         return web.json_response({"error": f"unknown job id {job_id!r}"}, status=404)
     return web.json_response(row)
+
+
+async def admin_kanban_dispatch(request: web.Request) -> web.Response:
+    """``kanban dispatch`` handed to the running sidecar: one tick; the DispatchResult. Body
+    ``{"dry_run": bool}`` (optional); 503 while shutting down."""
+    sc = request.app[SIDECAR]
+    if request.headers.get("Authorization") != f"Bearer {sc.admin_token}":
+        return web.json_response({"error": "unauthorized"}, status=401)
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or not isinstance(body.get("dry_run", False), bool):
+        return web.json_response({"error": "body must be {\"dry_run\": true|false}"}, status=400)
+    if not sc.board.accepting:
+        return web.json_response({"error": "shutting down"}, status=503)
+    result = await sc.board.tick(dry_run=body.get("dry_run", False))
+    log.info("kanban dispatch handed over%s: %d spawned", " (dry run)" if body.get("dry_run")
+             else "", len(result.spawned))
+    return web.json_response(result.to_json())

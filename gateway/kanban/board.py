@@ -6,6 +6,9 @@ command's notify, start-up. Each event ``kick()``s the loop, which runs ``dispat
 a tick spawns nothing. A spawned task runs in its own asyncio task, counted as ``task`` work for
 the idle watcher (so the sidecar never goes dormant under it), then is finished ``done`` or
 ``failed`` and kicks the loop again, so a task deferred by a cap spawns on the next tick.
+Ready tasks deferred by a cap count as ``queued task`` work too, from the tick that deferred
+them to the tick that no longer does: otherwise the watcher would see no work in the gap
+between one task finishing and the next being claimed, and flip the relay under the queue.
 
 At start-up, ``running`` tasks whose claim lapsed (their owner process died) go back to
 ``ready`` with a ``requeued`` event before the first tick.
@@ -59,6 +62,7 @@ class Board:
         self._waiters: dict[int, asyncio.Future[Outcome]] = {}
         self._idle = asyncio.Event()
         self._idle.set()
+        self._queued: contextlib.ExitStack | None = None  # holds "queued task" work
 
     @property
     def running(self) -> int:
@@ -101,7 +105,18 @@ class Board:
         if not dry_run:
             for task_id, _, error in result.blocked:
                 self._resolve(task_id, Outcome("blocked", error=error))
+            self._hold_queued(bool(result.skipped_per_profile_capped
+                                   or result.skipped_global_cap))
         return result
+
+    def _hold_queued(self, waiting: bool) -> None:
+        """Count deferred ready tasks as work for the idle watcher while ``waiting``."""
+        if waiting and self._queued is None:
+            self._queued = contextlib.ExitStack()
+            self._queued.enter_context(self.activity.work("queued task"))
+        elif not waiting and self._queued is not None:
+            self._queued.close()
+            self._queued = None
 
     async def run(self) -> None:
         """Requeue lapsed claims, then tick on every kick until cancelled."""
@@ -125,13 +140,17 @@ class Board:
 
     def _spawn(self, task: Task) -> None:
         self._idle.clear()
-        self._running[task.id] = asyncio.create_task(self._run_task(task),
+        # Counted as work from the claim on (not from when the asyncio task first runs), so
+        # the watcher never sees a gap between a claim and its turn.
+        work = contextlib.ExitStack()
+        work.enter_context(self.activity.work("task"))
+        self._running[task.id] = asyncio.create_task(self._run_task(task, work),
                                                      name=f"task-{task.id}")
 
-    async def _run_task(self, task: Task) -> None:
+    async def _run_task(self, task: Task, work: contextlib.ExitStack) -> None:
         outcome = Outcome("failed", error="interrupted")
         try:
-            with self.activity.work("task"):
+            with work:
                 try:
                     outcome = await self.execute(task)
                 except Exception as exc:
@@ -158,6 +177,7 @@ class Board:
         """Claim nothing more; let running tasks finish for up to ``timeout_s`` seconds. Tasks
         still running stay ``running`` in state.db and are requeued at the next start."""
         self.accepting = False
+        self._hold_queued(False)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.wait_idle(), timeout_s)
         for t in list(self._running.values()):

@@ -381,7 +381,8 @@ class Sidecar:
             "idle_for_s": round(now - self.activity.idle_since, 3),
             "idle_timeout_s": self.config.scale_to_zero.idle_timeout_s,
             "cooldown_until": cooldown,
-            "running_turns": self.activity.running.get("turn", 0),
+            "running_turns": self.board.running,  # every agent turn is a board task
+            "tasks": await self.tasks.counts(),
             "next_job_due_at": (rfc3339(self.scheduler.next_due)
                                 if self.scheduler.next_due is not None else None),
             "jobs_may_run_late": bool(

@@ -1,0 +1,163 @@
+"""``hermes-sidecar kanban create|list|dispatch``: the dispatch board from the shell.
+
+``create`` makes a ``ready`` task and notifies a running sidecar (which dispatches at once).
+``dispatch --dry-run`` reads the board and prints what a tick would do, writing nothing.
+A real ``dispatch`` is handed to the running sidecar (its tasks run there, replies go out over
+its relay); with none running it runs one tick in this process and waits for the spawned
+tasks (inbound replies and cron deliveries are then queued in state.db for the next start).
+Bad input exits 2 with one line and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+import aiohttp
+
+from gateway.config import Config
+from gateway.cron.runner import CronContext
+from gateway.cron.store import CronStore
+from gateway.inbox.store import InboxItem, InboxStore
+from gateway.kanban.board import Board
+from gateway.kanban.dispatch import DispatchResult, as_assignee
+from gateway.kanban.execute import TaskExecutor
+from gateway.kanban.store import STATUSES, Task, TaskStore
+from gateway.mgmt import Exit, call_sidecar, emit, notify, open_db
+from gateway.runtime.activity import Activity
+from gateway.runtime.inbox_worker import InboxWorker
+from gateway.telemetry.writer import TelemetryWriter
+from relay.clock import SystemClock
+
+
+def _priority(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"priority {text!r} is not an integer (higher runs first)") from None
+
+
+def _status(text: str) -> str:
+    if text not in STATUSES:
+        raise argparse.ArgumentTypeError(f"status {text!r} must be one of {', '.join(STATUSES)}")
+    return text
+
+
+def add_parsers(sub: Any, parser_class: Any) -> None:
+    k = sub.add_parser("kanban", help="the dispatch board: tasks per profile")
+    ksub = k.add_subparsers(dest="kanban_cmd", required=True, parser_class=parser_class)
+    c = ksub.add_parser("create", help="create a ready task")
+    c.add_argument("--title", required=True)
+    c.add_argument("--body", default="")
+    c.add_argument("--assignee", help="profile name (default: kanban.default_assignee)")
+    c.add_argument("--priority", type=_priority, default=0, help="integer, higher first")
+    c.add_argument("--json", action="store_true")
+    ls = ksub.add_parser("list", help="tasks, newest first")
+    ls.add_argument("--status", type=_status)
+    ls.add_argument("--json", action="store_true")
+    d = ksub.add_parser("dispatch", help="one dispatcher tick")
+    d.add_argument("--dry-run", action="store_true", help="report the decisions, write nothing")
+    d.add_argument("--json", action="store_true")
+
+
+def _task_line(t: Task) -> str:
+    return (f"#{t.id}  [{t.status}]  {t.assignee or '-'}  p{t.priority}  {t.source}  {t.title}"
+            + (f"  ({t.error})" if t.error else ""))
+
+
+def result_lines(result: DispatchResult, titles: dict[int, str], default: str) -> list[str]:
+    """The readable report of a tick, one line per decision (``default``: the default
+    assignee the auto-assigned tasks got)."""
+    def name(task_id: int) -> str:
+        return f"#{task_id} {titles.get(task_id, '')}".rstrip()
+
+    lines = [f"Auto-assigned to kanban.default_assignee={default}: {name(i)}"
+             for i in result.auto_assigned_default]
+    lines += [f"Spawned ({a}): {name(i)}" for i, a in result.spawned]
+    lines += [f"Deferred ({a} at per-profile cap, {n} running): {name(i)}"
+              for i, a, n in result.skipped_per_profile_capped]
+    lines += [f"Deferred (global cap kanban.max_in_progress reached): {name(i)}"
+              for i in result.skipped_global_cap]
+    lines += [f"Unassigned (no kanban.default_assignee): {name(i)}"
+              for i in result.skipped_unassigned]
+    lines += [f"Blocked: {name(i)}: {err}" for i, _, err in result.blocked]
+    return lines or ["Nothing to dispatch"]
+
+
+def _from_json(doc: dict[str, Any]) -> DispatchResult:
+    return DispatchResult(
+        spawned=[(int(i), str(a)) for i, a in doc.get("spawned", [])],
+        skipped_unassigned=[int(i) for i in doc.get("skipped_unassigned", [])],
+        skipped_per_profile_capped=[(int(i), str(a), int(n))
+                                    for i, a, n in doc.get("skipped_per_profile_capped", [])],
+        skipped_global_cap=[int(i) for i in doc.get("skipped_global_cap", [])],
+        auto_assigned_default=[int(i) for i in doc.get("auto_assigned_default", [])],
+        blocked=[(int(i), str(a), str(e)) for i, a, e in doc.get("blocked", [])],
+    )
+
+
+async def run(args: argparse.Namespace, config: Config) -> int:
+    clock = SystemClock()
+    cmd = args.kanban_cmd
+    if cmd == "create":  # validate before touching state.db: bad input writes nothing
+        if not args.title.strip():
+            raise Exit(2, "--title must be a non-empty string")
+        if args.assignee is not None and not args.assignee.strip():
+            raise Exit(2, f"--assignee {args.assignee!r} is blank; give a profile name or "
+                          "omit it (kanban.default_assignee then applies)")
+    db = await open_db(config)
+    try:
+        store = TaskStore(db)
+        if cmd == "create":
+            task = await store.create(title=args.title.strip(), body=args.body,
+                                      assignee=args.assignee.strip() if args.assignee else None,
+                                      priority=args.priority, now=clock.wall())
+            assert task is not None  # manual tasks have no ref, so never a duplicate
+            await notify(config)
+            emit(args.json, task.to_json(), f"created {_task_line(task)}")
+            return 0
+        if cmd == "list":
+            tasks = await store.list(args.status)
+            emit(args.json, [t.to_json() for t in tasks],
+                 "\n".join(_task_line(t) for t in tasks) or "no tasks")
+            return 0
+        result = await _dispatch(args, config, store, clock)
+        titles = {t.id: t.title for t in await store.list(limit=100_000)}
+        default = as_assignee(config.kanban_default_assignee) or ""
+        emit(args.json, result.to_json(), "\n".join(result_lines(result, titles, default)))
+        return 0
+    finally:
+        await db.close()
+
+
+async def _dispatch(args: argparse.Namespace, config: Config, store: TaskStore,
+                    clock: SystemClock) -> DispatchResult:
+    if not args.dry_run:
+        handed = await call_sidecar(config, "/admin/kanban/dispatch", {"dry_run": False})
+        if handed is not None and handed[0] == 200:
+            return _from_json(handed[1])
+    async with aiohttp.ClientSession() as http:
+        cron_store, inbox = CronStore(store.db), InboxStore(store.db)
+
+        async def deliver(platform: str, chat_id: str, text: str) -> None:
+            await cron_store.queue_delivery(platform, chat_id, text, clock.wall())
+
+        async def queue_reply(item: InboxItem, answer: str) -> tuple[bool, str | None]:
+            await deliver(item.platform, item.chat_id, answer)
+            return True, None
+
+        telemetry = TelemetryWriter(store.db, clock=clock)
+        ctx = CronContext(config=config, store=cron_store, clock=clock, http=http,
+                          env=os.environ, deliver=deliver, telemetry=telemetry)
+        worker = InboxWorker(inbox=inbox, config=config, http=http, env=os.environ,
+                             clock=clock, reply=queue_reply)
+        board = Board(store, config=config, clock=clock, activity=Activity(clock),
+                      execute=TaskExecutor(ctx, inbox, worker.turn))
+        try:
+            result = await board.tick(dry_run=args.dry_run)
+            await board.wait_idle()  # one tick: the spawned tasks run here, to the end
+        finally:
+            await telemetry.flush()
+    return result
