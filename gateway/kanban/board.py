@@ -50,12 +50,14 @@ class Board:
     events; ``submit()`` creates a task and kicks; ``wait(task_id)`` awaits its outcome."""
 
     def __init__(self, store: TaskStore, *, config: Config, clock: Clock, activity: Activity,
-                 execute: Execute) -> None:
+                 execute: Execute,
+                 on_blocked: Callable[[int, str], Awaitable[None]] | None = None) -> None:
         self.store = store
         self.config = config
         self.clock = clock
         self.activity = activity
         self.execute = execute
+        self.on_blocked = on_blocked  # (task id, error), after a tick blocked it
         self.accepting = True
         self._kick = asyncio.Event()
         self._running: dict[int, asyncio.Task[None]] = {}
@@ -105,6 +107,8 @@ class Board:
         if not dry_run:
             for task_id, _, error in result.blocked:
                 self._resolve(task_id, Outcome("blocked", error=error))
+                if self.on_blocked is not None:
+                    await self.on_blocked(task_id, error)
             self._hold_queued(bool(result.skipped_per_profile_capped
                                    or result.skipped_global_cap))
         return result

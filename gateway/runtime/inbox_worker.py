@@ -81,6 +81,17 @@ class InboxWorker:
                        error=error or send_error)
 
 
+    async def refuse(self, item: InboxItem, error: str) -> None:
+        """A message the board blocked (its profile is unknown): tell the user why, once, and
+        close the inbox row as failed so a restart does not pick it up again."""
+        sent_ok, send_error = await self.reply(item, f"This agent cannot answer yet: {error}.")
+        await self.inbox.mark(item.id, "failed", self.clock.wall(), error)
+        if self.on_outcome is not None:
+            self.on_outcome("blocked" if sent_ok else "reply_failed")
+        log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error,
+                    "sent" if sent_ok else f"not sent ({send_error})")
+
+
 def relay_reply(transport: RelayTransport | None,
                 accepting: Callable[[], bool]) -> Reply:
     """The sidecar's ``reply``: send each chunk over the relay; wait for a reconnect while

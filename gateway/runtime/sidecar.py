@@ -107,6 +107,7 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._flushing: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self._deliveries_pending = True  # unknown at start: look once
         self.http: aiohttp.ClientSession
         self.inbox: InboxStore
@@ -134,7 +135,8 @@ class Sidecar:
         self.tasks = TaskStore(self.db)
         self.board = Board(self.tasks, config=self.config, clock=self.clock,
                            activity=self.activity,
-                           execute=TaskExecutor(self.cron_ctx, self.inbox, self.worker.turn))
+                           execute=TaskExecutor(self.cron_ctx, self.inbox, self.worker.turn),
+                           on_blocked=self._task_blocked)
         self.scheduler = CronScheduler(self.cron_ctx, activity=self.activity,
                                        max_concurrent=self.config.cron_max_concurrent,
                                        on_due=lambda: self.watcher.wake("due job"),
@@ -245,6 +247,22 @@ class Sidecar:
             await self.board.submit(
                 title=f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
                 assignee=item.profile or "default", source="inbound", ref=f"inbox:{item.id}")
+
+    async def _task_blocked(self, task_id: int, error: str) -> None:
+        """An inbound task blocked by an unknown profile: the user hears why (in the
+        background, counted as work), and its inbox row is closed."""
+        task = await self.tasks.get(task_id)
+        ref = task.ref if task is not None and task.source == "inbound" else None
+        item = await self.inbox.get(int(ref[len("inbox:"):])) if ref else None
+        if item is None:
+            return
+
+        async def refuse() -> None:
+            with self.activity.work("turn"):
+                await self.worker.refuse(item, error)
+
+        self._background.add(t := asyncio.create_task(refuse()))
+        t.add_done_callback(self._background.discard)
 
     async def _run_cron_task(self, ctx: CronContext, job: Job, scheduled_for: float) -> int | None:
         """The scheduler's ``run_fn``: the occurrence becomes a board task on the job's profile

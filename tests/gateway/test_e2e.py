@@ -141,6 +141,7 @@ async def _kill9_before_answer(stack: Stack, dormant_first: bool) -> None:
     assert await stack.replies() == []
     sc2 = await stack.start_sidecar()
     await sc2.wait_for_line("resuming 1 unfinished inbox item")
+    await sc2.wait_for_line("requeued 1 task(s) whose claim lapsed: 1")  # its board task
     await sc2.wait_for_line("turn succeeded")
     assert await stack.replies() == ["echo: precious"], sc2.output
     assert len(stack.llm.requests) == 2  # the interrupted call and the one that answered

@@ -107,3 +107,31 @@ async def test_kanban_commands_hand_work_to_the_running_sidecar(
         assert proc.proc.returncode is None  # still serving
     finally:
         await proc.stop()
+
+
+async def test_inbound_for_an_unknown_profile_is_blocked_and_told_why(
+    tmp_path: Path, llm: FakeLLM
+) -> None:
+    """A message for profile "ghost": its task is blocked naming the known profiles, the user
+    is told once, no provider call is made, and the next message is answered as usual."""
+    st = Stack(tmp_path, llm)
+    st.write_config(idle_minutes=10)
+    await st.start_relay()
+    sc = await st.start_sidecar()
+    try:
+        async with aiohttp.ClientSession() as s, s.post(f"{st.relay_base}/ingress/relay", json={
+                "chat_id": "c1", "user_id": "u1", "text": "boo", "message_id": 1,
+                "profile": "ghost"}) as r:
+            assert r.status == 202
+        await sc.wait_for_line("inbox 1 (chat c1) blocked")
+        await st.ingress("hello", 2)
+        await sc.wait_for_line("turn succeeded")
+        assert await st.replies() == [
+            "This agent cannot answer yet: unknown profile 'ghost' (known profiles: default).",
+            "echo: hello"]
+        assert len(llm.requests) == 1
+        listed = json.loads(kanban(st.home, "list", "--json").stdout)
+        assert [(t["assignee"], t["status"]) for t in listed] == [("default", "done"),
+                                                                   ("ghost", "blocked")]
+    finally:
+        await st.close()
