@@ -20,6 +20,7 @@ Rules (SPEC section 6):
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
@@ -114,12 +115,13 @@ async def dispatch_once(
     store: TaskStore, *, spawn_fn: Callable[[Task], object], dry_run: bool = False,
     max_in_progress: object = None, max_in_progress_per_profile: object = None,
     default_assignee: object = None, profiles: Collection[str] | None = None,
-    now: float, owner: str = OWNER,
+    now: float | None = None, owner: str = OWNER,
 ) -> DispatchResult:
     """Run one tick against ``store``; call ``spawn_fn(task)`` for each claimed task after the
     claims commit (the task is ``running``, its assignee set). A dry run calls nothing.
 
-    ``now``: Unix seconds stamped on claims and events. ``owner``: the ``claim_lock`` value.
+    ``now``: Unix seconds stamped on claims and events (default: the system clock).
+    ``owner``: the ``claim_lock`` value (``host:pid`` of this process by default).
     Caps and the default follow the module rules. Raises what SQLite raises (rolled back).
     """
     if dry_run:
@@ -127,6 +129,7 @@ async def dispatch_once(
                              max_in_progress=max_in_progress,
                              max_in_progress_per_profile=max_in_progress_per_profile,
                              default_assignee=default_assignee, profiles=profiles)
+    now = time.time() if now is None else now
     claimed: list[Task] = []
     async with write_tx(store.db):
         ready = await store.ready()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -221,3 +223,45 @@ async def test_lapsed_running_tasks_go_back_to_ready_with_an_event(store: TaskSt
     still = await store.get(live.id)
     assert still is not None
     assert still.status == "running"
+
+
+RACER = """
+import asyncio, json, sys
+from pathlib import Path
+from gateway.kanban.dispatch import dispatch_once
+from gateway.kanban.store import TaskStore
+from gateway.statedb import open_state_db
+
+async def main():
+    db = await open_state_db(Path(sys.argv[1]))
+    store, mine = TaskStore(db), []
+    while True:
+        r = await dispatch_once(store, spawn_fn=lambda t: None, max_in_progress=5)
+        mine += [i for i, _ in r.spawned]
+        if not r.spawned and not r.skipped_global_cap:
+            break
+        for i, _ in r.spawned:
+            await store.finish(i, "done", 0.0)
+    await db.close()
+    print(json.dumps(mine))
+
+asyncio.run(main())
+"""
+
+
+async def test_two_dispatcher_processes_claim_each_of_500_tasks_once(tmp_path: Path) -> None:
+    """The same race across two OS processes (two SQLite connections in two processes)."""
+    path = tmp_path / "race.db"
+    db = await open_state_db(path)
+    store = TaskStore(db)
+    for i in range(500):
+        await store.create(title=f"t{i}", assignee="alpha", now=NOW + i)
+    await db.close()
+    procs = [await asyncio.create_subprocess_exec(
+        sys.executable, "-c", RACER, str(path), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE) for _ in range(2)]
+    outs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err.decode()
+    claims = [json.loads(out) for out, _ in outs]
+    assert sorted(claims[0] + claims[1]) == list(range(1, 501))
