@@ -31,7 +31,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.common import emit_rows, pct
-from gateway.inbox.store import InboxStore
+from gateway.inbox.store import InboxItem, InboxStore
+from gateway.kanban.store import TaskStore
 from gateway.statedb import open_state_db
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
@@ -62,7 +63,8 @@ async def floor(cycles: int) -> list[float]:
 
 
 class _Rig:
-    """Transport whose handler persists like the sidecar does (state.db inbox, FULL commit)."""
+    """Transport whose handler persists like the sidecar does (state.db inbox plus the board
+    task, one FULL commit)."""
 
     def __init__(self, connector: Connector, url: str, inbox: InboxStore) -> None:
         self.connector = connector
@@ -79,7 +81,13 @@ class _Rig:
                                 on_inbound=self._on)
 
     async def _on(self, batch: list[dict[str, Any]]) -> None:
-        await self.inbox.admit(batch, time.time())
+        await self.inbox.admit(batch, time.time(), in_tx=self._tasks)
+
+    async def _tasks(self, items: list[InboxItem]) -> None:
+        tasks = TaskStore(self.inbox.db)
+        for item in items:
+            await tasks.insert(title="inbound", assignee=item.profile or "default",
+                               source="inbound", ref=f"inbox:{item.id}", now=time.time())
 
 
 async def _cycles(cycles: int, tmp: str, *, timer: bool) -> list[float]:

@@ -8,6 +8,7 @@ stored is a duplicate: it is acked again by the transport but never handled twic
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +51,15 @@ class InboxStore:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
 
-    async def admit(self, frames: list[dict[str, Any]], now: float) -> list[InboxItem]:
+    async def admit(
+        self, frames: list[dict[str, Any]], now: float,
+        in_tx: Callable[[list[InboxItem]], Awaitable[None]] | None = None,
+    ) -> list[InboxItem]:
         """Persist new inbound events in one durable transaction; return only the new ones.
 
         A frame without a usable ``message_id`` is still stored (keyed by its bufferId).
+        ``in_tx(new)`` runs inside the same transaction (the sidecar creates the board tasks
+        there: one commit, and never an inbox row without its task).
         """
         new: list[InboxItem] = []
         async with write_tx(self.db):
@@ -69,6 +75,8 @@ class InboxStore:
                 if cur.rowcount == 1 and cur.lastrowid is not None:
                     new.append(InboxItem(cur.lastrowid, bid, platform, chat_id, message_id,
                                          profile, ev))
+            if new and in_tx is not None:
+                await in_tx(new)
         return new
 
     async def unfinished(self) -> list[InboxItem]:

@@ -119,20 +119,29 @@ class TaskStore:
         Returns the task, or None when a task with the same ``(source, ref)`` exists already.
         Raises ``ValueError`` naming a bad ``source`` or ``status``.
         """
+        async with write_tx(self.db):
+            task_id = await self.insert(title=title, now=now, body=body, assignee=assignee,
+                                        priority=priority, source=source, ref=ref,
+                                        status=status)
+        return None if task_id is None else await self.get(task_id)
+
+    async def insert(self, *, title: str, now: float, body: str = "",
+                     assignee: str | None = None, priority: int = 0, source: str = "manual",
+                     ref: str | None = None, status: str = "ready") -> int | None:
+        """``create`` inside the caller's ``write_tx``: the new id, or None for a duplicate
+        ``(source, ref)``. Raises ``ValueError`` naming a bad ``source`` or ``status``."""
         if source not in SOURCES:
             raise ValueError(f"source {source!r} must be one of {', '.join(SOURCES)}")
         if status not in ("todo", "ready"):
             raise ValueError(f"a new task's status {status!r} must be todo or ready")
-        async with write_tx(self.db):
-            cur = await self.db.execute(
-                "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
-                " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                (title, body, assignee, status, priority, now, source, ref))
-            if cur.rowcount != 1 or cur.lastrowid is None:
-                return None
-            task_id = cur.lastrowid
-            await self.event(task_id, "created", {"source": source, "assignee": assignee}, now)
-        return await self.get(task_id)
+        cur = await self.db.execute(
+            "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
+            " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            (title, body, assignee, status, priority, now, source, ref))
+        if cur.rowcount != 1 or cur.lastrowid is None:
+            return None
+        await self.event(cur.lastrowid, "created", {"source": source, "assignee": assignee}, now)
+        return cur.lastrowid
 
     async def finish(self, task_id: int, status: str, now: float, *, result: str | None = None,
                      error: str | None = None) -> None:

@@ -39,6 +39,7 @@ from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.clock import Clock, SystemClock
 from relay.protocol.frames import rfc3339
+from relay.sqlite import write_tx
 
 log = logging.getLogger("gateway.sidecar")
 
@@ -156,7 +157,8 @@ class Sidecar:
         leftover = await self.inbox.unfinished()
         if leftover:
             log.info("resuming %d unfinished inbox item(s) from the last run", len(leftover))
-            await self._submit_inbound(leftover)  # no-op for items whose task exists
+            async with write_tx(self.db):  # a no-op for items whose task exists
+                await self._inbound_tasks(leftover)
         self._tasks.append(asyncio.create_task(self.board.run(), name="dispatch-board"))
         if self.transport is not None:
             await self.transport.start()
@@ -229,7 +231,7 @@ class Sidecar:
     # --- relay handlers ----------------------------------------------------------------------
 
     async def _on_inbound(self, frames: list[dict[str, Any]]) -> None:
-        new = await self.inbox.admit(frames, self.clock.wall())
+        new = await self.inbox.admit(frames, self.clock.wall(), in_tx=self._inbound_tasks)
         dupes = len(frames) - len(new)
         if dupes:
             self.metrics.duplicates.inc(dupes)
@@ -238,15 +240,17 @@ class Sidecar:
             log.info("admitted %d inbound message(s)%s", len(new),
                      f" ({dupes} duplicate(s) re-acked)" if dupes else "")
             self.activity.inbound()
-            await self._submit_inbound(new)
+            self.board.kick()
 
-    async def _submit_inbound(self, items: list[InboxItem]) -> None:
+    async def _inbound_tasks(self, items: list[InboxItem]) -> None:
         """One board task per inbox item, assigned to its ``source.profile`` (else the default
-        profile). Idempotent: an item that has a task already gets no second one."""
+        profile), inside the caller's transaction. Idempotent: an item that has a task
+        already gets no second one."""
         for item in items:
-            await self.board.submit(
+            await self.tasks.insert(
                 title=f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
-                assignee=item.profile or "default", source="inbound", ref=f"inbox:{item.id}")
+                assignee=item.profile or "default", source="inbound", ref=f"inbox:{item.id}",
+                now=self.clock.wall())
 
     async def _task_blocked(self, task_id: int, error: str) -> None:
         """An inbound task blocked by an unknown profile: the user hears why (in the
