@@ -148,22 +148,24 @@ class CronStore:
         ``missed`` occurrences, and retire the job when there is no next run.
 
         Returns False (and writes nothing) when another scheduler already moved the job on.
+        Without misses the compare-and-set is one autocommit statement (one thread hop instead
+        of three: the common case, one occurrence on time).
         """
+        update = ("UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
+                  " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
+                  " WHERE id = ? AND next_run_at IS ?")
+        params = (next_run_at, next_run_at, next_run_at, now, job_id, expected)
+        if not missed:
+            return (await self._write(update, params)).rowcount == 1
         async with write_tx(self.db):
-            cur = await self.db.execute(
-                "UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
-                " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
-                " WHERE id = ? AND next_run_at IS ?",
-                (next_run_at, next_run_at, next_run_at, now, job_id, expected),
-            )
+            cur = await self.db.execute(update, params)
             if cur.rowcount != 1:
                 return False
-            if missed:
-                await self.db.executemany(
-                    "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status)"
-                    " VALUES (?, ?, ?, 'missed') ON CONFLICT (job_id, scheduled_for) DO NOTHING",
-                    [(job_id, t, now) for t in missed],
-                )
+            await self.db.executemany(
+                "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status)"
+                " VALUES (?, ?, ?, 'missed') ON CONFLICT (job_id, scheduled_for) DO NOTHING",
+                [(job_id, t, now) for t in missed],
+            )
         return True
 
     # --- ledger ----------------------------------------------------------------------------
