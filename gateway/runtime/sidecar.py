@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from gateway.agent.provider import split_message
 from gateway.config import Config
 from gateway.core.policy import ArmInputs, arm_blockers
 from gateway.core.resume import ResumeDetector
@@ -30,6 +29,7 @@ from gateway.kanban.execute import TaskExecutor, cron_ref
 from gateway.kanban.store import TaskStore
 from gateway.metrics import Metrics
 from gateway.runtime.activity import Activity
+from gateway.runtime.deliveries import Deliveries
 from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
 from gateway.runtime.inbox_worker import InboxWorker, relay_reply
 from gateway.runtime.watcher import IdleWatcher
@@ -107,9 +107,8 @@ class Sidecar:
         self._suspend_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
-        self._flushing: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
-        self._deliveries_pending = True  # unknown at start: look once
+        self._started = False  # the scheduler and the board exist (built in start())
         self.http: aiohttp.ClientSession
         self.inbox: InboxStore
 
@@ -122,6 +121,7 @@ class Sidecar:
         self.inbox = InboxStore(self.db)
         self.http = aiohttp.ClientSession()
         self.cron_store = CronStore(self.db)
+        self.deliveries = Deliveries(self.cron_store, self.transport, self.clock, self.activity)
         self.telemetry = TelemetryWriter(self.db, clock=self.clock,
                                          on_record=self.metrics.observe_skill,
                                          on_dropped=self.metrics.telemetry_dropped.inc)
@@ -142,10 +142,11 @@ class Sidecar:
                                        max_concurrent=self.config.cron_max_concurrent,
                                        on_due=lambda: self.watcher.wake("due job"),
                                        run_fn=self._run_cron_task)
+        self._started = True
         self.scheduler.on_planned = self.watcher.kick
         self.watcher.next_due_wall = lambda: self.scheduler.next_due
         if self.transport is not None:
-            self.transport.listeners.append(self._maybe_flush_deliveries)
+            self.transport.listeners.append(self.deliveries.on_transport_change)
         self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
@@ -290,50 +291,13 @@ class Sidecar:
 
     def on_poke(self) -> None:
         """A poke, a resume or a change notification: the scheduler re-plans at once."""
-        if hasattr(self, "scheduler"):
+        if self._started:
             self.scheduler.replan()
             self.board.kick()
 
-    # --- deliveries (cron results and alerts) ----------------------------------------------
-
     async def deliver(self, platform: str, chat_id: str, text: str) -> None:
-        """Send ``text`` to a chat now, or keep it in state.db and send it after the next wake."""
-        if await self._send_text(platform, chat_id, text):
-            return
-        await self.cron_store.queue_delivery(platform, chat_id, text, self.clock.wall())
-        self._deliveries_pending = True
-        log.info("delivery to %s:%s queued until the relay is connected", platform, chat_id)
-
-    async def _send_text(self, platform: str, chat_id: str, text: str) -> bool:
-        t = self.transport
-        if t is None or not t.connected:
-            return False
-        for chunk in split_message(text, t.max_message_length):
-            result = await t.send_outbound({"op": "send", "chat_id": chat_id, "content": chunk},
-                                           platform=platform)
-            if not result.get("success"):
-                return bool(result.get("ambiguous"))  # ambiguous: never sent twice
-        return True
-
-    def _maybe_flush_deliveries(self) -> None:
-        t = self.transport
-        if t is None or t.state is not ConnState.CONNECTED or not self._deliveries_pending:
-            return
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush_deliveries())
-
-    async def _flush_deliveries(self) -> None:
-        pending = await self.cron_store.pending_deliveries()
-        self._deliveries_pending = False
-        if not pending:
-            return
-        with self.activity.work("delivery"):
-            for delivery_id, platform, chat_id, text in pending:
-                if not await self._send_text(platform, chat_id, text):
-                    self._deliveries_pending = True
-                    return
-                await self.cron_store.mark_delivered(delivery_id, self.clock.wall())
-            log.info("sent %d queued deliver(ies) after the relay came back", len(pending))
+        """Cron results and alerts: see ``Deliveries.deliver``."""
+        await self.deliveries.deliver(platform, chat_id, text)
 
     async def run_job_now(self, job_id: str) -> dict[str, Any] | None:
         """``cron run``: one occurrence now through the scheduler's path; the ledger row."""

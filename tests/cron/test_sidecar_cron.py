@@ -141,7 +141,8 @@ async def test_delivery_while_dormant_is_kept_and_sent_after_wake(
             await fake.wait_until(lambda: len(fake.of_type("outbound")) == 1)
             assert fake.of_type("outbound")[0]["action"] == {
                 "op": "send", "chat_id": "9", "content": "digest ready"}
-            await asyncio.wait_for(sc._flushing, 10)  # type: ignore[arg-type]
+            assert sc.deliveries.flushing is not None
+            await asyncio.wait_for(sc.deliveries.flushing, 10)
             assert await sc.cron_store.pending_deliveries() == []
         finally:
             await sc.shutdown()
