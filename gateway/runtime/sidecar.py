@@ -192,9 +192,9 @@ class Sidecar:
                 log.info("shutdown: relay flip %s", "acknowledged" if flipped else "not acked")
         if self.transport is not None:
             await self.transport.disconnect()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._background]:
             t.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._background]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self._suspend_task is not None:
