@@ -15,6 +15,7 @@ from gateway.config import ScaleToZero
 from gateway.core.policy import IdleInputs, idle_deadline, is_idle
 from gateway.core.watcher import WatchEvent, WatchState, transition
 from gateway.runtime.activity import Activity
+from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport
 from relay.clock import Clock, wait_with_timeout
 
@@ -50,6 +51,7 @@ class IdleWatcher:
         self.dormant = asyncio.Event()
         self.on_dormant: list[Callable[[], None]] = []
         self.on_live: list[Callable[[], None]] = []
+        self.loops = 0  # loop evaluations: a busy loop shows here (tests, bench)
         self._kick = asyncio.Event()
         self._wake_pending: str | None = None
         self.flips = 0
@@ -134,21 +136,29 @@ class IdleWatcher:
         else:
             log.info("watcher not armed: %s", "; ".join(self.blockers))
         while True:
+            self.loops += 1
             self._kick.clear()
             if self.state is WatchState.LIVE and self.armed and self._may_flip():
                 await self._flip()
                 continue
             await self._sleep_until(self._next_deadline())
 
+    def _relay_ready(self) -> bool:
+        """A flip needs a handshaken socket that is not already flipping (no relay: ready)."""
+        return self.transport is None or self.transport.state is ConnState.CONNECTED
+
     def _may_flip(self) -> bool:
         if self.in_cooldown():
             return False
-        if self.transport is not None and not self.transport.connected:
+        if not self._relay_ready():
             return False
         return is_idle(self.idle_inputs())
 
     def _next_deadline(self) -> float | None:
-        if self.state is not WatchState.LIVE or not self.armed:
+        """When to look again (monotonic), or None: wait for a kick. While the relay is not
+        ready (dialing, backing off, flipping) the transport's state change is the kick; a
+        past idle deadline must not turn into a busy loop during a long backoff."""
+        if self.state is not WatchState.LIVE or not self.armed or not self._relay_ready():
             return None
         deadlines = []
         d = idle_deadline(self.idle_inputs())
@@ -182,6 +192,7 @@ class IdleWatcher:
             self._fire(WatchEvent.ABORTED, "flip aborted (work arrived or no going_idle_ack); "
                                            "re-handshaking")
             self._wake_pending = None
+            await asyncio.sleep(0)  # a flip refused at once must not make a loop that never yields
             return
         self.flips += 1
         self._fire(WatchEvent.FLIP_ACKED, "going_idle_ack received; relay closed 1000 dormant"

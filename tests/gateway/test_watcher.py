@@ -121,6 +121,24 @@ async def test_watcher_flips_exactly_at_the_idle_timeout(rig: Rig, fake: FakeCon
     assert rig.t.last_close_reason == "dormant"
 
 
+async def test_watcher_waits_quietly_while_the_relay_is_down_then_flips(
+    rig: Rig, fake: FakeConnector
+) -> None:
+    """Idle timeout passed while the relay is not connected: the watcher waits for the
+    transport (no busy loop burning CPU during a long backoff), then flips once it is up."""
+    rig.task = asyncio.create_task(rig.w.run())  # the transport is not started: no socket
+    await rig.clock.advance(120)
+    before = rig.w.loops
+    await rig.clock.settle(200)
+    assert rig.w.loops - before == 0
+    assert fake.of_type("going_idle") == []
+    await rig.t.start()  # connecting is the kick: the idle deadline is long past, so it flips
+    await rig.until(lambda: rig.t.state is ConnState.DORMANT)
+    await rig.clock.settle()
+    assert rig.w.state is WatchState.DORMANT
+    assert len(fake.of_type("going_idle")) == 1
+
+
 async def test_watcher_poke_does_not_reset_idle_clock(rig: Rig, fake: FakeConnector) -> None:
     """A poke at t=30 s leaves the flip at t=60 s; an inbound at t=30 s moves it to t=90 s."""
     await rig.start()
