@@ -107,6 +107,12 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         if args.assignee is not None and not args.assignee.strip():
             raise Exit(2, f"--assignee {args.assignee!r} is blank; give a profile name or "
                           "omit it (kanban.default_assignee then applies)")
+    elif not config.state_db.exists():  # reading an empty board creates nothing
+        if cmd == "list":
+            emit(args.json, [], "no tasks")
+        else:
+            emit(args.json, DispatchResult().to_json(), "Nothing to dispatch")
+        return 0
     db = await open_db(config)
     try:
         store = TaskStore(db)

@@ -76,6 +76,15 @@ def test_unassigned_without_a_default_is_reported_and_left_ready(tmp_path: Path)
     assert row["status"] == "ready"
 
 
+def test_reading_an_empty_board_creates_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    assert json.loads(kanban(home, "list", "--json").stdout) == []
+    doc = json.loads(kanban(home, "dispatch", "--dry-run", "--json").stdout)
+    assert doc["spawned"] == []
+    assert set(doc) >= DISPATCH_KEYS
+    assert not home.exists()
+
+
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path: Path) -> None:
     home = tmp_path / "h"
     for args, needle in (
