@@ -31,7 +31,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.common import emit_rows, pct
-from gateway.inbox.store import InboxItem, InboxStore
+from gateway.inbox.store import InboxStore
+from gateway.kanban.sources import add_inbound_tasks
 from gateway.kanban.store import TaskStore
 from gateway.statedb import open_state_db
 from relay.client.machine import ConnState
@@ -81,13 +82,9 @@ class _Rig:
                                 on_inbound=self._on)
 
     async def _on(self, batch: list[dict[str, Any]]) -> None:
-        await self.inbox.admit(batch, time.time(), in_tx=self._tasks)
-
-    async def _tasks(self, items: list[InboxItem]) -> None:
+        now = time.time()
         tasks = TaskStore(self.inbox.db)
-        for item in items:
-            await tasks.insert(title="inbound", assignee=item.profile or "default",
-                               source="inbound", ref=f"inbox:{item.id}", now=time.time())
+        await self.inbox.admit(batch, now, in_tx=lambda items: add_inbound_tasks(tasks, items, now))
 
 
 async def _cycles(cycles: int, tmp: str, *, timer: bool) -> list[float]:

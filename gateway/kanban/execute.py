@@ -19,21 +19,9 @@ from gateway.agent.resolve import resolve
 from gateway.cron.runner import CronContext, run_occurrence
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Outcome
+from gateway.kanban.sources import parse_cron_ref, parse_inbox_ref
 from gateway.kanban.store import Task
 from relay.errors import ConfigError
-
-
-def cron_ref(job_id: str, scheduled_for: float) -> str:
-    """The ref of a cron occurrence's task (``repr`` keeps the float exact)."""
-    return f"cron:{job_id}@{scheduled_for!r}"
-
-
-def parse_cron_ref(ref: str) -> tuple[str, float]:
-    """``cron:<job>@<t>`` -> (job id, scheduled_for). Raises ``ValueError`` on another shape."""
-    if not ref.startswith("cron:") or "@" not in ref:
-        raise ValueError(f"not a cron task ref: {ref!r} (expected cron:<job id>@<time>)")
-    job_id, _, at = ref[len("cron:"):].rpartition("@")
-    return job_id, float(at)
 
 
 @dataclass
@@ -56,12 +44,10 @@ class TaskExecutor:
         return await self._manual(task)
 
     async def _inbound(self, task: Task) -> Outcome:
-        ref = task.ref or ""
-        item = None
-        if ref.startswith("inbox:") and ref[len("inbox:"):].isdigit():
-            item = await self.inbox.get(int(ref[len("inbox:"):]))
+        item_id = parse_inbox_ref(task.ref)
+        item = None if item_id is None else await self.inbox.get(item_id)
         if item is None:
-            return Outcome("failed", error=f"inbox item for {ref!r} not found")
+            return Outcome("failed", error=f"inbox item for {task.ref!r} not found")
         return await self.inbound_turn(item, task.assignee)
 
     async def _cron(self, task: Task) -> Outcome:

@@ -61,12 +61,6 @@ class TaskStore:
             row = await cur.fetchone()
         return None if row is None else Task(*row)
 
-    async def by_ref(self, source: str, ref: str) -> Task | None:
-        async with self.db.execute(f"SELECT {_COLS} FROM tasks WHERE source = ? AND ref = ?",
-                                   (source, ref)) as cur:
-            row = await cur.fetchone()
-        return None if row is None else Task(*row)
-
     async def list(self, status: str | None = None, limit: int = 1000) -> list[Task]:
         """Tasks, newest first (``status`` filters)."""
         where, params = ("WHERE status = ?", [status]) if status else ("", [])

@@ -23,9 +23,10 @@ from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler
 from gateway.cron.store import CronStore, Job
 from gateway.http.server import build_app
-from gateway.inbox.store import InboxItem, InboxStore
+from gateway.inbox.store import InboxStore
 from gateway.kanban.board import Board
-from gateway.kanban.execute import TaskExecutor, cron_ref
+from gateway.kanban.execute import TaskExecutor
+from gateway.kanban.sources import add_inbound_tasks, cron_ref, parse_inbox_ref
 from gateway.kanban.store import TaskStore
 from gateway.metrics import Metrics
 from gateway.runtime.activity import Activity
@@ -159,7 +160,7 @@ class Sidecar:
         if leftover:
             log.info("resuming %d unfinished inbox item(s) from the last run", len(leftover))
             async with write_tx(self.db):  # a no-op for items whose task exists
-                await self._inbound_tasks(leftover)
+                await add_inbound_tasks(self.tasks, leftover, self.clock.wall())
         self._tasks.append(asyncio.create_task(self.board.run(), name="dispatch-board"))
         if self.transport is not None:
             await self.transport.start()
@@ -232,7 +233,9 @@ class Sidecar:
     # --- relay handlers ----------------------------------------------------------------------
 
     async def _on_inbound(self, frames: list[dict[str, Any]]) -> None:
-        new = await self.inbox.admit(frames, self.clock.wall(), in_tx=self._inbound_tasks)
+        now = self.clock.wall()
+        new = await self.inbox.admit(frames, now,
+                                     in_tx=lambda items: add_inbound_tasks(self.tasks, items, now))
         dupes = len(frames) - len(new)
         if dupes:
             self.metrics.duplicates.inc(dupes)
@@ -243,22 +246,12 @@ class Sidecar:
             self.activity.inbound()
             self.board.kick()
 
-    async def _inbound_tasks(self, items: list[InboxItem]) -> None:
-        """One board task per inbox item, assigned to its ``source.profile`` (else the default
-        profile), inside the caller's transaction. Idempotent: an item that has a task
-        already gets no second one."""
-        for item in items:
-            await self.tasks.insert(
-                title=f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
-                assignee=item.profile or "default", source="inbound", ref=f"inbox:{item.id}",
-                now=self.clock.wall())
-
     async def _task_blocked(self, task_id: int, error: str) -> None:
         """An inbound task blocked by an unknown profile: the user hears why (in the
         background, counted as work), and its inbox row is closed."""
         task = await self.tasks.get(task_id)
-        ref = task.ref if task is not None and task.source == "inbound" else None
-        item = await self.inbox.get(int(ref[len("inbox:"):])) if ref else None
+        item_id = None if task is None else parse_inbox_ref(task.ref)  # None: not inbound
+        item = None if item_id is None else await self.inbox.get(item_id)
         if item is None:
             return
 
