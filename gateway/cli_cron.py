@@ -7,17 +7,15 @@ allowed, and writes nothing. Changes notify a running sidecar so it re-plans at 
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 
 import aiohttp
 
 from gateway.config import Config
 from gateway.cron.jobs import create_job, resume_next, update_job
-from gateway.cron.runner import CronContext, run_occurrence
+from gateway.cron.runner import run_occurrence
 from gateway.cron.store import CronStore, Job
-from gateway.mgmt import Exit, call_sidecar, emit, notify, open_db
-from gateway.telemetry.writer import TelemetryWriter
+from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context, open_db
 from relay.clock import SystemClock
 from relay.errors import ConfigError
 
@@ -152,16 +150,11 @@ async def _run_now(args: argparse.Namespace, config: Config, store: CronStore, j
         row = handed[1]
     else:
         async with aiohttp.ClientSession() as http:
-            async def deliver(platform: str, chat_id: str, text: str) -> None:
-                await store.queue_delivery(platform, chat_id, text, clock.wall())
-
-            telemetry = TelemetryWriter(store.db, clock=clock)
-            ctx = CronContext(config=config, store=store, clock=clock, http=http,
-                              env=os.environ, deliver=deliver, telemetry=telemetry)
+            ctx = offline_cron_context(config, store, http, clock)
             try:
                 run_id = await run_occurrence(ctx, job, clock.wall())
             finally:
-                await telemetry.flush()
+                await ctx.telemetry.flush()
         if run_id is None:
             raise Exit(1, "this occurrence was already claimed")
         row = await store.run_row(run_id)

@@ -17,17 +17,15 @@ from typing import Any
 import aiohttp
 
 from gateway.config import Config
-from gateway.cron.runner import CronContext
 from gateway.cron.store import CronStore
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Board
 from gateway.kanban.dispatch import DispatchResult, as_assignee
 from gateway.kanban.execute import TaskExecutor
 from gateway.kanban.store import STATUSES, Task, TaskStore
-from gateway.mgmt import Exit, call_sidecar, emit, notify, open_db
+from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context, open_db
 from gateway.runtime.activity import Activity
 from gateway.runtime.inbox_worker import InboxWorker
-from gateway.telemetry.writer import TelemetryWriter
 from relay.clock import SystemClock
 
 
@@ -130,7 +128,10 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                  "\n".join(_task_line(t) for t in tasks) or "no tasks")
             return 0
         result = await _dispatch(args, config, store, clock)
-        titles = {t.id: t.title for t in await store.list(limit=100_000)}
+        named = {*(i for i, _ in result.spawned), *result.skipped_unassigned,
+                 *(i for i, _, _ in result.skipped_per_profile_capped),
+                 *result.skipped_global_cap, *(i for i, _, _ in result.blocked)}
+        titles = {i: t.title for i in named if (t := await store.get(i)) is not None}
         default = as_assignee(config.kanban_default_assignee) or ""
         emit(args.json, result.to_json(), "\n".join(result_lines(result, titles, default)))
         return 0
@@ -145,18 +146,13 @@ async def _dispatch(args: argparse.Namespace, config: Config, store: TaskStore,
         if handed is not None and handed[0] == 200:
             return _from_json(handed[1])
     async with aiohttp.ClientSession() as http:
-        cron_store, inbox = CronStore(store.db), InboxStore(store.db)
-
-        async def deliver(platform: str, chat_id: str, text: str) -> None:
-            await cron_store.queue_delivery(platform, chat_id, text, clock.wall())
+        ctx = offline_cron_context(config, CronStore(store.db), http, clock)
+        inbox = InboxStore(store.db)
 
         async def queue_reply(item: InboxItem, answer: str) -> tuple[bool, str | None]:
-            await deliver(item.platform, item.chat_id, answer)
+            await ctx.deliver(item.platform, item.chat_id, answer)
             return True, None
 
-        telemetry = TelemetryWriter(store.db, clock=clock)
-        ctx = CronContext(config=config, store=cron_store, clock=clock, http=http,
-                          env=os.environ, deliver=deliver, telemetry=telemetry)
         worker = InboxWorker(inbox=inbox, config=config, http=http, env=os.environ,
                              clock=clock, reply=queue_reply)
         board = Board(store, config=config, clock=clock, activity=Activity(clock),
@@ -165,5 +161,5 @@ async def _dispatch(args: argparse.Namespace, config: Config, store: TaskStore,
             result = await board.tick(dry_run=args.dry_run)
             await board.wait_idle()  # one tick: the spawned tasks run here, to the end
         finally:
-            await telemetry.flush()
+            await ctx.telemetry.flush()
     return result

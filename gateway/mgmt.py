@@ -4,6 +4,7 @@ and notify that sidecar through ``$HERMES_HOME/sidecar.json``, print JSON or tex
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,11 @@ import aiohttp
 import aiosqlite
 
 from gateway.config import Config
+from gateway.cron.runner import CronContext
+from gateway.cron.store import CronStore
 from gateway.statedb import open_state_db
+from gateway.telemetry.writer import TelemetryWriter
+from relay.clock import Clock
 
 
 class Exit(Exception):
@@ -55,6 +60,19 @@ async def call_sidecar(config: Config, path: str, body: dict[str, Any]) -> tuple
 async def notify(config: Config) -> bool:
     """Tell a running sidecar to re-plan now; False when none is running."""
     return await call_sidecar(config, "/admin/notify", {}) is not None
+
+
+def offline_cron_context(config: Config, store: CronStore, http: aiohttp.ClientSession,
+                         clock: Clock) -> CronContext:
+    """A cron context for running turns in a management command (no sidecar running):
+    deliveries wait in state.db for the sidecar's next start, and telemetry goes to a writer
+    that is not started, so the caller must ``await ctx.telemetry.flush()`` when done."""
+
+    async def deliver(platform: str, chat_id: str, text: str) -> None:
+        await store.queue_delivery(platform, chat_id, text, clock.wall())
+
+    return CronContext(config=config, store=store, clock=clock, http=http, env=os.environ,
+                       deliver=deliver, telemetry=TelemetryWriter(store.db, clock=clock))
 
 
 def emit(as_json: bool, doc: Any, text: str) -> None:

@@ -19,6 +19,7 @@ Rules (SPEC section 6):
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import Counter
@@ -124,25 +125,23 @@ async def dispatch_once(
     ``owner``: the ``claim_lock`` value (``host:pid`` of this process by default).
     Caps and the default follow the module rules. Raises what SQLite raises (rolled back).
     """
-    if dry_run:
-        return plan_dispatch(await store.ready(), await store.running_counts(),
-                             max_in_progress=max_in_progress,
+    plan = functools.partial(plan_dispatch, max_in_progress=max_in_progress,
                              max_in_progress_per_profile=max_in_progress_per_profile,
                              default_assignee=default_assignee, profiles=profiles)
+    if dry_run:
+        return plan(await store.ready(), await store.running_counts())
     now = time.time() if now is None else now
     claimed: list[Task] = []
     async with write_tx(store.db):
         ready = await store.ready()
-        result = plan_dispatch(ready, await store.running_counts(),
-                               max_in_progress=max_in_progress,
-                               max_in_progress_per_profile=max_in_progress_per_profile,
-                               default_assignee=default_assignee, profiles=profiles)
+        result = plan(ready, await store.running_counts())
         by_id = {t.id: t for t in ready}
         auto = set(result.auto_assigned_default)
+        default = as_assignee(default_assignee)
         for task_id in result.auto_assigned_default:
             await store.db.execute("UPDATE tasks SET assignee = ? WHERE id = ?",
-                                   (as_assignee(default_assignee), task_id))
-            await store.event(task_id, "assigned", {"assignee": as_assignee(default_assignee),
+                                   (default, task_id))
+            await store.event(task_id, "assigned", {"assignee": default,
                                                     "source": "kanban.default_assignee"}, now)
         for task_id, assignee, error in result.blocked:
             await store.db.execute(
