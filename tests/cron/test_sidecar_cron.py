@@ -37,6 +37,14 @@ async def _sidecar(tmp_path: Path, fake: FakeConnector, llm: FakeLLM) -> tuple[S
     return sc, clock
 
 
+async def _idle_to_dormant(sc: Sidecar, clock: FakeClock) -> None:
+    """Advance through the 60 s idle timeout and wait until the relay flip completed."""
+    await clock.advance(60)
+    assert sc.transport is not None
+    await asyncio.wait_for(sc.transport.wait_until(
+        lambda: sc.transport is not None and sc.transport.state is ConnState.DORMANT), 10)
+
+
 async def _add(sc: Sidecar, clock: FakeClock, schedule: str) -> str:
     job = create_job(sc.config, {"schedule": schedule, "prompt": "p", "deliver_to": "relay:9"},
                      clock.wall())
@@ -57,10 +65,7 @@ async def test_sidecar_sends_wake_at_and_a_due_job_wakes_it(tmp_path: Path, llm:
             doc = await sc.status()
             due = parse_rfc3339(doc["next_job_due_at"])
             assert due == pytest.approx(clock.wall() + 600, abs=1)
-            # t=60 s: idle -> flip with wakeAt
-            await clock.advance(60)
-            await asyncio.wait_for(sc.transport.wait_until(
-                lambda: sc.transport.state is ConnState.DORMANT), 10)
+            await _idle_to_dormant(sc, clock)  # t=60 s: idle -> flip with wakeAt
             [going_idle] = fake.of_type("going_idle")
             assert parse_rfc3339(going_idle["wakeAt"]) == pytest.approx(due, abs=0.01)
             assert (await sc.status())["jobs_may_run_late"] is False  # connector has wakeAt
@@ -131,9 +136,7 @@ async def test_delivery_while_dormant_is_kept_and_sent_after_wake(
         fake.answer_outbound = True
         sc, clock = await _sidecar(tmp_path, fake, llm)
         try:
-            await clock.advance(60)
-            await asyncio.wait_for(sc.transport.wait_until(
-                lambda: sc.transport.state is ConnState.DORMANT), 10)
+            await _idle_to_dormant(sc, clock)
             await sc.deliver("relay", "9", "digest ready")
             assert [d[3] for d in await sc.cron_store.pending_deliveries()] == ["digest ready"]
             assert fake.of_type("outbound") == []
