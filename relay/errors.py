@@ -7,6 +7,7 @@ SidecarError
  +-- TokenError         an upgrade token failed verification (reason: expired|unauthorized)
  +-- HandshakeError     the first descriptor did not arrive or was invalid
  +-- TransitionError    a state machine was asked for a transition its table does not have
+ +-- StartupError       a process cannot start (port in use, home not writable, bad config file)
 
 Messages state the fact and the allowed values, lowercase, no trailing period.
 """
@@ -62,3 +63,8 @@ class TransitionError(SidecarError):
         super().__init__(f"{machine}: no transition for event {event!s} in state {state!s}")
         self.state = state
         self.event = event
+
+
+class StartupError(SidecarError):
+    """A process cannot start: the message names the cause (port in use, unwritable home,
+    unreadable config); the CLI prints it as one line and exits 1."""

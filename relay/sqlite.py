@@ -24,6 +24,7 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     acknowledged (the connector buffer, the sidecar inbox), ``"NORMAL"`` elsewhere.
     """
     _ensure_folder(path)
+    _private_file(path)
     db = await aiosqlite.connect(path, isolation_level=None)
     await db.execute("PRAGMA journal_mode=WAL")
     await db.execute(f"PRAGMA synchronous={synchronous}")
@@ -34,6 +35,19 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
 
 def _ensure_folder(path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+
+
+def _private_file(path: str) -> None:
+    """Create the database file 0600 (or tighten an existing one) before SQLite opens it:
+    SQLite gives its ``-wal`` and ``-shm`` files the database file's mode, so all three stay
+    readable by this user only (SPEC 8.1). Existing ``-wal``/``-shm`` files are tightened too."""
+    if path == ":memory:" or path.startswith("file:"):
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for p in (path, path + "-wal", path + "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(p, 0o600)
 
 
 async def migrate(db: aiosqlite.Connection, migrations: Sequence[str]) -> int:

@@ -39,6 +39,7 @@ from gateway.telemetry.writer import TelemetryWriter
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.clock import Clock, SystemClock
+from relay.listen import bind_listener, prepare_home
 from relay.protocol.frames import rfc3339
 from relay.sqlite import write_tx
 
@@ -116,8 +117,18 @@ class Sidecar:
     # --- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Open state, serve HTTP, queue unfinished inbox work, start the relay and watcher."""
-        self.config.home.mkdir(parents=True, exist_ok=True)
+        """Open state, serve HTTP, queue unfinished inbox work, start the relay and watcher.
+
+        Raises ``StartupError`` (before anything else opens) when the port is in use or
+        ``$HERMES_HOME`` cannot be created or written.
+        """
+        listener = bind_listener(self.host, self.port, "sidecar HTTP")
+        try:
+            prepare_home(self.config.home)
+        except BaseException:
+            listener.close()
+            raise
+        self.port = listener.getsockname()[1]
         self.db = await open_state_db(self.config.state_db)
         self.inbox = InboxStore(self.db)
         self.http = aiohttp.ClientSession()
@@ -150,11 +161,7 @@ class Sidecar:
             self.transport.listeners.append(self.deliveries.on_transport_change)
         self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
-        await site.start()
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        await web.SockSite(self._runner, listener).start()
         self._write_discovery()
         leftover = await self.inbox.unfinished()
         if leftover:

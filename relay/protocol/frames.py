@@ -77,6 +77,10 @@ class Descriptor:
     supported_ops: tuple[str, ...] | None
     supports_wake_at: bool
     raw: dict[str, Any]
+    supports_idempotent_send: bool = False
+    supports_ack_batch: bool = False
+    buffered: int | None = None
+    """PROTOCOL 7.2: unacked entries the connector sends right after this descriptor."""
 
 
 def parse_descriptor(frame: dict[str, Any]) -> Descriptor:
@@ -108,7 +112,17 @@ def parse_descriptor(frame: dict[str, Any]) -> Descriptor:
         supported_ops=ops_t,
         supports_wake_at=d.get("supports_wake_at") is True,
         raw=d,
+        supports_idempotent_send=d.get("supports_idempotent_send") is True,
+        supports_ack_batch=d.get("supports_ack_batch") is True,
+        buffered=_count(d.get("buffered")),
     )
+
+
+def _count(value: Any) -> int | None:
+    """A non-negative int count, else None (a missing or malformed ``buffered``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 # --- gateway -> connector -------------------------------------------------------------------
@@ -123,15 +137,35 @@ def hello(platform: str, bot_id: str, wake_url: str | None = None) -> dict[str, 
 
 
 def outbound(
-    request_id: str, action: dict[str, Any], platform: str | None = None, bot_id: str | None = None
+    request_id: str,
+    action: dict[str, Any],
+    platform: str | None = None,
+    bot_id: str | None = None,
+    idempotency_key: str | None = None,
 ) -> dict[str, Any]:
-    """``outbound`` request carrying ``action`` (an object with ``op``)."""
+    """``outbound`` request carrying ``action`` (an object with ``op``); ``idempotencyKey``
+    (PROTOCOL 7.1, 1-128 chars) only when given."""
     f: dict[str, Any] = {"type": "outbound", "requestId": request_id, "action": action}
     if platform is not None:
         f["platform"] = platform
     if bot_id is not None:
         f["botId"] = bot_id
+    if idempotency_key is not None:
+        f["idempotencyKey"] = idempotency_key
     return f
+
+
+IDEMPOTENCY_KEY_MAX = 128
+"""Longest ``idempotencyKey`` a connector must accept (PROTOCOL 7.1), characters."""
+
+
+def is_declined(result: dict[str, Any]) -> bool:
+    """True when an ``outbound_result`` is a definite egress decline (PROTOCOL 7.4): never
+    resent, with or without an idempotency key. An ``ack lost`` error is not a decline."""
+    if result.get("code") == "egress_declined":
+        return True
+    error = result.get("error")
+    return isinstance(error, str) and error.startswith("egress declined:")
 
 
 def going_idle(wake_at: float | None = None) -> dict[str, Any]:
@@ -147,6 +181,11 @@ def inbound_ack(buffer_id: str) -> dict[str, Any]:
     return {"type": "inbound_ack", "bufferId": buffer_id}
 
 
+def inbound_ack_batch(buffer_ids: list[str]) -> dict[str, Any]:
+    """PROTOCOL 7.3: one receipt for many persisted entries (needs ``supports_ack_batch``)."""
+    return {"type": "inbound_ack", "bufferIds": list(buffer_ids)}
+
+
 def encode_inbound_ack(buffer_id: str) -> str:
     """``inbound_ack`` already encoded as an NDJSON line (the hot path of replay)."""
     return '{"type":"inbound_ack","bufferId":' + json.dumps(buffer_id) + "}\n"
@@ -160,8 +199,11 @@ def interrupt(session_key: str, reason: str | None = None) -> dict[str, Any]:
 # --- connector -> gateway -------------------------------------------------------------------
 
 
-def descriptor(platform: str, *, supports_wake_at: bool = True, **overrides: Any) -> dict[str, Any]:
-    """The reference connector's descriptor frame for ``platform``."""
+def descriptor(
+    platform: str, *, supports_wake_at: bool = True, buffered: int | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """The reference connector's descriptor frame for ``platform``; ``buffered`` (PROTOCOL
+    7.2) only on the descriptor that answers a handshake's first hello."""
     d: dict[str, Any] = {
         "contract_version": CONTRACT_VERSION,
         "platform": platform,
@@ -174,7 +216,11 @@ def descriptor(platform: str, *, supports_wake_at: bool = True, **overrides: Any
         "len_unit": "chars",
         "supported_ops": list(SUPPORTED_OPS),
         "supports_wake_at": supports_wake_at,
+        "supports_idempotent_send": True,
+        "supports_ack_batch": True,
     }
+    if buffered is not None:
+        d["buffered"] = buffered
     d.update(overrides)
     return {"type": "descriptor", "descriptor": d}
 
