@@ -25,7 +25,7 @@ from gateway.kanban.execute import TaskExecutor
 from gateway.kanban.store import STATUSES, Task, TaskStore
 from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context, open_db
 from gateway.runtime.activity import Activity
-from gateway.runtime.inbox_worker import InboxWorker
+from gateway.runtime.inbox_worker import InboxWorker, Sent
 from relay.clock import SystemClock
 
 
@@ -149,12 +149,14 @@ async def _dispatch(args: argparse.Namespace, config: Config, store: TaskStore,
         ctx = offline_cron_context(config, CronStore(store.db), http, clock)
         inbox = InboxStore(store.db)
 
-        async def queue_reply(item: InboxItem, answer: str) -> tuple[bool, str | None]:
-            await ctx.deliver(item.platform, item.chat_id, answer)
-            return True, None
+        async def queue_reply(item: InboxItem, chunk: str, _key: str,
+                              _answered_at: float) -> tuple[Sent, str | None]:
+            # No sidecar: the chunk waits in state.db's deliveries for the next start.
+            await ctx.deliver(item.platform, item.chat_id, chunk)
+            return Sent.CONFIRMED, None
 
         worker = InboxWorker(inbox=inbox, config=config, http=http, env=os.environ,
-                             clock=clock, reply=queue_reply)
+                             clock=clock, send=queue_reply)
         board = Board(store, config=config, clock=clock, activity=Activity(clock),
                       execute=TaskExecutor(ctx, inbox, worker.turn))
         try:

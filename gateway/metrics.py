@@ -38,6 +38,13 @@ class Metrics:
         self.skill_cost = Counter("hermes_skill_cost_usd_total",
                                   "Estimated spend in USD by skill and model (split evenly "
                                   "across a run's skills)", ["skill", "model"], registry=r)
+        self.model_retries = Counter(
+            "hermes_turn_model_retries_total",
+            "Model calls repeated because a restart found an inbound turn's call unfinished",
+            registry=r)
+        self.rejected = Counter("hermes_inbound_rejected_total",
+                                "Inbound frames quarantined (kept as rejected, acked) by reason",
+                                ["reason"], registry=r)
         self.telemetry_dropped = Counter("hermes_telemetry_dropped_rows_total",
                                          "Telemetry rows lost to a failed write", registry=r)
 

@@ -193,6 +193,20 @@ MIGRATIONS = [
     );
     CREATE INDEX task_events_task ON task_events (task_id, id);
     """,
+    # 6: exactly-once turns (SPEC 8.1). An inbound turn's durable step (gateway/core/turn.py):
+    # the full answer split into chunks is committed before the first send, and every
+    # confirmed chunk is counted, so a restart sends only what was not confirmed. Rows that can
+    # never be handled are kept with status 'rejected' (quarantine) and their error.
+    """
+    ALTER TABLE inbox ADD COLUMN turn_state TEXT NOT NULL DEFAULT 'received';
+    ALTER TABLE inbox ADD COLUMN chunks TEXT;
+    ALTER TABLE inbox ADD COLUMN chunks_sent INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN outcome TEXT;
+    ALTER TABLE inbox ADD COLUMN model_calls INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE inbox ADD COLUMN answered_at REAL;
+    UPDATE inbox SET turn_state = 'delivered' WHERE status = 'done';
+    UPDATE inbox SET turn_state = 'undelivered' WHERE status = 'failed';
+    """,
 ]
 
 

@@ -28,5 +28,12 @@ def pid_alive(owner: str | None) -> bool:
 
 
 def lapsed(owner: str | None, lease_until: float | None, now: float) -> bool:
-    """A claim lapsed when its lease ran out (Unix seconds) or its owner is gone."""
+    """A claim lapsed when its lease ran out (Unix seconds) or its owner is gone.
+
+    Only asked at start-up, before this process claims anything: a claim recorded under this
+    very ``host:pid`` belongs to an earlier process that had the same pid (a container
+    restarts with the same small pid on the same host), so it has lapsed too.
+    """
+    if owner == OWNER:
+        return True
     return (lease_until is not None and lease_until < now) or not pid_alive(owner)

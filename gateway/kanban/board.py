@@ -34,7 +34,9 @@ log = logging.getLogger("gateway.kanban")
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a task ended: ``status`` done | failed | blocked; ``result`` and ``error`` text."""
+    """How a task ended: ``status`` done | failed | blocked | interrupted; ``result`` and
+    ``error`` text. ``interrupted`` (shutting down mid-turn) leaves the task ``running`` in
+    state.db, so the next start requeues it and the turn resumes at its durable step."""
 
     status: str
     result: str | None = None
@@ -160,6 +162,10 @@ class Board:
                 except Exception as exc:
                     log.exception("task %d crashed", task.id)
                     outcome = Outcome("failed", error=f"crashed: {exc!r}")
+                if outcome.status == "interrupted":
+                    log.info("task %d interrupted (%s); it resumes at the next start", task.id,
+                             outcome.error)
+                    return
                 status = "done" if outcome.status == "done" else "failed"
                 await self.store.finish(task.id, status, self.clock.wall(),
                                         result=outcome.result, error=outcome.error)

@@ -1,124 +1,253 @@
-"""The turn of one admitted inbound message: one provider call on the task's profile, then the
-answer sent chunk by chunk through ``reply``. The dispatch board calls ``turn`` for inbound
-tasks (so caps and the idle watcher see it); items of one chat still run in arrival order (a
-FIFO lock per chat), whatever the caps allow.
+"""The turn of one admitted inbound message, as the durable state machine of
+``gateway/core/turn.py``: the model is asked, the whole answer is committed (split into the
+chunks to send) **before** the first send, then each chunk is sent with the idempotency key
+``inbox:<id>:<chunk>`` and counted once confirmed. A restart resumes the turn at its last
+durable step, so a confirmed chunk is never sent again and an answered turn never calls the
+model again. Items of one chat run in arrival order (a FIFO lock per chat), whatever the caps.
 
-``relay_reply`` is the sidecar's reply path: a reply that cannot be sent because the relay is
-down waits for the reconnect (the task stays running, so the watcher will not flip under it);
-an ambiguous result (timeout, lost connection) is not resent, so nobody gets an answer twice.
+``relay_send`` is the sidecar's send path: while the relay is down the turn waits for the
+reconnect (it stays running, so the watcher will not flip under it). An ambiguous result
+(timeout, lost socket) is resent with the same key only when the connector advertises
+``supports_idempotent_send`` (it answers a repeat with the stored result), for up to
+``agent.delivery_give_up_hours``; without it, it is never resent (an answer twice is worse than
+one lost). A declined send (PROTOCOL 7.4) is definite: never resent.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import enum
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 import aiohttp
 
 from gateway.agent.provider import ProviderError, complete, split_message
 from gateway.agent.resolve import resolve
 from gateway.config import Config
+from gateway.core.turn import TERMINAL, TurnEvent, TurnState, chunk_key, give_up_due
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Outcome
+from gateway.kanban.sources import inbox_ref
 from relay.client.transport import RelayTransport
-from relay.clock import Clock
+from relay.clock import Clock, wait_with_timeout
 from relay.errors import ConfigError
+from relay.protocol import frames as F
 
 log = logging.getLogger("gateway.inbox")
 
-Reply = Callable[[InboxItem, str], Awaitable[tuple[bool, str | None]]]
-"""``reply(item, answer) -> (sent, error)``."""
+APOLOGY = "Sorry, the model provider failed for this message; please try again."
+
+
+class Sent(enum.Enum):
+    """How one chunk's send ended: ``CONFIRMED``; ``FAILED`` (definite, or given up);
+    ``INTERRUPTED`` (shutting down before it was confirmed: the next start sends it)."""
+
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+
+Send = Callable[[InboxItem, str, str, float], Awaitable[tuple[Sent, str | None]]]
+"""``send(item, chunk, idempotency key, answered_at) -> (how it ended, error)``;
+``answered_at`` (Unix seconds) bounds the resends."""
+
+ChunkLimit = Callable[[], int]
+"""The connector's ``max_message_length`` now (characters)."""
 
 
 class InboxWorker:
-    """Runs inbound turns. ``on_outcome(label)`` counts turns (the sidecar's metrics)."""
+    """Runs inbound turns. ``on_outcome(label)`` counts turns; ``on_model_retry()`` counts a
+    model call repeated because a restart found it unfinished (the sidecar's metrics)."""
 
     def __init__(self, *, inbox: InboxStore, config: Config, http: aiohttp.ClientSession,
-                 env: Mapping[str, str], clock: Clock, reply: Reply,
-                 on_outcome: Callable[[str], None] | None = None) -> None:
+                 env: Mapping[str, str], clock: Clock, send: Send,
+                 chunk_limit: ChunkLimit = lambda: F.DEFAULT_MAX_MESSAGE_LENGTH,
+                 on_outcome: Callable[[str], None] | None = None,
+                 on_model_retry: Callable[[], None] | None = None) -> None:
         self.inbox = inbox
         self.config = config
         self.http = http
         self.env = env
         self.clock = clock
-        self.reply = reply
+        self.send = send
+        self.chunk_limit = chunk_limit
         self.on_outcome = on_outcome
+        self.on_model_retry = on_model_retry
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
+    def _lock(self, item: InboxItem) -> asyncio.Lock:
+        return self._locks[f"{item.platform}\x00{item.chat_id}"]
+
     async def turn(self, item: InboxItem, profile: str | None) -> Outcome:
-        """Answer ``item`` on ``profile`` (None: the default) and reply; the task's outcome.
+        """Run or resume ``item``'s turn on ``profile`` (None: the default); the task's outcome.
 
-        The inbox row goes ``running`` then ``done``/``failed``. A config or provider error
-        still sends the user a short apology, and the task is ``failed`` with the cause.
+        A done turn returns its outcome without running again. A config or provider error (any
+        unusable answer) becomes the apology as the answer, and the task ``failed``.
         """
-        async with self._locks[f"{item.platform}\x00{item.chat_id}"]:
-            await self.inbox.mark(item.id, "running", self.clock.wall())
-            text = item.event.get("text")
-            outcome, error = "succeeded", None
-            try:
-                target = resolve(self.config, profile)
-                answer = (await complete(self.http, target,
-                                         [{"role": "user", "content": str(text)}],
-                                         env=self.env)).text
-            except ConfigError as exc:
-                outcome, error = "config_error", str(exc)
-                answer = f"This agent cannot answer yet: {exc}."
-            except ProviderError as exc:
-                outcome, error = "failed", str(exc)
-                answer = "Sorry, the model provider failed for this message; please try again."
-            sent_ok, send_error = await self.reply(item, answer)
-            ok = sent_ok and outcome == "succeeded"
-            await self.inbox.mark(item.id, "done" if ok else "failed", self.clock.wall(),
-                                  error or send_error)
-        if self.on_outcome is not None:
-            self.on_outcome(outcome if sent_ok else "reply_failed")
-        log.info("turn %s for inbox %d (chat %s): %s; reply %s", outcome, item.id, item.chat_id,
-                 error or "answered", "sent" if sent_ok else f"not sent ({send_error})")
-        return Outcome("done" if ok else "failed", result="answered" if ok else None,
-                       error=error or send_error)
-
+        async with self._lock(item):
+            row = await self.inbox.turn(item.id)
+            if row is None:
+                return Outcome("failed", error=f"inbox item {item.id} not found")
+            if row.state in TERMINAL:
+                log.info("inbox %d: turn already %s; not run again", item.id, row.state.value)
+                return _outcome(row.state is TurnState.DELIVERED and row.outcome == "succeeded",
+                                row.error)
+            state, chunks, outcome, error = row.state, row.chunks, row.outcome, row.error
+            answered_at = row.answered_at
+            if state is not TurnState.ANSWERED:
+                if state is TurnState.ANSWERING and self.on_model_retry is not None:
+                    self.on_model_retry()  # a restart found the model call unfinished
+                await self.inbox.start_answer(item.id, state, self.clock.wall())
+                answer, outcome, error = await self._answer(item, profile)
+                chunks = split_message(answer, self.chunk_limit())
+                answered_at = self.clock.wall()
+                await self.inbox.commit_answer(item.id, TurnState.ANSWERING, chunks, outcome, error,
+                                               answered_at)
+            assert chunks is not None and answered_at is not None
+            return await self._deliver(item, chunks, row.chunks_sent if row.chunks else 0,
+                                       outcome or "succeeded", error, answered_at)
 
     async def refuse(self, item: InboxItem, error: str) -> None:
-        """A message the board blocked (its profile is unknown): tell the user why, once, and
-        close the inbox row as failed so a restart does not pick it up again."""
-        sent_ok, send_error = await self.reply(item, f"This agent cannot answer yet: {error}.")
-        await self.inbox.mark(item.id, "failed", self.clock.wall(), error)
+        """A message the board blocked (its profile is unknown): tell the user why, once (no
+        model call), and close the inbox row as failed so a restart does not pick it up."""
+        async with self._lock(item):
+            row = await self.inbox.turn(item.id)
+            if row is None or row.state is not TurnState.RECEIVED:
+                return  # refused already (or answered): never twice
+            chunks = split_message(f"This agent cannot answer yet: {error}.", self.chunk_limit())
+            now = self.clock.wall()
+            await self.inbox.commit_answer(item.id, TurnState.RECEIVED, chunks, "blocked", error, now)
+            await self._deliver(item, chunks, 0, "blocked", error, now)
+
+    async def _answer(self, item: InboxItem, profile: str | None) -> tuple[str, str, str | None]:
+        """``(answer text, outcome, error)``; never raises for a config or provider problem."""
+        text = item.event.get("text")
+        try:
+            target = resolve(self.config, profile)
+            started = self.clock.monotonic()
+            completion = await complete(self.http, target,
+                                        [{"role": "user", "content": str(text)}], env=self.env)
+            log.debug("inbox %d answered in %.3f s", item.id, self.clock.monotonic() - started)
+            return completion.text, "succeeded", None
+        except ConfigError as exc:
+            return f"This agent cannot answer yet: {exc}.", "config_error", str(exc)
+        except ProviderError as exc:
+            log.warning("inbox %d: provider failed: %s", item.id, exc)
+            return APOLOGY, "failed", str(exc)
+        except Exception as exc:  # an answer we cannot use must never strand the turn
+            log.warning("inbox %d: provider answer unusable: %s", item.id, type(exc).__name__)
+            return APOLOGY, "failed", f"provider answer unusable: {type(exc).__name__}"
+
+    async def _deliver(self, item: InboxItem, chunks: list[str], sent: int, outcome: str,
+                       error: str | None, answered_at: float) -> Outcome:
+        """Send chunks ``sent..`` (each confirmed before the next), then close the turn."""
+        ref = inbox_ref(item.id)
+        send_error: str | None = None
+        result = Sent.CONFIRMED
+        for index in range(sent, len(chunks)):
+            result, send_error = await self.send(item, chunks[index], chunk_key(ref, index),
+                                                 answered_at)
+            if result is not Sent.CONFIRMED:
+                break
+            sent = index + 1
+            if sent < len(chunks):
+                await self.inbox.chunk_sent(item.id, sent)
+        if result is Sent.INTERRUPTED:
+            log.info("inbox %d: %d of %d chunk(s) confirmed; the rest goes out after the "
+                     "restart (%s)", item.id, sent, len(chunks), send_error)
+            return Outcome("interrupted", error=send_error)
+        delivered = result is Sent.CONFIRMED
+        ok = delivered and outcome == "succeeded"
+        await self.inbox.finish(item.id, TurnState.ANSWERED,
+                                TurnEvent.DELIVER if delivered else TurnEvent.GIVE_UP,
+                                sent=sent, ok=ok, error=None if delivered else send_error,
+                                now=self.clock.wall())
+        label = outcome if delivered else "reply_failed"
         if self.on_outcome is not None:
-            self.on_outcome("blocked" if sent_ok else "reply_failed")
-        log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error,
-                    "sent" if sent_ok else f"not sent ({send_error})")
+            self.on_outcome(label)
+        reply = "sent" if delivered else f"not sent ({send_error})"
+        if outcome == "blocked":
+            log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error,
+                        reply)
+        else:
+            log.info("turn %s for inbox %d (chat %s): %s; reply %s", outcome, item.id,
+                     item.chat_id, error or "answered", reply)
+        return _outcome(ok, error or send_error)
 
 
-def relay_reply(transport: RelayTransport | None,
-                accepting: Callable[[], bool]) -> Reply:
-    """The sidecar's ``reply``: send each chunk over the relay; wait for a reconnect while
-    ``accepting()``; never resend an ambiguous result."""
+def _outcome(ok: bool, error: str | None) -> Outcome:
+    return Outcome("done" if ok else "failed", result="answered" if ok else None,
+                   error=None if ok else error)
 
-    async def reply(item: InboxItem, answer: str) -> tuple[bool, str | None]:
+
+def reply_action(item: InboxItem, chunk: str) -> dict[str, Any]:
+    """The ``send`` action answering ``item`` (PROTOCOL 7.4): the chat, the thread when the
+    message had one, and ``metadata`` (``user_id``, ``profile``, ``scope_id``) from its source."""
+    src = item.source
+    action: dict[str, Any] = {"op": "send", "chat_id": item.chat_id, "content": chunk}
+    thread = src.get("thread_id")
+    if isinstance(thread, str | int) and not isinstance(thread, bool) and str(thread):
+        action["thread_id"] = str(thread)
+    meta: dict[str, Any] = {}
+    for key in ("user_id", "profile", "scope_id"):
+        value = src.get(key)
+        if isinstance(value, str | int) and not isinstance(value, bool):
+            meta[key] = str(value)
+    if meta:
+        action["metadata"] = meta
+    return action
+
+
+def relay_send(transport: RelayTransport | None, accepting: Callable[[], bool], clock: Clock,
+               give_up_hours: float = 24.0,
+               bot_id_for: Callable[[str], str | None] = lambda _platform: None) -> Send:
+    """The sidecar's ``send``: one chunk over the relay until confirmed (see the module doc).
+
+    ``bot_id_for(platform)`` gives the ``botId`` to send from when the inbound named none.
+    """
+
+    async def send(item: InboxItem, chunk: str, key: str, answered_at: float) -> tuple[Sent, str | None]:
         t = transport
         if t is None:
-            return False, "no relay configured: reply not sent"
-        for chunk in split_message(answer, t.max_message_length):
-            action = {"op": "send", "chat_id": item.chat_id, "content": chunk}
-            while True:
-                result = await t.send_outbound(action, platform=item.platform)
-                if result.get("success"):
-                    break
-                if result.get("ambiguous"):
-                    log.warning("reply to inbox %d is ambiguous (%s); not resending", item.id,
-                                result.get("error"))
-                    return False, str(result.get("error"))
-                if result.get("error") == "relay transport not connected" and accepting():
-                    # Keep the turn counted as work until the relay is back, then resend.
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t.wait_until(lambda: t.connected or not accepting())
-                    if not accepting():
-                        return False, "shutting down before the relay came back"
-                    continue
-                return False, str(result.get("error"))
-        return True, None
+            return Sent.FAILED, "no relay configured: reply not sent"
+        action = reply_action(item, chunk)
+        bot_id = item.bot_id or bot_id_for(item.platform)
+        while True:
+            if give_up_due(answered_at, clock.wall(), give_up_hours):
+                log.warning("reply %s not confirmed within %g h; giving up", key, give_up_hours)
+                return Sent.FAILED, f"not confirmed within {give_up_hours:g} h"
+            idempotent = t.supports_idempotent_send
+            result = await t.send_outbound(action, platform=item.platform, bot_id=bot_id,
+                                           idempotency_key=key if idempotent else None)
+            if result.get("success"):
+                return Sent.CONFIRMED, None
+            err = str(result.get("error"))
+            if F.is_declined(result):
+                log.warning("reply %s declined by the connector: %s", key, err)
+                return Sent.FAILED, err
+            if result.get("ambiguous"):
+                if not idempotent:
+                    log.warning("reply %s is ambiguous (%s); not resending (the connector has "
+                                "no idempotent sends)", key, err)
+                    return Sent.FAILED, err
+                log.warning("reply %s is ambiguous (%s); resending with the same key", key, err)
+            elif err != F.NOT_CONNECTED["error"]:
+                return Sent.FAILED, err
+            if not accepting():
+                return Sent.INTERRUPTED, "shutting down before the send was confirmed"
+            if not t.connected:
+                remaining = answered_at + give_up_hours * 3600.0 - clock.wall()
+                try:
+                    await wait_with_timeout(
+                        clock, t.wait_until(lambda: t.connected or not accepting()),
+                        max(0.0, remaining) if math.isfinite(remaining) else 0.0)
+                except TimeoutError:
+                    continue  # the give-up check above ends it
+                if not accepting():
+                    return Sent.INTERRUPTED, "shutting down before the relay came back"
 
-    return reply
+    return send

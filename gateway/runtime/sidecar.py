@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.runtime.activity import Activity
 from gateway.runtime.deliveries import Deliveries
 from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
-from gateway.runtime.inbox_worker import InboxWorker, relay_reply
+from gateway.runtime.inbox_worker import InboxWorker, relay_send
 from gateway.runtime.watcher import IdleWatcher
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
@@ -40,7 +40,7 @@ from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.clock import Clock, SystemClock
 from relay.listen import bind_listener, prepare_home
-from relay.protocol.frames import rfc3339
+from relay.protocol.frames import DEFAULT_MAX_MESSAGE_LENGTH, rfc3339
 from relay.sqlite import write_tx
 
 log = logging.getLogger("gateway.sidecar")
@@ -141,10 +141,16 @@ class Sidecar:
         self.cron_ctx = CronContext(config=self.config, store=self.cron_store, clock=self.clock,
                                     http=self.http, env=self.env, deliver=self.deliver,
                                     telemetry=self.telemetry)
+        t = self.transport
         self.worker = InboxWorker(
             inbox=self.inbox, config=self.config, http=self.http, env=self.env, clock=self.clock,
-            reply=relay_reply(self.transport, lambda: self.board.accepting),
-            on_outcome=lambda label: self.metrics.turns.labels(outcome=label).inc())
+            send=relay_send(t, lambda: self.board.accepting, self.clock,
+                            give_up_hours=self.config.delivery_give_up_hours,
+                            bot_id_for=self._bot_id_for),
+            chunk_limit=lambda: t.max_message_length if t is not None
+            else DEFAULT_MAX_MESSAGE_LENGTH,
+            on_outcome=lambda label: self.metrics.turns.labels(outcome=label).inc(),
+            on_model_retry=self.metrics.model_retries.inc)
         self.tasks = TaskStore(self.db)
         self.board = Board(self.tasks, config=self.config, clock=self.clock,
                            activity=self.activity,
@@ -239,11 +245,22 @@ class Sidecar:
 
     # --- relay handlers ----------------------------------------------------------------------
 
+    def _bot_id_for(self, platform: str) -> str | None:
+        """The ``botId`` a reply on ``platform`` is sent from: the first configured identity."""
+        for p, bot_id in self.config.relay_identities:
+            if p == platform:
+                return bot_id
+        return None
+
     async def _on_inbound(self, frames: list[dict[str, Any]]) -> None:
         now = self.clock.wall()
-        new = await self.inbox.admit(frames, now,
-                                     in_tx=lambda items: add_inbound_tasks(self.tasks, items, now))
-        dupes = len(frames) - len(new)
+        admission = await self.inbox.admit(
+            frames, now, in_tx=lambda items: add_inbound_tasks(self.tasks, items, now))
+        new, dupes = admission.new, admission.duplicates
+        for rejected in admission.rejected:
+            self.metrics.rejected.labels(reason=rejected.reason).inc()
+            log.warning("inbound frame quarantined (bufferId %r, %s): %s", rejected.buffer_id,
+                        rejected.reason, rejected.error)
         if dupes:
             self.metrics.duplicates.inc(dupes)
         if new:

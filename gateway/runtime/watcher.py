@@ -144,8 +144,11 @@ class IdleWatcher:
             await self._sleep_until(self._next_deadline())
 
     def _relay_ready(self) -> bool:
-        """A flip needs a handshaken socket that is not already flipping (no relay: ready)."""
-        return self.transport is None or self.transport.state is ConnState.CONNECTED
+        """A flip needs a handshaken socket that is not already flipping and whose announced
+        replay (PROTOCOL 7.2) has been persisted (no relay: ready). Any cooldown, 0 included,
+        therefore delivers every buffered message before the next flip (SPEC 8.1)."""
+        t = self.transport
+        return t is None or (t.state is ConnState.CONNECTED and not t.replaying)
 
     def _may_flip(self) -> bool:
         if self.in_cooldown():

@@ -41,6 +41,8 @@ Raising means "not persisted": nothing in the batch is acked (the connector rese
 FrameHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 INBOUND_BATCH_MAX = 512
+_KNOWN_TYPES = frozenset({"inbound", "outbound_result", "descriptor", "going_idle_ack",
+                          "interrupt_inbound"})
 
 
 @dataclass
@@ -84,6 +86,12 @@ class _Socket:
     close_reason: str = ""
     # Set when we close the socket on purpose; says what the supervisor does next.
     planned: ConnEvent | None = None
+    # PROTOCOL 7.2: the replay the first descriptor announced (``buffered``), counted as work
+    # until that many distinct bufferIds arrived or ``ack_timeout_s`` passed.
+    # Persisted bufferIds are collected until the handshake says how many to expect (None).
+    replay_expected: int | None = None
+    replay_seen: set[str] = field(default_factory=set)
+    replay_open: bool = False
 
 
 class RelayTransport:
@@ -140,6 +148,18 @@ class RelayTransport:
     @property
     def supports_wake_at(self) -> bool:
         return bool(self.descriptor and self.descriptor.supports_wake_at)
+
+    @property
+    def supports_idempotent_send(self) -> bool:
+        """The connector stores idempotency keys (PROTOCOL 7.1): an ambiguous send may be resent."""
+        return bool(self.descriptor and self.descriptor.supports_idempotent_send)
+
+    @property
+    def replaying(self) -> bool:
+        """True while the replay announced by the handshake's descriptor (``buffered``) has
+        not fully arrived and ``ack_timeout_s`` has not passed: the owner must not flip."""
+        sock = self._sock
+        return sock is not None and sock.replay_open
 
     @property
     def max_message_length(self) -> int:
@@ -258,15 +278,19 @@ class RelayTransport:
         reader = asyncio.create_task(self._read(sock), name="relay-reader")
         worker = asyncio.create_task(self._inbound_worker(sock), name="relay-inbound")
         keepalive: asyncio.Task[None] | None = None
+        replay = None
         try:
             ok = await self._handshake(sock, reader)
+            replay: asyncio.Task[None] | None = None
             if ok:
                 if self.config.ping_interval_s:
                     keepalive = asyncio.create_task(self._keepalive(sock), name="relay-keepalive")
-                await reader
-            else:
-                await reader
+                if sock.replay_open:
+                    replay = asyncio.create_task(self._replay_window(sock), name="relay-replay")
+            await reader
         finally:
+            if replay is not None:
+                replay.cancel()
             for t in (worker, keepalive, reader):
                 if t is not None and not t.done():
                     t.cancel()
@@ -308,8 +332,24 @@ class RelayTransport:
         self.descriptor = desc
         self._ever_handshaken = True
         self._wake.clear()
-        self._fire(ConnEvent.HANDSHAKE_OK, f"descriptor {desc.label!r}")
+        sock.replay_expected = desc.buffered or 0
+        sock.replay_open = len(sock.replay_seen) < sock.replay_expected
+        if not sock.replay_open:
+            sock.replay_seen.clear()
+        self._fire(ConnEvent.HANDSHAKE_OK, f"descriptor {desc.label!r}"
+                   + (f"; {desc.buffered} buffered entr(ies) to replay" if desc.buffered else ""))
         return True
+
+    async def _replay_window(self, sock: _Socket) -> None:
+        """Close the replay window after ``ack_timeout_s`` even if entries are missing."""
+        await self.clock.sleep(self.config.ack_timeout_s)
+        if sock.replay_open:
+            sock.replay_open = False
+            sock.replay_seen.clear()
+            log.info("relay replay window closed after %.0f s: %d of %d announced entr(ies) "
+                     "arrived", self.config.ack_timeout_s, len(sock.replay_seen),
+                     sock.replay_expected)
+            self._notify()
 
     async def _close_socket(self, sock: _Socket, code: int, reason: str) -> None:
         if sock.close_code is None:
@@ -403,8 +443,12 @@ class RelayTransport:
 
     def _dispatch(self, sock: _Socket, frame: dict[str, Any]) -> None:
         t = frame["type"]
-        if t == "inbound":
-            if not isinstance(frame.get("event"), dict):
+        bid = frame.get("bufferId")
+        has_bid = isinstance(bid, str | int) and not isinstance(bid, bool)
+        if t == "inbound" or (has_bid and t not in _KNOWN_TYPES):
+            # Every frame carrying a bufferId reaches the handler, which stores or quarantines
+            # it, so it is acked and never blocks the connector's cursor (SPEC 8.1).
+            if not isinstance(frame.get("event"), dict) and not has_bid:
                 self._drop(ProtocolError("inbound frame has no 'event' object"))
                 return
             sock.inbound.put_nowait(frame)
@@ -460,13 +504,29 @@ class RelayTransport:
                     q.task_done()
                 continue
             try:
-                for frame in batch:
-                    bid = frame.get("bufferId")
-                    if isinstance(bid, str | int) and not isinstance(bid, bool):
-                        await sock.ws.send_str(F.encode_inbound_ack(str(bid)))
+                ids = [str(b) for f in batch
+                       if isinstance(b := f.get("bufferId"), str | int) and not isinstance(b, bool)]
+                self._count_replayed(sock, ids)
+                if len(ids) > 1 and self.descriptor is not None and self.descriptor.supports_ack_batch:
+                    await sock.ws.send_str(F.encode_inbound_ack_batch(ids))
+                else:
+                    for bid in ids:
+                        await sock.ws.send_str(F.encode_inbound_ack(bid))
             finally:
                 for _ in batch:
                     q.task_done()
+
+    def _count_replayed(self, sock: _Socket, persisted: list[str]) -> None:
+        """Count persisted bufferIds against the announced replay; close it when complete."""
+        if sock.replay_expected is not None and not sock.replay_open:
+            return
+        sock.replay_seen.update(persisted)
+        if sock.replay_open and len(sock.replay_seen) >= (sock.replay_expected or 0):
+            sock.replay_open = False
+            sock.replay_seen.clear()
+            log.info("relay replay complete: %d announced entr(ies) persisted",
+                     sock.replay_expected)
+            self._notify()
 
     async def _keepalive(self, sock: _Socket) -> None:
         interval = self.config.ping_interval_s or 30.0
@@ -499,11 +559,14 @@ class RelayTransport:
         platform: str | None = None,
         bot_id: str | None = None,
         timeout_s: float | None = None,
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
         """Send an ``outbound`` and return its ``result`` dict; never hangs.
 
         Local results: not connected (nothing sent), timed out (ambiguous), connection lost
-        (ambiguous), as PROTOCOL.md section 4 lists them.
+        (ambiguous), as PROTOCOL.md section 4 lists them. ``idempotency_key`` (PROTOCOL 7.1)
+        goes on the frame as ``idempotencyKey``: send one only to a connector that advertises
+        ``supports_idempotent_send``.
         """
         sock = self._sock
         if sock is None or not self.connected:
@@ -512,7 +575,7 @@ class RelayTransport:
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         sock.pending[rid] = fut
         try:
-            if not await self.send_frame(F.outbound(rid, action, platform, bot_id)):
+            if not await self.send_frame(F.outbound(rid, action, platform, bot_id, idempotency_key)):
                 return dict(F.NOT_CONNECTED)
             try:
                 return await wait_with_timeout(

@@ -191,6 +191,12 @@ def encode_inbound_ack(buffer_id: str) -> str:
     return '{"type":"inbound_ack","bufferId":' + json.dumps(buffer_id) + "}\n"
 
 
+def encode_inbound_ack_batch(buffer_ids: list[str]) -> str:
+    """A batched ``inbound_ack`` (PROTOCOL 7.3) encoded as one NDJSON line; ASCII-escaped, so a
+    quarantined frame's malformed bufferId is still acked byte for byte."""
+    return '{"type":"inbound_ack","bufferIds":' + json.dumps(buffer_ids) + "}\n"
+
+
 def interrupt(session_key: str, reason: str | None = None) -> dict[str, Any]:
     """A mid-turn stop travelling outward."""
     return {"type": "interrupt", "session_key": session_key, "reason": reason}

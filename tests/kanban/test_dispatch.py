@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
 import json
 import sqlite3
 import sys
@@ -205,15 +207,15 @@ async def test_two_dispatchers_race_over_500_tasks_and_claim_each_once(tmp_path:
 
 
 async def test_lapsed_running_tasks_go_back_to_ready_with_an_event(store: TaskStore) -> None:
-    """A claim by another host whose lease ran out is requeued; this live process's is not."""
+    """A claim whose lease ran out is requeued; one held by another live process is not."""
     dead = await store.create(title="dead owner", assignee="alpha", now=NOW)
     live = await store.create(title="live owner", assignee="alpha", now=NOW)
     assert dead
     assert live
     await dispatch_once(store, spawn_fn=lambda t: None, now=NOW, owner="nohost-x:1")
-    # the "live" one is claimed by this very process
+    # the "live" one is claimed by another live process on this host (our parent)
     await store.db.execute("UPDATE tasks SET claim_lock = ? WHERE id = ?",
-                           (OWNER, live.id))
+                           (f"{socket.gethostname()}:{os.getppid()}", live.id))
     await store.db.execute("UPDATE tasks SET claim_expires_at = ? WHERE id = ?", (NOW - 1, dead.id))
     assert await store.requeue_lapsed(NOW + 10) == [dead.id]
     row = await store.get(dead.id)
@@ -265,3 +267,12 @@ async def test_two_dispatcher_processes_claim_each_of_500_tasks_once(tmp_path: P
         assert p.returncode == 0, err.decode()
     claims = [json.loads(out) for out, _ in outs]
     assert sorted(claims[0] + claims[1]) == list(range(1, 501))
+
+
+async def test_a_claim_under_this_very_pid_is_lapsed_at_start_up(store: TaskStore) -> None:
+    """A container restarts with the same pid: a claim recorded under our own host:pid is an
+    earlier process's, so start-up requeues it instead of leaving it running for the lease."""
+    task = await store.create(title="before the restart", assignee="alpha", now=NOW)
+    assert task
+    await dispatch_once(store, spawn_fn=lambda t: None, now=NOW, owner=OWNER)
+    assert await store.requeue_lapsed(NOW + 1) == [task.id]
