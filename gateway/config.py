@@ -1,8 +1,9 @@
 """Configuration: ``$HERMES_HOME/config.yaml`` plus environment (env wins), SPEC section 2.
 
 Every key is optional. An invalid value falls back to its default with exactly one log line
-containing ``WARNING`` and the dotted key; nothing here raises for a bad value (a missing or
-unreadable file is the same as an empty one, also with one warning).
+containing ``WARNING`` and the dotted key; nothing here raises for a bad value. A missing file is
+the same as an empty one; an unreadable or unparseable one is one warning and defaults, or a
+``StartupError`` when loaded with ``strict=True`` (``run`` and ``dev``, SPEC 8.1).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import yaml
 
 from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag, idle_timeout_s
-from relay.errors import ConfigError
+from relay.errors import ConfigError, StartupError
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
 from relay.protocol.urls import normalise_relay_url
@@ -71,6 +72,7 @@ class Config:
     wake_secret: str | None = None
     scale_to_zero: ScaleToZero = field(default_factory=ScaleToZero)
     shutdown_timeout_s: float = 25.0
+    delivery_give_up_hours: float = 24.0
     cron_timezone: str = "UTC"
     drift_policy: str = "fail_closed"
     cron_max_concurrent: int = 4
@@ -177,25 +179,45 @@ def _identities(v: Any) -> list[tuple[str, str]]:
     return out
 
 
-def load_config(home: Path | None = None, env: Mapping[str, str] | None = None) -> Config:
-    """Load ``<home>/config.yaml`` and the environment into a ``Config``; never raises for bad values."""
+def load_config(
+    home: Path | None = None, env: Mapping[str, str] | None = None, *, strict: bool = False
+) -> Config:
+    """Load ``<home>/config.yaml`` and the environment into a ``Config``; never raises for bad values.
+
+    ``home`` defaults to ``$HERMES_HOME`` (``./.hermes``); ``env`` to ``os.environ``. A missing
+    file is the same as an empty one. With ``strict=False`` (management commands) a file that
+    cannot be read, is not valid YAML or whose top level is not a mapping is one WARNING and
+    all defaults; with ``strict=True`` (``run``, ``dev``: SPEC 8.1, start-up fails fast) it
+    raises ``StartupError`` naming the file and the cause. Invalid *values* always fall back to
+    their default with one WARNING naming the dotted key.
+    """
     env = os.environ if env is None else env
     home = home or hermes_home(env)
     warnings: list[str] = []
     raw: Any = {}
     path = home / "config.yaml"
-    if path.exists():
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            msg = f"config {path} is unreadable ({exc}); using defaults"
-            warnings.append(msg)
-            log.warning(msg)
-            raw = {}
-    if not isinstance(raw, Mapping):
-        msg = f"config {path} is not a mapping; using defaults"
+
+    def unusable(cause: str) -> None:
+        if strict:
+            raise StartupError(f"config {path} {cause}")
+        msg = f"config {path} {cause}; using defaults"
         warnings.append(msg)
         log.warning(msg)
+
+    if _exists(path, unusable):
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            unusable(f"is unreadable ({exc.strerror or exc})")
+            raw = {}
+        except UnicodeDecodeError as exc:
+            unusable(f"is not UTF-8 text ({exc.reason} at byte {exc.start})")
+            raw = {}
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            unusable(f"is not valid YAML ({_one_line(exc)})")
+            raw = {}
+    if not isinstance(raw, Mapping):
+        unusable(f"is not a mapping (top level is a {type(raw).__name__})")
         raw = {}
     r = _Reader(raw, warnings)
     c = Config(home=home, warnings=warnings)
@@ -220,40 +242,73 @@ def load_config(home: Path | None = None, env: Mapping[str, str] | None = None) 
         c.profiles["default"] = Profile("default", None, None)
 
     g = "gateway"
-    c.relay_url = r.get(f"{g}.relay_url", None, normalise_relay_url,
-                        "ws(s)/http(s) URL without query or fragment")
-    c.relay_identities = r.get(f"{g}.relay_identities", c.relay_identities, _identities,
-                               "a non-empty list of {platform, bot_id}")
-    c.relay_max_frame_bytes = r.get(f"{g}.relay_max_frame_bytes", DEFAULT_MAX_FRAME_BYTES,
-                                    _int(1024), "an integer >= 1024")
+    c.relay_url = r.get(
+        f"{g}.relay_url", None, normalise_relay_url, "ws(s)/http(s) URL without query or fragment"
+    )
+    c.relay_identities = r.get(
+        f"{g}.relay_identities", c.relay_identities, _identities, "a non-empty list of {platform, bot_id}"
+    )
+    c.relay_max_frame_bytes = r.get(
+        f"{g}.relay_max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, _int(1024), "an integer >= 1024"
+    )
     s = f"{g}.scale_to_zero"
     z = c.scale_to_zero
-    z.idle_timeout_s = r.get(f"{s}.idle_timeout_minutes", DEFAULT_IDLE_TIMEOUT_MIN,
-                             lambda v: idle_timeout_s(v) / 60, "a number > 0") * 60
+    z.idle_timeout_s = (
+        r.get(
+            f"{s}.idle_timeout_minutes",
+            DEFAULT_IDLE_TIMEOUT_MIN,
+            lambda v: idle_timeout_s(v) / 60,
+            "a number > 0",
+        )
+        * 60
+    )
     z.cooldown_s = r.get(f"{s}.cooldown_seconds", 60.0, _num(0), "a number >= 0")
     z.ack_timeout_s = r.get(f"{s}.ack_timeout_seconds", 10.0, _num(0), "a number >= 0")
-    z.suspend = r.get(f"{s}.suspend", "autostop", _choice(SUSPEND_MODES),
-                      "one of " + ", ".join(SUSPEND_MODES))
+    z.suspend = r.get(
+        f"{s}.suspend", "autostop", _choice(SUSPEND_MODES), "one of " + ", ".join(SUSPEND_MODES)
+    )
     z.external_waker = r.get(f"{s}.external_waker", False, _bool, "true or false")
     c.shutdown_timeout_s = r.get(f"{g}.shutdown_timeout_seconds", 25.0, _num(0), "a number >= 0")
+    c.delivery_give_up_hours = r.get(
+        "agent.delivery_give_up_hours", 24.0, _num(0, strict=True), "a number of hours > 0"
+    )
 
     c.cron_timezone = r.get("cron.timezone", "UTC", _tz, "an IANA timezone name")
-    c.drift_policy = r.get("cron.drift_policy", "fail_closed", _choice(DRIFT_POLICIES),
-                           "one of " + ", ".join(DRIFT_POLICIES))
+    c.drift_policy = r.get(
+        "cron.drift_policy", "fail_closed", _choice(DRIFT_POLICIES), "one of " + ", ".join(DRIFT_POLICIES)
+    )
     c.cron_max_concurrent = r.get("cron.max_concurrent", 4, _int(1), "an integer >= 1")
     c.cron_max_daily_usd = r.get("cron.max_daily_usd", None, _num(0), "a number >= 0")
     c.kanban_default_assignee = r.get("kanban.default_assignee", "", _str, "a profile name")
     c.kanban_max_in_progress = r.get("kanban.max_in_progress", 8, _int(1), "an integer >= 1")
-    c.kanban_max_in_progress_per_profile = r.get("kanban.max_in_progress_per_profile", None,
-                                                 _int(1), "an integer >= 1")
+    c.kanban_max_in_progress_per_profile = r.get(
+        "kanban.max_in_progress_per_profile", None, _int(1), "an integer >= 1"
+    )
     c.routing_enabled = r.get("routing.enabled", False, _bool, "true or false")
     c.routing_strong_model = r.get("routing.strong_model", None, _str, "a model name")
     c.routing_strong_provider = r.get("routing.strong_provider", None, _str, "a provider name")
     c.routing_cheap_model = r.get("routing.cheap_model", None, _str, "a model name")
-    c.routing_error_threshold_pct = r.get("routing.error_threshold_pct", 6.0, _num(0),
-                                          "a number >= 0")
+    c.routing_error_threshold_pct = r.get("routing.error_threshold_pct", 6.0, _num(0), "a number >= 0")
     _apply_env(c, env, r)
     return c
+
+
+def _exists(path: Path, unusable: Callable[[str], None]) -> bool:
+    """Whether ``path`` exists; a stat error other than "not found" (e.g. no permission to
+    search the home folder) is reported through ``unusable``."""
+    try:
+        path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # a home beneath a file: prepare_home names that cause at start-up
+    except OSError as exc:
+        unusable(f"is unreadable ({exc.strerror or exc})")
+        return False
+    return True
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception's message on one line (YAML errors span several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _url(v: Any) -> str:

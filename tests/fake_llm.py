@@ -2,7 +2,7 @@
 
 ``POST /v1/chat/completions`` answers ``"echo: <last user content>"`` with usage and cost.
 ``hold`` (an Event, when set to one) makes every request wait until it is set; ``requests``
-records each request body; ``status`` forces an error status; ``delay`` (seconds) makes every
+records each request body; ``status`` forces an error status (with ``error_body``); ``usage`` is the usage object sent; ``delay`` (seconds) makes every
 answer slow (a slow provider); ``max_in_flight`` is the most requests it held at once.
 """
 
@@ -20,6 +20,8 @@ class FakeLLM:
         self.requests: list[dict[str, Any]] = []
         self.hold: asyncio.Event | None = None
         self.status = 200
+        self.error_body: Any = {"error": "boom"}  # the body of a forced error status
+        self.usage: Any = {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.001}
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -63,12 +65,12 @@ class FakeLLM:
         finally:
             self.in_flight -= 1
         if self.status != 200:
-            return web.json_response({"error": "boom"}, status=self.status)
+            return web.json_response(self.error_body, status=self.status)
         content = body["messages"][-1]["content"]
         return web.json_response({
             "model": body["model"],
             "choices": [{"message": {"role": "assistant", "content": f"echo: {content}"}}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.001},
+            "usage": self.usage,
         })
 
 

@@ -107,7 +107,8 @@ class InboxWorker:
                 answered_at = self.clock.wall()
                 await self.inbox.commit_answer(item.id, TurnState.ANSWERING, chunks, outcome, error,
                                                answered_at)
-            assert chunks is not None and answered_at is not None
+            assert chunks is not None
+            assert answered_at is not None
             return await self._deliver(item, chunks, row.chunks_sent if row.chunks else 0,
                                        outcome or "succeeded", error, answered_at)
 
@@ -132,6 +133,11 @@ class InboxWorker:
             completion = await complete(self.http, target,
                                         [{"role": "user", "content": str(text)}], env=self.env)
             log.debug("inbox %d answered in %.3f s", item.id, self.clock.monotonic() - started)
+            if completion.usage_problem is not None:
+                # Spend we cannot count is an answer we cannot trust (SPEC 8.1): fail closed.
+                log.warning("inbox %d: provider answer unusable: %s", item.id,
+                            completion.usage_problem)
+                return APOLOGY, "failed", f"provider answer unusable: {completion.usage_problem}"
             return completion.text, "succeeded", None
         except ConfigError as exc:
             return f"This agent cannot answer yet: {exc}.", "config_error", str(exc)

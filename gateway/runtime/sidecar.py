@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -125,10 +126,35 @@ class Sidecar:
         listener = bind_listener(self.host, self.port, "sidecar HTTP")
         try:
             prepare_home(self.config.home)
+            self.port = listener.getsockname()[1]
+            await self._open(listener)
         except BaseException:
             listener.close()
+            await self._abort_start()
             raise
-        self.port = listener.getsockname()[1]
+        log.info("hermes-sidecar started on http://%s:%d (state %s, home %s)", self.host,
+                 self.port, self.state_name(), self.config.home)
+
+    async def _abort_start(self) -> None:
+        """Close whatever a failed ``start()`` opened (no thread or socket left behind)."""
+        for t in self._tasks:
+            t.cancel()
+        if self.transport is not None:
+            with contextlib.suppress(Exception):
+                await self.transport.disconnect()
+        for closer in ("_runner", "telemetry", "http", "db"):
+            obj = getattr(self, closer, None)
+            if obj is None:
+                continue
+            with contextlib.suppress(Exception):
+                if closer == "_runner":
+                    await obj.cleanup()
+                elif closer == "telemetry":
+                    await obj.aclose()
+                else:
+                    await obj.close()
+
+    async def _open(self, listener: socket.socket) -> None:
         self.db = await open_state_db(self.config.state_db)
         self.inbox = InboxStore(self.db)
         self.http = aiohttp.ClientSession()
@@ -181,8 +207,6 @@ class Sidecar:
             log.info("no relay configured: cron-only mode")
         self._tasks.append(asyncio.create_task(self.scheduler.run(), name="cron-scheduler"))
         self._tasks.append(asyncio.create_task(self.watcher.run(), name="idle-watcher"))
-        log.info("hermes-sidecar started on http://%s:%d (state %s, home %s)", self.host,
-                 self.port, self.state_name(), self.config.home)
 
     async def serve_forever(self) -> None:
         await self._stop.wait()

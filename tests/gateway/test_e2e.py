@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from relay.protocol.token import mint_token
 from tests.fake_llm import FakeLLM, provider_config
 from tests.procs import Proc, free_port, relay_cmd
 
@@ -70,8 +72,8 @@ class Stack:
             assert r.status == 202
             return await r.json()
 
-    async def get(self, url: str) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as s, s.get(url) as r:
+    async def get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
             return r.status, await r.json()
 
     async def replies(self) -> list[str]:
@@ -109,6 +111,9 @@ async def test_e2e_answer_sleep_buffer_wake_replay_exactly_once(stack: Stack) ->
     assert (status, doc["state"], doc["relay"]["connected"]) == (200, "dormant", False)
     assert doc["last_inbound_at"].endswith("Z")
     status, _ = await stack.get(f"{stack.base}/presence")
+    assert status == 401  # a relay secret is set: presence needs its token
+    token = mint_token("gw", "s3cret", time.time())
+    status, _ = await stack.get(f"{stack.base}/presence", {"Authorization": f"Bearer {token}"})
     assert status == 409  # presence is closed while dormant
     status, _ = await stack.get(f"{stack.base}/healthz")
     assert status == 200  # dormant is healthy

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
-import json
 import sqlite3
 import sys
 from collections.abc import AsyncIterator
