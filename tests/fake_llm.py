@@ -2,8 +2,9 @@
 
 ``POST /v1/chat/completions`` answers ``"echo: <last user content>"`` with usage and cost.
 ``hold`` (an Event, when set to one) makes every request wait until it is set; ``requests``
-records each request body; ``status`` forces an error status (with ``error_body``); ``usage`` is the usage object sent; ``delay`` (seconds) makes every
-answer slow (a slow provider); ``max_in_flight`` is the most requests it held at once.
+records each request body; ``status`` forces an error status (with ``error_body``); ``usage``
+is the usage object sent; ``delay`` (seconds) makes every answer slow (a slow provider);
+``max_in_flight`` is the most requests it held at once.
 """
 
 from __future__ import annotations

@@ -5,94 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from relay.protocol.token import mint_token
-from tests.fake_llm import FakeLLM, provider_config
-from tests.procs import Proc, free_port, relay_cmd
+from tests.stack import Stack
 
 pytestmark = pytest.mark.timeout(90)
-
-
-class Stack:
-    def __init__(self, tmp: Path, llm: FakeLLM) -> None:
-        self.tmp = tmp
-        self.llm = llm
-        self.home = tmp / "home"
-        self.home.mkdir()
-        self.relay_port, self.port = free_port(), free_port()
-        self.relay: Proc | None = None
-        self.sidecar: Proc | None = None
-
-    def write_config(self, idle_minutes: float = 0.05) -> None:
-        (self.home / "config.yaml").write_text(
-            provider_config(self.llm.base_url)
-            + f"gateway:\n  scale_to_zero: {{idle_timeout_minutes: {idle_minutes}, cooldown_seconds: 1}}\n"
-        )
-
-    @property
-    def relay_base(self) -> str:
-        return f"http://127.0.0.1:{self.relay_port}"
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start_relay(self) -> None:
-        self.relay = await Proc(relay_cmd(self.relay_port, str(self.tmp / "relay.db"),
-                                          "--gateway", "gw=s3cret")).start()
-        await self.relay.wait_for_line("hermes-relay serving on")
-
-    async def start_sidecar(self) -> Proc:
-        env = {
-            "HERMES_HOME": str(self.home),
-            "HERMES_SCALE_TO_ZERO": "1",
-            "GATEWAY_RELAY_URL": self.relay_base,
-            "GATEWAY_RELAY_ID": "gw",
-            "GATEWAY_RELAY_SECRET": "s3cret",
-            "GATEWAY_RELAY_WAKE_URL": f"{self.base}/wake",
-        }
-        self.sidecar = await Proc([sys.executable, "-m", "gateway", "run", "--port",
-                                   str(self.port)], env=env).start()
-        await self.sidecar.wait_for_line("relay handshaking -> connected")
-        return self.sidecar
-
-    async def ingress(self, text: str, message_id: Any) -> dict[str, Any]:
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{self.relay_base}/ingress/relay",
-            json={"chat_id": "c1", "user_id": "u1", "text": text, "message_id": message_id},
-        ) as r:
-            assert r.status == 202
-            return await r.json()
-
-    async def get(self, url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
-        async with aiohttp.ClientSession() as s, s.get(url, headers=headers) as r:
-            return r.status, await r.json()
-
-    async def replies(self) -> list[str]:
-        _, rows = await self.get(f"{self.relay_base}/outbox?chat_id=c1")
-        return [r["action"]["content"] for r in rows if r["action"]["op"] == "send"]
-
-    async def close(self) -> None:
-        for p in (self.sidecar, self.relay):
-            if p is not None:
-                await p.stop()
-
-
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
-    llm = await FakeLLM().start()
-    st = Stack(tmp_path, llm)
-    yield st
-    await st.close()
-    await llm.close()
 
 
 async def test_e2e_answer_sleep_buffer_wake_replay_exactly_once(stack: Stack) -> None:

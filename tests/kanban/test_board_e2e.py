@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from tests.fake_llm import FakeLLM, provider_config
-from tests.gateway.test_e2e import Stack
 from tests.procs import Proc, free_port
+from tests.stack import Stack
 
 pytestmark = pytest.mark.timeout(90)
 
