@@ -184,7 +184,8 @@ def _manage(args: argparse.Namespace) -> int:
     config = load_config()
     module = {"cron": cli_cron, "kanban": cli_kanban}.get(args.command, cli_telemetry)
     try:
-        return asyncio.run(module.run(args, config))
+        code: int = asyncio.run(module.run(args, config))
+        return code
     except Exit as exc:
         print(f"hermes-sidecar: error: {exc}", file=sys.stderr)
         return exc.code

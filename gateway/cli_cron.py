@@ -102,13 +102,14 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             emit(args.json, job.as_json(), f"added {_job_text(job)}")
             return 0
         if cmd == "list":
-            jobs = await store.list()
+            jobs = await store.all()
             emit(args.json, [j.as_json() for j in jobs],
                  "\n".join(_job_text(j) for j in jobs) or "no jobs")
             return 0
-        job = await store.get(args.id)
-        if job is None:
+        found = await store.get(args.id)
+        if found is None:
             raise Exit(2, f"unknown job id {args.id!r}; see 'hermes-sidecar cron list'")
+        job = found
         if cmd == "show":
             emit(args.json, job.as_json(), _job_text(job))
         elif cmd == "update":

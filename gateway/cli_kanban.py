@@ -123,7 +123,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             emit(args.json, task.to_json(), f"created {_task_line(task)}")
             return 0
         if cmd == "list":
-            tasks = await store.list(args.status)
+            tasks = await store.all(args.status)
             emit(args.json, [t.to_json() for t in tasks],
                  "\n".join(_task_line(t) for t in tasks) or "no tasks")
             return 0

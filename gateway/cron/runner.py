@@ -96,7 +96,8 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
     store, clock = ctx.store, ctx.clock
 
     async def telemetry(end_reason: str, model: str | None = None, provider: str | None = None,
-                        cost: float | None = None, tokens: tuple[int, int] | None = None) -> None:
+                        cost: float | None = None,
+                        tokens: tuple[int | None, int | None] | None = None) -> None:
         """One skill_invocations row per skill of this run (scaffolding reasons -> NULL),
         queued on the batched writer: a failed write is logged there and never fails a run."""
         ctx.telemetry.record_many(split_run(

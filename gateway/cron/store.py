@@ -115,7 +115,7 @@ class CronStore:
             row = await cur.fetchone()
         return _job(row) if row else None
 
-    async def list(self) -> list[Job]:
+    async def all(self) -> list[Job]:
         async with self.db.execute(f"SELECT {_COLS} FROM jobs ORDER BY created_at, id") as cur:
             return [_job(r) for r in await cur.fetchall()]
 

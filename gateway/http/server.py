@@ -5,7 +5,8 @@ request, so that is where the jump is first visible)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -19,13 +20,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.http")
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
 POKE_MERGE_S = 1.0
 PRESENCE_COMMENT_S = 15.0
 
 
 @web.middleware
-async def _resume_check(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _resume_check(request: web.Request, handler: Handler) -> web.StreamResponse:
     request.app[SIDECAR].check_resume()
     return await handler(request)
 

@@ -61,7 +61,7 @@ class TaskStore:
             row = await cur.fetchone()
         return None if row is None else Task(*row)
 
-    async def list(self, status: str | None = None, limit: int = 1000) -> list[Task]:
+    async def all(self, status: str | None = None, limit: int = 1000) -> list[Task]:
         """Tasks, newest first (``status`` filters)."""
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
         async with self.db.execute(f"SELECT {_COLS} FROM tasks {where} ORDER BY id DESC LIMIT ?",

@@ -184,7 +184,7 @@ class Sidecar:
                            on_blocked=self._task_blocked)
         self.scheduler = CronScheduler(self.cron_ctx, activity=self.activity,
                                        max_concurrent=self.config.cron_max_concurrent,
-                                       on_due=lambda: self.watcher.wake("due job"),
+                                       on_due=self._on_due,
                                        run_fn=self._run_cron_task)
         self._started = True
         self.scheduler.on_planned = self.watcher.kick
@@ -268,6 +268,9 @@ class Sidecar:
                 self.discovery_path.unlink()
 
     # --- relay handlers ----------------------------------------------------------------------
+
+    def _on_due(self) -> None:
+        self.watcher.wake("due job")
 
     def _bot_id_for(self, platform: str) -> str | None:
         """The ``botId`` a reply on ``platform`` is sent from: the first configured identity."""

@@ -34,7 +34,7 @@ async def test_a_due_occurrence_runs_as_a_task_on_the_jobs_profile(
         sc.on_poke()
         await clock.advance(600)
         await sc.scheduler.wait_quiet()
-        [task] = await sc.tasks.list()
+        [task] = await sc.tasks.all()
         assert (task.source, task.assignee, task.status) == ("cron", "alpha", "done")
         assert task.ref == f"cron:{job.id}@{job.next_run_at!r}"
         [run] = await sc.cron_store.history(job.id)
@@ -62,7 +62,7 @@ async def test_an_unknown_profile_blocks_the_task_and_fails_the_occurrence(
         assert row is not None
         assert row["status"] == "failed"
         assert row["error"] == "unknown profile 'alpha' (known profiles: default)"
-        [task] = await sc.tasks.list()
+        [task] = await sc.tasks.all()
         assert (task.status, task.error) == ("blocked", row["error"])
         assert llm.requests == []
         other = create_job(sc.config, {"schedule": "@daily", "prompt": "still here"},

@@ -55,7 +55,7 @@ async def test_no_cap_spawns_every_ready_task(store: TaskStore) -> None:
     await _make(store, 5, 3)
     result, spawned = await _tick(store)
     assert _by(result) == (5, 3)
-    assert {t.status for t in await store.list()} == {"running"}
+    assert {t.status for t in await store.all()} == {"running"}
     assert [t.id for t in spawned] == [i for i, _ in result.spawned]
 
 
