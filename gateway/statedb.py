@@ -7,11 +7,12 @@ is only sent after a commit that survives power loss (PROTOCOL.md 5.5).
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import aiosqlite
 
-from relay.sqlite import migrate, open_db
+from relay.sqlite import migrate, open_db, write_tx
 
 MIGRATIONS = [
     # 1: inbox
@@ -214,4 +215,25 @@ async def open_state_db(path: Path, *, synchronous: str = "FULL") -> aiosqlite.C
     """Open state.db (creating ``$HERMES_HOME``), migrated to the current schema."""
     db = await open_db(str(path), synchronous=synchronous)
     await migrate(db, MIGRATIONS)
+    await _seed_inbox_ids(db)
     return db
+
+
+async def _seed_inbox_ids(db: aiosqlite.Connection) -> None:
+    """Start a new state.db's inbox ids at a random offset (1 .. 2**40).
+
+    Reply idempotency keys are ``inbox:<id>:<chunk>`` and a connector remembers them for days:
+    a state.db that is lost and recreated must not reuse the ids of the old one, or its new
+    replies would be answered as duplicates and never reach the chat. Ids stay increasing
+    (AUTOINCREMENT), so keys remain stable across restarts of the same state.db.
+    """
+    async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'") as cur:
+        if await cur.fetchone() is not None:
+            return
+    async with write_tx(db):
+        async with db.execute("SELECT COUNT(*) FROM inbox") as cur:
+            row = await cur.fetchone()
+        if row is not None and row[0] == 0:
+            await db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'inbox', ? WHERE NOT"
+                             " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')",
+                             (secrets.randbelow(2**40) + 1,))

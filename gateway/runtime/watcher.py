@@ -21,6 +21,9 @@ from relay.clock import Clock, wait_with_timeout
 
 log = logging.getLogger("gateway.watcher")
 
+ABORT_PAUSE_S = 1.0
+"""Seconds after an aborted flip before the next may start (a cooldown of its own)."""
+
 
 class IdleWatcher:
     """live -> draining -> dormant -> (wake) live, with a cooldown after every wake.
@@ -192,8 +195,12 @@ class IdleWatcher:
         if self.transport is not None:
             ok = await self.transport.go_dormant(wake_at)
         if not ok:
+            # A short pause before the next try: an ack that never comes (a connector that
+            # cannot flip, ack_timeout_seconds 0) must not turn into a re-dial loop.
+            pause_until = self.clock.monotonic() + ABORT_PAUSE_S
+            self.cooldown_until = max(self.cooldown_until or pause_until, pause_until)
             self._fire(WatchEvent.ABORTED, "flip aborted (work arrived or no going_idle_ack); "
-                                           "re-handshaking")
+                                           f"re-handshaking; next try in >= {ABORT_PAUSE_S:.0f} s")
             self._wake_pending = None
             await asyncio.sleep(0)  # a flip refused at once must not make a loop that never yields
             return

@@ -179,3 +179,20 @@ async def test_provider_failure_is_answered_with_the_apology_exactly_once(rig: R
     row = await rig.inbox.turn(item.id)
     assert row is not None
     assert (row.state, row.outcome) == (TurnState.DELIVERED, "failed")
+
+
+async def test_a_recreated_state_db_never_reuses_inbox_ids(tmp_path: Path) -> None:
+    """Reply keys are inbox:<id>:<n>: a lost and recreated state.db starts its ids elsewhere."""
+    firsts = []
+    for name in ("one.db", "two.db"):
+        db = await open_state_db(tmp_path / name)
+        store = InboxStore(db)
+        frame = {"type": "inbound", "bufferId": "b", "event": {
+            "text": "x", "message_id": "1", "source": {"platform": "relay", "chat_id": "c"}}}
+        firsts.append((await store.admit([frame], 0.0)).new[0].id)
+        await db.close()
+    assert firsts[0] != firsts[1]
+    db = await open_state_db(tmp_path / "one.db")  # reopening keeps counting from where it was
+    frame["bufferId"], frame["event"]["message_id"] = "b2", "2"  # type: ignore[index]
+    assert (await InboxStore(db).admit([frame], 0.0)).new[0].id == firsts[0] + 1
+    await db.close()

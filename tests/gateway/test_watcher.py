@@ -228,3 +228,74 @@ async def test_sidecar_resume_jump_redials(tmp_path: Path, fake: FakeConnector) 
         assert sc.watcher.state is WatchState.LIVE
     finally:
         await sc.shutdown()
+
+
+async def test_watcher_holds_the_flip_until_the_announced_replay_is_persisted(
+    fake: FakeConnector,
+) -> None:
+    """Cooldown 0 and a descriptor announcing 2 buffered entries: no going_idle until both are
+    persisted, although the idle deadline is long past (PROTOCOL 7.2)."""
+    fake.descriptor_overrides = {"buffered": 2}
+    r = Rig(fake, timeout=5.0, cooldown=0.0)
+    try:
+        await r.start()
+        await r.clock.advance(9)  # t=9 s: idle past the 5 s timeout, but the replay is owed
+        assert fake.of_type("going_idle") == []
+        assert r.t.replaying
+        await fake.send(F.inbound({"text": "one"}, "b1"))
+        await fake.wait_until(lambda: len(fake.of_type("inbound_ack")) == 1)
+        assert fake.of_type("going_idle") == []
+        await fake.send(F.inbound({"text": "two"}, "b2"))
+        # both persisted (they reset the idle clock): the flip comes one timeout later
+        await fake.wait_until(lambda: len(fake.of_type("inbound_ack")) == 2)
+        assert not r.t.replaying
+        await r.clock.advance(5)  # t=14 s: one timeout after the last replayed message
+        await r.until(lambda: r.w.state is WatchState.DORMANT)
+    finally:
+        await r.stop()
+
+
+async def test_watcher_replay_window_closes_after_the_ack_timeout(fake: FakeConnector) -> None:
+    """An announced replay that never comes holds the flip for ack_timeout_s (10 s), no more."""
+    fake.descriptor_overrides = {"buffered": 3}
+    r = Rig(fake, timeout=5.0, cooldown=0.0)
+    try:
+        await r.start()
+        await r.clock.advance(9.9)
+        assert fake.of_type("going_idle") == []
+        await r.clock.advance(0.1)  # t=10 s: the window closes; idle since t=0 -> flip
+        await r.until(lambda: r.w.state is WatchState.DORMANT)
+    finally:
+        await r.stop()
+
+
+async def test_watcher_ack_timeout_zero_pauses_between_aborted_flips(fake: FakeConnector) -> None:
+    """A connector that never acks and ack_timeout 0: aborted flips come at most once a
+    second, not in a re-dial loop."""
+    fake.ack_going_idle = False
+    r = Rig(fake, timeout=1.0, cooldown=0.0)
+    r.t.config.ack_timeout_s = 0.0
+    try:
+        await r.start()
+        for _ in range(10):  # t=0..10 s in 1 s steps
+            await r.clock.advance(1.0)
+        await r.clock.settle(50)
+        assert 1 <= len(fake.of_type("going_idle")) <= 11
+        assert fake.dials <= 12
+    finally:
+        await r.stop()
+
+
+async def test_watcher_poke_during_a_flip_wakes_once_the_flip_completes(
+    rig: Rig, fake: FakeConnector
+) -> None:
+    """A poke while going_idle awaits its ack is kept: after the ack the sidecar re-dials."""
+    fake.ack_going_idle = False
+    await rig.start()
+    await rig.clock.advance(60)
+    await fake.wait_until(lambda: len(fake.of_type("going_idle")) == 1)
+    assert rig.w.state is WatchState.DRAINING
+    assert rig.w.wake("poke")  # kept for when the flip completes
+    await fake.send(F.going_idle_ack())
+    await rig.until(lambda: fake.dials == 2 and rig.t.state is ConnState.CONNECTED)
+    assert rig.w.state is WatchState.LIVE

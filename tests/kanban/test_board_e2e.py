@@ -123,7 +123,7 @@ async def test_inbound_for_an_unknown_profile_is_blocked_and_told_why(
                 "chat_id": "c1", "user_id": "u1", "text": "boo", "message_id": 1,
                 "profile": "ghost"}) as r:
             assert r.status == 202
-        await sc.wait_for_line("inbox 1 (chat c1) blocked")
+        await sc.wait_for_line("(chat c1) blocked")
         await st.ingress("hello", 2)
         await sc.wait_for_line("turn succeeded")
         assert await st.replies() == [
