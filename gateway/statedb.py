@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from relay.sqlite import migrate, open_db, write_tx
+from relay.sqlite import migrate, open_db, read_one, write_tx
 
 MIGRATIONS = [
     # 1: inbox
@@ -227,12 +227,10 @@ async def _seed_inbox_ids(db: aiosqlite.Connection) -> None:
     replies would be answered as duplicates and never reach the chat. Ids stay increasing
     (AUTOINCREMENT), so keys remain stable across restarts of the same state.db.
     """
-    async with db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'inbox'") as cur:
-        if await cur.fetchone() is not None:
-            return
+    if await read_one(db, "SELECT seq FROM sqlite_sequence WHERE name = 'inbox'") is not None:
+        return
     async with write_tx(db):
-        async with db.execute("SELECT COUNT(*) FROM inbox") as cur:
-            row = await cur.fetchone()
+        row = await read_one(db, "SELECT COUNT(*) FROM inbox")
         if row is not None and row[0] == 0:
             await db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'inbox', ? WHERE NOT"
                              " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')",

@@ -26,10 +26,14 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     _ensure_folder(path)
     _private_file(path)
     db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute(f"PRAGMA synchronous={synchronous}")
-    await db.execute("PRAGMA busy_timeout=10000")
-    await db.execute("PRAGMA foreign_keys=ON")
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute(f"PRAGMA synchronous={synchronous}")
+        await db.execute("PRAGMA busy_timeout=10000")
+        await db.execute("PRAGMA foreign_keys=ON")
+    except BaseException:
+        await db.close()  # its thread is not a daemon: never leave it behind
+        raise
     return db
 
 
@@ -102,6 +106,24 @@ def _statements(script: str) -> list[str]:
     if buf:
         out.append("\n".join(buf))
     return out
+
+
+async def read_all(db: aiosqlite.Connection, sql: str, params: Any = ()) -> list[Any]:
+    """Every row of one query, in a single hop to the database thread.
+
+    Cancellation-safe, unlike ``async with db.execute(...) as cur``: a task cancelled while that
+    cursor's statement is open leaves the statement unreset, which holds a read transaction
+    open on the connection for good, so every later read sees the database as it was then (a
+    connector replay that silently missed committed entries). Here the thread runs the whole
+    query to completion whatever happens to the caller.
+    """
+    return list(await db.execute_fetchall(sql, params))
+
+
+async def read_one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
+    """The first row of one query (None when there is none); cancellation-safe like ``read_all``."""
+    rows = await read_all(db, sql, params)
+    return rows[0] if rows else None
 
 
 T = TypeVar("T")

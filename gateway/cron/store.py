@@ -16,7 +16,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.lease import OWNER, lapsed
-from relay.sqlite import write_one, write_tx
+from relay.sqlite import read_all, read_one, write_one, write_tx
 
 RUN_STATUSES = ("running", "succeeded", "failed", "blocked_drift", "blocked_budget",
                 "skipped_overlap", "missed")
@@ -111,28 +111,27 @@ class CronStore:
         )
 
     async def get(self, job_id: str) -> Job | None:
-        async with self.db.execute(f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,)) as cur:
-            row = await cur.fetchone()
+        row = await read_one(self.db, f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))
         return _job(row) if row else None
 
     async def all(self) -> list[Job]:
-        async with self.db.execute(f"SELECT {_COLS} FROM jobs ORDER BY created_at, id") as cur:
-            return [_job(r) for r in await cur.fetchall()]
+        return [_job(r) for r in await read_all(self.db, f"SELECT {_COLS} FROM jobs ORDER BY created_at, id")]
 
     async def due(self, now: float) -> list[Job]:
         """Enabled jobs whose next run is at or before ``now``, earliest first."""
-        async with self.db.execute(
+        rows = await read_all(
+            self.db,
             f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ?"
             " ORDER BY next_run_at", (now,),
-        ) as cur:
-            return [_job(r) for r in await cur.fetchall()]
+        )
+        return [_job(r) for r in rows]
 
     async def next_due(self) -> float | None:
         """The earliest next run of any enabled job (Unix seconds), or None."""
-        async with self.db.execute(
-            "SELECT MIN(next_run_at) FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL"
-        ) as cur:
-            row = await cur.fetchone()
+        row = await read_one(
+            self.db,
+            "SELECT MIN(next_run_at) FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL",
+        )
         return None if row is None or row[0] is None else float(row[0])
 
     async def remove(self, job_id: str) -> bool:
@@ -204,39 +203,35 @@ class CronStore:
         await self._write(f"UPDATE job_runs SET {', '.join(sets)} WHERE id = ?", params)
 
     async def running(self, job_id: str) -> bool:
-        async with self.db.execute(
-            "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1", (job_id,)
-        ) as cur:
-            return await cur.fetchone() is not None
+        return await read_one(
+            self.db, "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1", (job_id,)
+        ) is not None
 
     async def fail_interrupted(self, now: float) -> int:
         """At start-up: running rows whose lease lapsed or whose owner died become failed."""
-        async with self.db.execute(
-            "SELECT id, lease_until, owner FROM job_runs WHERE status = 'running'"
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await read_all(self.db, "SELECT id, lease_until, owner FROM job_runs WHERE status = 'running'")
         dead = [r[0] for r in rows if lapsed(r[2], r[1], now)]
         for run_id in dead:
             await self.finish(run_id, "failed", now, error="interrupted")
         return len(dead)
 
     async def history(self, job_id: str, limit: int = 50) -> list[dict[str, Any]]:
-        async with self.db.execute(
+        rows = await read_all(
+            self.db,
             "SELECT id, job_id, scheduled_for, started_at, finished_at, status, error, model,"
             " provider, input_tokens, output_tokens, cost_usd, routing_reason, output"
             " FROM job_runs WHERE job_id = ? ORDER BY scheduled_for DESC, id DESC LIMIT ?",
             (job_id, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         return [self._run(r) for r in rows]
 
     async def run_row(self, run_id: int) -> dict[str, Any]:
-        async with self.db.execute(
+        row = await read_one(
+            self.db,
             "SELECT id, job_id, scheduled_for, started_at, finished_at, status, error, model,"
             " provider, input_tokens, output_tokens, cost_usd, routing_reason, output"
             " FROM job_runs WHERE id = ?", (run_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        )
         assert row is not None
         return self._run(row)
 
@@ -252,10 +247,9 @@ class CronStore:
 
     async def spend_since(self, since: float) -> float:
         """Cron spend (USD) of runs started at or after ``since``."""
-        async with self.db.execute(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM job_runs WHERE started_at >= ?", (since,)
-        ) as cur:
-            row = await cur.fetchone()
+        row = await read_one(
+            self.db, "SELECT COALESCE(SUM(cost_usd), 0) FROM job_runs WHERE started_at >= ?", (since,)
+        )
         return float(row[0]) if row else 0.0
 
     # --- alerts and deliveries -------------------------------------------------------------
@@ -273,11 +267,10 @@ class CronStore:
         return cur.rowcount == 1
 
     async def drift_episodes(self) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT job_id, opened_at, detail FROM drift_episodes ORDER BY opened_at"
-        ) as cur:
-            return [{"job_id": r[0], "opened_at": _iso(r[1]), "detail": r[2]}
-                    for r in await cur.fetchall()]
+        rows = await read_all(
+            self.db, "SELECT job_id, opened_at, detail FROM drift_episodes ORDER BY opened_at"
+        )
+        return [{"job_id": r[0], "opened_at": _iso(r[1]), "detail": r[2]} for r in rows]
 
     async def budget_alert_once(self, day: str, now: float) -> bool:
         cur = await self._write(
@@ -293,10 +286,11 @@ class CronStore:
         )
 
     async def pending_deliveries(self) -> list[tuple[int, str, str, str]]:
-        async with self.db.execute(
-            "SELECT id, platform, chat_id, content FROM deliveries WHERE sent_at IS NULL ORDER BY id"
-        ) as cur:
-            return [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+        rows = await read_all(
+            self.db,
+            "SELECT id, platform, chat_id, content FROM deliveries WHERE sent_at IS NULL ORDER BY id",
+        )
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     async def mark_delivered(self, delivery_id: int, now: float) -> None:
         await self._write("UPDATE deliveries SET sent_at = ? WHERE id = ?", (now, delivery_id))

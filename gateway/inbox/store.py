@@ -21,7 +21,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.turn import TurnEvent, TurnState, transition
-from relay.sqlite import write_one, write_tx
+from relay.sqlite import read_all, read_one, write_one, write_tx
 
 _COLS = "id, buffer_id, platform, bot_id, chat_id, message_id, profile, event"
 
@@ -209,24 +209,19 @@ class InboxStore:
 
     async def unfinished(self) -> list[InboxItem]:
         """Pending and interrupted (running) items, oldest first: the work left by a restart."""
-        async with self.db.execute(
-            f"SELECT {_COLS} FROM inbox WHERE status IN ('pending', 'running') ORDER BY id"
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await read_all(
+            self.db, f"SELECT {_COLS} FROM inbox WHERE status IN ('pending', 'running') ORDER BY id")
         return [_item(r) for r in rows]
 
     async def get(self, item_id: int) -> InboxItem | None:
         """One item by id (None when there is none)."""
-        async with self.db.execute(f"SELECT {_COLS} FROM inbox WHERE id = ?", (item_id,)) as cur:
-            r = await cur.fetchone()
+        r = await read_one(self.db, f"SELECT {_COLS} FROM inbox WHERE id = ?", (item_id,))
         return None if r is None else _item(r)
 
     async def rejected(self) -> list[dict[str, Any]]:
         """Quarantined rows (``id``, ``buffer_id``, ``error``, ``frame``), oldest first."""
-        async with self.db.execute(
-            "SELECT id, buffer_id, error, event FROM inbox WHERE status = 'rejected' ORDER BY id"
-        ) as cur:
-            rows = await cur.fetchall()
+        rows = await read_all(
+            self.db, "SELECT id, buffer_id, error, event FROM inbox WHERE status = 'rejected' ORDER BY id")
         return [{"id": r[0], "buffer_id": r[1], "error": r[2], "frame": json.loads(r[3])}
                 for r in rows]
 
@@ -234,11 +229,9 @@ class InboxStore:
 
     async def turn(self, item_id: int) -> TurnRow | None:
         """The durable step of an item's turn (None when there is no such item)."""
-        async with self.db.execute(
-            "SELECT turn_state, chunks, chunks_sent, outcome, error, model_calls, answered_at"
-            " FROM inbox WHERE id = ?", (item_id,)
-        ) as cur:
-            r = await cur.fetchone()
+        r = await read_one(
+            self.db, "SELECT turn_state, chunks, chunks_sent, outcome, error, model_calls, answered_at"
+            " FROM inbox WHERE id = ?", (item_id,))
         if r is None:
             return None
         return TurnRow(TurnState(r[0]), None if r[1] is None else list(json.loads(r[1])), int(r[2]),

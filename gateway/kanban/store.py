@@ -15,7 +15,7 @@ from typing import Any
 import aiosqlite
 
 from gateway.core.lease import lapsed
-from relay.sqlite import write_tx
+from relay.sqlite import read_all, read_one, write_tx
 
 STATUSES = ("todo", "ready", "running", "done", "failed", "blocked")
 SOURCES = ("inbound", "cron", "manual")
@@ -57,44 +57,44 @@ class TaskStore:
     # --- reads -----------------------------------------------------------------------------
 
     async def get(self, task_id: int) -> Task | None:
-        async with self.db.execute(f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,)) as cur:
-            row = await cur.fetchone()
+        row = await read_one(self.db, f"SELECT {_COLS} FROM tasks WHERE id = ?", (task_id,))
         return None if row is None else Task(*row)
 
     async def all(self, status: str | None = None, limit: int = 1000) -> list[Task]:
         """Tasks, newest first (``status`` filters)."""
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
-        async with self.db.execute(f"SELECT {_COLS} FROM tasks {where} ORDER BY id DESC LIMIT ?",
-                                   (*params, limit)) as cur:
-            return [Task(*r) for r in await cur.fetchall()]
+        rows = await read_all(self.db, f"SELECT {_COLS} FROM tasks {where} ORDER BY id DESC LIMIT ?",
+                              (*params, limit))
+        return [Task(*r) for r in rows]
 
     async def ready(self) -> list[Task]:
         """Ready tasks in dispatch order: priority high first, then creation time, then id."""
-        async with self.db.execute(
+        rows = await read_all(
+            self.db,
             f"SELECT {_COLS} FROM tasks WHERE status = 'ready'"
-            " ORDER BY priority DESC, created_at, id"
-        ) as cur:
-            return [Task(*r) for r in await cur.fetchall()]
+            " ORDER BY priority DESC, created_at, id",
+        )
+        return [Task(*r) for r in rows]
 
     async def running_counts(self) -> dict[str, int]:
         """Running tasks per assignee (None/blank assignees under ``""``)."""
-        async with self.db.execute(
+        rows = await read_all(
+            self.db,
             "SELECT COALESCE(assignee, ''), COUNT(*) FROM tasks WHERE status = 'running'"
-            " GROUP BY COALESCE(assignee, '')"
-        ) as cur:
-            return {a: n for a, n in await cur.fetchall()}
+            " GROUP BY COALESCE(assignee, '')",
+        )
+        return {a: n for a, n in rows}
 
     async def events(self, task_id: int) -> list[dict[str, Any]]:
-        async with self.db.execute(
-            "SELECT kind, payload, at FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
-        ) as cur:
-            return [{"kind": k, "payload": json.loads(p), "at": at}
-                    for k, p, at in await cur.fetchall()]
+        rows = await read_all(
+            self.db, "SELECT kind, payload, at FROM task_events WHERE task_id = ? ORDER BY id", (task_id,)
+        )
+        return [{"kind": k, "payload": json.loads(p), "at": at} for k, p, at in rows]
 
     async def counts(self) -> dict[str, int]:
         """Tasks per status (every status present, 0 when none)."""
-        async with self.db.execute("SELECT status, COUNT(*) FROM tasks GROUP BY status") as cur:
-            found = {s: n for s, n in await cur.fetchall()}
+        rows = await read_all(self.db, "SELECT status, COUNT(*) FROM tasks GROUP BY status")
+        found = {s: n for s, n in rows}
         return {s: found.get(s, 0) for s in STATUSES}
 
     # --- writes ----------------------------------------------------------------------------
@@ -153,10 +153,9 @@ class TaskStore:
         """At start-up: ``running`` tasks whose claim lapsed (lease over or owner gone) go back
         to ``ready`` with a ``requeued`` event naming the old claim. Returns their ids."""
         async with write_tx(self.db):
-            async with self.db.execute(
-                "SELECT id, claim_lock, claim_expires_at FROM tasks WHERE status = 'running'"
-            ) as cur:
-                rows = await cur.fetchall()
+            rows = await read_all(
+                self.db, "SELECT id, claim_lock, claim_expires_at FROM tasks WHERE status = 'running'"
+            )
             ids = [r[0] for r in rows if lapsed(r[1], r[2], now)]
             for task_id, lock, _ in (r for r in rows if r[0] in ids):
                 await self.db.execute(

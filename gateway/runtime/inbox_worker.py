@@ -16,6 +16,7 @@ one lost). A declined send (PROTOCOL 7.4) is definite: never resent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -39,6 +40,8 @@ from relay.protocol import frames as F
 
 log = logging.getLogger("gateway.inbox")
 
+SOCKET_GONE_WAIT_S = 5.0
+"""Seconds a send that found a closing socket waits for the transport to notice, per try."""
 APOLOGY = "Sorry, the model provider failed for this message; please try again."
 
 
@@ -245,6 +248,12 @@ def relay_send(transport: RelayTransport | None, accepting: Callable[[], bool], 
                 return Sent.FAILED, err
             if not accepting():
                 return Sent.INTERRUPTED, "shutting down before the send was confirmed"
+            if t.connected:
+                # Nothing was sent but the socket still counts as up (it is closing): wait for
+                # the transport to notice rather than retry in a loop that never yields.
+                with contextlib.suppress(TimeoutError):
+                    await wait_with_timeout(clock, t.wait_until(lambda: not t.connected),
+                                            SOCKET_GONE_WAIT_S)
             if not t.connected:
                 remaining = answered_at + give_up_hours * 3600.0 - clock.wall()
                 try:

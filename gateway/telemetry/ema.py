@@ -13,6 +13,8 @@ from typing import Any
 
 import aiosqlite
 
+from relay.sqlite import read_all
+
 
 def half_life_days(alpha: float) -> float:
     """Days for a weight to halve: ``ln(0.5) / ln(1 - alpha)``."""
@@ -44,12 +46,12 @@ async def query_skill_ema(
     today = datetime.fromtimestamp(now if now is not None else datetime.now(UTC).timestamp(),
                                    UTC).date()
     first = today - timedelta(days=window_days - 1)
-    async with db.execute(
+    rows = await read_all(
+        db,
         "SELECT day, skill_name, model, provider, invocations, successes, failures,"
         " total_duration_s, total_cost_usd, last_invoked_at FROM skill_stats_rollup"
         " WHERE day >= ? AND day <= ?", (first.isoformat(), today.isoformat()),
-    ) as cur:
-        rows = await cur.fetchall()
+    )
     acc: dict[tuple[str, str], dict[str, Any]] = {}
     for day, skill, model, provider, n, s, f, dur, cost, last in rows:
         ago = (today - date.fromisoformat(day)).days

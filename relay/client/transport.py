@@ -278,10 +278,9 @@ class RelayTransport:
         reader = asyncio.create_task(self._read(sock), name="relay-reader")
         worker = asyncio.create_task(self._inbound_worker(sock), name="relay-inbound")
         keepalive: asyncio.Task[None] | None = None
-        replay = None
+        replay: asyncio.Task[None] | None = None
         try:
             ok = await self._handshake(sock, reader)
-            replay: asyncio.Task[None] | None = None
             if ok:
                 if self.config.ping_interval_s:
                     keepalive = asyncio.create_task(self._keepalive(sock), name="relay-keepalive")
@@ -548,7 +547,11 @@ class RelayTransport:
             return False
         try:
             await sock.ws.send_str(encode_frame(frame))
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            # The socket is going away: close it now, so the reader ends and the state moves
+            # on (a caller retrying on "not connected" waits for that change, never spins).
+            log.warning("relay send failed (%s): closing the socket", type(exc).__name__)
+            self._spawn(self._close_socket(sock, 1011, "send failed"), "close after send failure")
             return False
         return True
 
@@ -613,22 +616,26 @@ class RelayTransport:
             if isinstance(exc, asyncio.CancelledError) and sock.planned is None:
                 raise
             return False
-        if sock.planned is not None or self._m.state is not ConnState.FLIPPING:
+        if sock.planned is not None or not self._flipping():
             return False
         # Inbound that arrived before the ack is persisted (and so seen by the owner, who may
         # abort the flip) before the socket closes.
         await sock.inbound.join()
-        if sock.planned is not None or self._m.state is not ConnState.FLIPPING:
+        if sock.planned is not None or not self._flipping():
             return False
         # Outbound already in flight is still answered while the socket is open.
         if sock.pending:
             await asyncio.wait(list(sock.pending.values()))
-        if self._m.state is not ConnState.FLIPPING:
+        if not self._flipping():
             return False
         sock.planned = ConnEvent.FLIP_ACKED
         self._fire(ConnEvent.FLIP_ACKED, "going_idle_ack received")
         await self._close_socket(sock, 1000, "dormant")
         return True
+
+    def _flipping(self) -> bool:
+        """Still FLIPPING (re-read after every await: an abort or a close may have moved it)."""
+        return self._m.state is ConnState.FLIPPING
 
     def abort_flip(self, reason: str) -> bool:
         """Stay live after ``going_idle`` was sent: close and re-handshake at once.

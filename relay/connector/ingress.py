@@ -1,19 +1,33 @@
 """Validation of what reaches the connector from outside: ingress bodies and outbound actions.
 
 Pure functions; ``IngressError`` carries the HTTP status (400/404/413) and a message naming the
-bad or missing field.
+bad or missing field. Bad input is always a 4xx, never an exception of another kind (SPEC 8.3):
+deep nesting, lone surrogates and non-finite numbers are refused by name.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 from relay.errors import SidecarError
 from relay.protocol import frames as F
 
+MESSAGE_TYPES = ("text", "photo", "voice", "document", "sticker", "other")
+"""Allowed ``message_type`` values (SPEC 2, 8.3); ``text`` needs a non-empty ``text``."""
+MAX_DEPTH = 64
+"""Deepest nesting (objects/arrays) an ingress body may have."""
+SOURCE_STRINGS = ("user_name", "chat_type", "profile")
+"""Optional string fields copied into ``event.source`` (a non-string is a 400)."""
+SOURCE_EXTRAS = ("scope_id", "guild_id", "parent_chat_id", "chat_name", "chat_topic")
+"""Optional fields stock gateways read from ``event.source``: kept (as strings) when they are
+strings or numbers, ignored otherwise."""
+
 
 class IngressError(SidecarError):
-    """An ingress request is refused: ``status`` (400/404/413) and a message naming why."""
+    """An ingress request is refused: ``status`` (400/404/413; 503 when the store fails) and a
+    message naming why."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -27,8 +41,11 @@ def check_action(action: Any) -> str | None:
     op = action.get("op")
     if op not in F.SUPPORTED_OPS:
         return f"unsupported op {op!r}; supported: {', '.join(F.SUPPORTED_OPS)}"
-    need = {"send": ("chat_id", "content"), "edit": ("chat_id", "message_id", "content"),
-            "typing": ("chat_id",)}[op]
+    need = {
+        "send": ("chat_id", "content"),
+        "edit": ("chat_id", "message_id", "content"),
+        "typing": ("chat_id",),
+    }[op]
     missing = [k for k in need if action.get(k) in (None, "")]
     if missing:
         return f"op {op!r} lacks {', '.join(missing)}"
@@ -37,24 +54,93 @@ def check_action(action: Any) -> str | None:
     return None
 
 
+def check_idempotency_key(frame: dict[str, Any]) -> tuple[str | None, str | None]:
+    """``(key, error)`` of an outbound's ``idempotencyKey`` (PROTOCOL.md 7.1).
+
+    Absent or null -> ``(None, None)``; a string of 1-128 characters -> ``(key, None)``;
+    anything else -> ``(None, error)`` for a ``success: false`` result.
+    """
+    key = frame.get("idempotencyKey")
+    if key is None:
+        return None, None
+    if not isinstance(key, str) or not 1 <= len(key) <= F.IDEMPOTENCY_KEY_MAX:
+        return None, f"idempotencyKey must be a string of 1-{F.IDEMPOTENCY_KEY_MAX} characters"
+    return key, None
+
+
+def parse_body(raw: bytes) -> Any:
+    """Decode an ingress body as JSON. Raises ``IngressError(400)`` when it is not UTF-8 JSON
+    or nests deeper than ``MAX_DEPTH``. Non-finite numbers parse (as floats); the fields that
+    are kept are checked by ``build_event``."""
+    try:
+        body = json.loads(raw)
+    except RecursionError:
+        raise IngressError(400, f"body nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise IngressError(400, f"body is not a JSON object: {_short(exc)}") from None
+    _check_depth(body)
+    return body
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _check_depth(body: Any) -> None:
+    """Refuse nesting deeper than ``MAX_DEPTH`` (iterative: no recursion on hostile input)."""
+    if not isinstance(body, dict | list):
+        return
+    stack: list[tuple[Any, int, str]] = [(body, 1, "")]
+    while stack:
+        value, depth, top = stack.pop()
+        if depth > MAX_DEPTH:
+            where = f"field {top!r}" if top else "body"
+            raise IngressError(400, f"{where} nests deeper than {MAX_DEPTH} levels")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for k, v in items:
+            if isinstance(v, dict | list):
+                stack.append((v, depth + 1, top or str(k)))
+
+
 def id_field(body: dict[str, Any], key: str, required: bool) -> str | None:
+    """A string-or-number field as a string (None when absent and not ``required``).
+
+    Raises ``IngressError(400)`` naming ``key`` when it is missing (and required), empty (and
+    required), not a string or number, or a non-finite number (NaN, Infinity, 1e400).
+    """
     value = body.get(key)
     if value is None:
         if required:
             raise IngressError(400, f"field {key!r} is missing; expected a string or number")
         return None
     if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise IngressError(400, f"field {key!r} must be a string or number, not "
-                                f"{type(value).__name__}")
+        raise IngressError(400, f"field {key!r} must be a string or number, not {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise IngressError(400, f"field {key!r} must be a finite number, not {value}")
     text = str(value)
     if required and not text.strip():
         raise IngressError(400, f"field {key!r} is empty")
     return text
 
 
+def check_unicode(field: str, value: str) -> None:
+    """Raise ``IngressError(400)`` naming ``field`` if ``value`` cannot be encoded as UTF-8
+    (a lone surrogate such as a JSON ``"\\ud800"`` escape)."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise IngressError(400, f"field {field!r} is not valid Unicode (lone surrogate)") from None
+
+
 def build_event(platform: str, body: Any) -> dict[str, Any]:
     """Validate an ingress body and build the ``inbound.event`` (PROTOCOL.md section 4).
 
+    Shape: ``{text, message_type, message_id, caption?, source: {platform, chat_id, chat_type,
+    user_id, user_name, thread_id?, profile?, scope_id?, ...}}``. ``message_type`` defaults to
+    ``text`` (which needs a non-empty ``text``); other types may carry a ``caption`` instead.
     Raises ``IngressError(400)`` naming the bad or missing field, or saying the body is not a
     JSON object. Extra fields are ignored; ids are kept as strings.
     """
@@ -63,9 +149,19 @@ def build_event(platform: str, body: Any) -> dict[str, Any]:
     chat_id = id_field(body, "chat_id", True)
     user_id = id_field(body, "user_id", True)
     message_id = id_field(body, "message_id", True)
+    message_type = body.get("message_type")
+    if message_type is None:
+        message_type = "text"
+    if not isinstance(message_type, str) or message_type not in MESSAGE_TYPES:
+        raise IngressError(400, f"field 'message_type' must be one of {', '.join(MESSAGE_TYPES)}")
     text = body.get("text")
-    if not isinstance(text, str) or not text:
-        raise IngressError(400, "field 'text' must be a non-empty string")
+    if message_type == "text":
+        if not isinstance(text, str) or not text:
+            raise IngressError(400, "field 'text' must be a non-empty string")
+    elif text is None:
+        text = ""
+    elif not isinstance(text, str):
+        raise IngressError(400, "field 'text' must be a string")
     source: dict[str, Any] = {
         "platform": platform,
         "chat_id": chat_id,
@@ -73,9 +169,26 @@ def build_event(platform: str, body: Any) -> dict[str, Any]:
         "user_id": user_id,
         "user_name": None,
     }
-    for key in ("user_name", "chat_type", "profile"):
-        if key in body and body[key] is not None:
+    for key in SOURCE_STRINGS:
+        if body.get(key) is not None:
             if not isinstance(body[key], str):
                 raise IngressError(400, f"field {key!r} must be a string")
             source[key] = body[key]
-    return {"text": text, "message_type": "text", "message_id": message_id, "source": source}
+    thread_id = id_field(body, "thread_id", False)
+    if thread_id:
+        source["thread_id"] = thread_id
+    for key in SOURCE_EXTRAS:
+        value = body.get(key)
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            source[key] = id_field(body, key, False)
+    event: dict[str, Any] = {"text": text, "message_type": message_type, "message_id": message_id}
+    caption = body.get("caption")
+    if caption is not None:
+        if not isinstance(caption, str):
+            raise IngressError(400, "field 'caption' must be a string")
+        event["caption"] = caption
+    event["source"] = source
+    for key, value in [*event.items(), *source.items()]:
+        if isinstance(value, str):
+            check_unicode("platform (URL path)" if key == "platform" else key, value)
+    return event

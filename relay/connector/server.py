@@ -3,13 +3,15 @@
 Every inbound is persisted (FULL commit) before it is sent or acknowledged to anyone; one
 sender per handshaken socket streams the gateway's unacked entries from the store in order
 (replay first, then live), so order is kept when ingress lands mid-replay (PROTOCOL.md 5).
+Second-release extensions (PROTOCOL.md 7): idempotent sends (a known ``idempotencyKey`` gets its
+stored result with ``duplicate: true``), ``buffered`` on a handshake's first descriptor, an
+immediate poke when a gateway flips with unacked entries, and batched ``inbound_ack``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -19,8 +21,15 @@ import aiohttp
 from aiohttp import web
 
 from relay.clock import Clock, SystemClock
-from relay.connector.ingress import IngressError, build_event, check_action
-from relay.connector.store import BufferStore
+from relay.connector.ingress import (
+    IngressError,
+    build_event,
+    check_action,
+    check_idempotency_key,
+    check_unicode,
+    parse_body,
+)
+from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore
 from relay.connector.wake import WakePoker, hold_presence
 from relay.errors import FrameTooLarge, ProtocolError, TokenError
 from relay.protocol import frames as F
@@ -62,6 +71,8 @@ class Connector:
 
     ``secrets`` maps gateway id -> secret; empty means unauthenticated dev mode (every socket
     is gateway ``"dev"``, or the id its token claims). ``clock`` drives pokes and ``wakeAt``.
+    ``max_body_bytes`` caps an ingress body (default: 4 x ``max_frame_bytes``, at least 1 MiB;
+    larger -> 413 with a JSON error).
     """
 
     def __init__(
@@ -72,10 +83,12 @@ class Connector:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         clock: Clock | None = None,
         poke_rate_s: float = 10.0,
+        max_body_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.secrets = dict(secrets or {})
         self.max_frame_bytes = max_frame_bytes
+        self.max_body_bytes = max_body_bytes or max(DEFAULT_MAX_FRAME_BYTES, 4 * max_frame_bytes)
         self.clock: Clock = clock or SystemClock()
         self.poke_rate_s = poke_rate_s
         self.sessions: dict[str, _Session] = {}
@@ -86,7 +99,9 @@ class Connector:
         self._http: aiohttp.ClientSession | None = None
         self._limiter = LogLimiter()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.app = web.Application()
+        # (gateway id, idempotencyKey) -> the stored result once committed (None: not recorded).
+        self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any] | None]] = {}
+        self.app = web.Application(client_max_size=self.max_body_bytes)
         self.app.router.add_get("/relay", self._ws_handler)
         self.app.router.add_post("/ingress/{platform}/{bot_id}", self._ingress_handler)
         self.app.router.add_post("/ingress/{platform}", self._ingress_handler)
@@ -96,10 +111,18 @@ class Connector:
 
     @classmethod
     async def create(cls, db_path: str, **kwargs: Any) -> Connector:
-        """Open the store, restore routes, wake URLs and pending pokes, and return the connector."""
+        """Open the store, restore routes, wake URLs and pending pokes, and return the connector.
+
+        Raises ``OSError`` or ``sqlite3.Error`` when the database cannot be opened (the store is
+        closed again: nothing is left running).
+        """
         store = await BufferStore.open(db_path)
-        self = cls(store, **kwargs)
-        await self._restore()
+        try:
+            self = cls(store, **kwargs)
+            await self._restore()
+        except BaseException:
+            await store.close()
+            raise
         return self
 
     @property
@@ -109,6 +132,7 @@ class Connector:
         return self._http
 
     async def _restore(self) -> None:
+        await self.store.prune_idempotency(self.clock.wall() - IDEMPOTENCY_KEEP_S)
         self.routes = await self.store.identities()
         gateways = await self.store.gateways()
         for gid, rec in gateways.items():
@@ -173,12 +197,19 @@ class Connector:
     # --- WebSocket ------------------------------------------------------------------------
 
     def _authenticate(self, request: web.Request) -> str:
-        token = bearer_of(request.headers.get("Authorization"))
-        if not self.secrets:
-            return (token_gateway_id(token) if token else None) or DEV_GATEWAY_ID
-        if token is None:
-            raise TokenError("unauthorized", "no bearer token")
-        return verify_token(token, self.secrets, self.clock.wall())
+        """The gateway id of an upgrade. Raises ``TokenError`` only, whatever the header holds
+        (aiohttp decodes header bytes with surrogateescape: non-ASCII and lone surrogates)."""
+        try:
+            token = bearer_of(request.headers.get("Authorization"))
+            if not self.secrets:
+                return (token_gateway_id(token) if token else None) or DEV_GATEWAY_ID
+            if token is None:
+                raise TokenError("unauthorized", "no bearer token")
+            return verify_token(token, self.secrets, self.clock.wall())
+        except TokenError:
+            raise
+        except Exception as exc:  # defence in depth: a bad header is a 4401, never a 1006
+            raise TokenError("unauthorized", f"unreadable token ({type(exc).__name__})") from None
 
     async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, autoping=True)
@@ -209,8 +240,7 @@ class Connector:
                         frame = decode_line(line)
                     except ProtocolError as exc:
                         if self._limiter.allow(exc.kind, self.clock.monotonic()):
-                            log.warning("gateway %s sent a bad frame (%s): %s", gateway_id,
-                                        exc.kind, exc)
+                            log.warning("gateway %s sent a bad frame (%s): %s", gateway_id, exc.kind, exc)
                         continue
                     await self._on_frame(session, frame)
         finally:
@@ -227,15 +257,25 @@ class Connector:
         if t == "hello":
             await self._on_hello(s, frame)
         elif t == "inbound_ack":
-            bid = frame.get("bufferId")
-            if isinstance(bid, str):
-                self.store.ack(s.gateway_id, bid, self.clock.wall())
+            self._on_ack(s, frame)
         elif t == "outbound":
-            self._on_outbound(s, frame)
+            await self._on_outbound(s, frame)
         elif t == "going_idle":
             await self._on_going_idle(s, frame)
         elif t == "interrupt":
             log.info("gateway %s: interrupt for session %r", s.gateway_id, frame.get("session_key"))
+
+    def _on_ack(self, s: _Session, frame: dict[str, Any]) -> None:
+        """``bufferId`` (one) and/or ``bufferIds`` (PROTOCOL.md 7.3; non-strings ignored)."""
+        now = self.clock.wall()
+        bid = frame.get("bufferId")
+        if isinstance(bid, str):
+            self.store.ack(s.gateway_id, bid, now)
+        many = frame.get("bufferIds")
+        if isinstance(many, list):
+            for bid in many:
+                if isinstance(bid, str):
+                    self.store.ack(s.gateway_id, bid, now)
 
     async def _on_hello(self, s: _Session, frame: dict[str, Any]) -> None:
         platform, bot_id = frame.get("platform"), frame.get("botId", "")
@@ -253,7 +293,9 @@ class Connector:
             if wake_url:
                 self.wake_urls[gid] = wake_url
             await self.store.remember(gid, platform, bot_id, wake_url, self.clock.wall())
-        await s.ws.send_str(encode_frame(F.descriptor(platform)))
+        # PROTOCOL.md 7.2: the first descriptor says how many entries the replay will carry.
+        buffered = None if s.handshaken else await self.store.unacked_count(gid)
+        await s.ws.send_str(encode_frame(F.descriptor(platform, buffered=buffered)))
         if not s.handshaken:
             await self._complete_handshake(s, (platform, bot_id))
 
@@ -274,8 +316,13 @@ class Connector:
         s.tasks.append(self._spawn(self._sender(s)))
         url = self.wake_urls.get(gid)
         if url:
-            s.tasks.append(self._spawn(hold_presence(
-                gid, url, http=self.http, clock=self.clock, auth=lambda: self.auth_headers(gid))))
+            s.tasks.append(
+                self._spawn(
+                    hold_presence(
+                        gid, url, http=self.http, clock=self.clock, auth=lambda: self.auth_headers(gid)
+                    )
+                )
+            )
 
     async def _sender(self, s: _Session) -> None:
         """Stream the gateway's unacked entries in seq order: the backlog, then live ones."""
@@ -292,28 +339,122 @@ class Connector:
                 await s.ws.send_str(line)
                 cursor = seq
 
-    def _on_outbound(self, s: _Session, frame: dict[str, Any]) -> None:
+    async def _on_outbound(self, s: _Session, frame: dict[str, Any]) -> None:
+        """Record an outbound in the outbox and answer it once committed.
+
+        Without a key the outbox row is queued before this returns (send order = frame order);
+        with an ``idempotencyKey`` the key is looked up first (one read), see ``_outbound_keyed``.
+        """
         rid = frame.get("requestId")
         if not isinstance(rid, str):
             log.warning("gateway %s: outbound without a string requestId dropped", s.gateway_id)
             return
+        key, error = check_idempotency_key(frame)
         action = frame.get("action")
-        error = check_action(action)
+        error = error or check_action(action)
         if error is not None:
             self._spawn(self._reply(s, rid, {"success": False, "error": error}))
             return
         assert isinstance(action, dict)
-        platform = frame.get("platform") if isinstance(frame.get("platform"), str) else s.identity[0]
-        bot_id = frame.get("botId") if isinstance(frame.get("botId"), str) else s.identity[1]
-        message_id = action.get("message_id") if action["op"] == "edit" else uuid.uuid4().hex[:16]
+        fp, fb = frame.get("platform"), frame.get("botId")
+        platform = fp if isinstance(fp, str) else s.identity[0]
+        bot_id = fb if isinstance(fb, str) else s.identity[1]
+        if key is not None:
+            await self._outbound_keyed(s, rid, key, platform, bot_id, action)
+            return
+        result = _result_for(action)
         committed = self.store.record_outbound(
-            gateway_id=s.gateway_id, platform=platform, bot_id=bot_id, action=action,
+            gateway_id=s.gateway_id,
+            platform=platform,
+            bot_id=bot_id,
+            action=action,
             now=self.clock.wall(),
         )
-        result: dict[str, Any] = {"success": True}
-        if action["op"] != "typing":
-            result["message_id"] = str(message_id)
         self._spawn(self._reply(s, rid, result, committed))
+
+    async def _outbound_keyed(
+        self, s: _Session, rid: str, key: str, platform: str, bot_id: str, action: dict[str, Any]
+    ) -> None:
+        """PROTOCOL.md 7.1: a key known for this gateway is answered with its stored result and
+        ``duplicate: true`` and never recorded again; a new key is recorded with its outbox row
+        in one transaction. A second outbound with the same key that arrives before the first
+        commits waits for it (``_inflight``), so one key makes exactly one outbox row."""
+        slot = (s.gateway_id, key)
+        pending = self._inflight.get(slot)
+        if pending is not None:
+            self._spawn(self._answer_when_settled(s, rid, key, platform, bot_id, action, pending))
+            return
+        settled: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self._inflight[slot] = settled
+        try:
+            stored = await self.store.idempotent_result(s.gateway_id, key)
+        except Exception as exc:
+            self._settle(slot, settled, None)
+            log.error("gateway %s: idempotency lookup failed: %s", s.gateway_id, exc)
+            self._spawn(self._reply(s, rid, {"success": False, "error": f"connector store failed: {exc}"}))
+            return
+        if stored is not None:
+            self._settle(slot, settled, stored)
+            log.info("gateway %s: duplicate outbound (idempotencyKey %r) not sent again", s.gateway_id, key)
+            self._spawn(self._reply(s, rid, {**stored, "duplicate": True}))
+            return
+        result = _result_for(action)
+        committed = self.store.record_outbound(
+            gateway_id=s.gateway_id,
+            platform=platform,
+            bot_id=bot_id,
+            action=action,
+            now=self.clock.wall(),
+            idempotency_key=key,
+            result=result,
+        )
+        self._spawn(self._commit_keyed(s, rid, slot, settled, result, committed))
+
+    def _settle(
+        self,
+        slot: tuple[str, str],
+        settled: asyncio.Future[dict[str, Any] | None],
+        stored: dict[str, Any] | None,
+    ) -> None:
+        if self._inflight.get(slot) is settled:
+            del self._inflight[slot]
+        if not settled.done():
+            settled.set_result(stored)
+
+    async def _commit_keyed(
+        self,
+        s: _Session,
+        rid: str,
+        slot: tuple[str, str],
+        settled: asyncio.Future[dict[str, Any] | None],
+        result: dict[str, Any],
+        committed: asyncio.Future[None],
+    ) -> None:
+        stored: dict[str, Any] | None = None
+        try:
+            await committed
+            stored = result
+        except Exception as exc:
+            result = {"success": False, "error": f"connector store failed: {exc}"}
+        finally:
+            self._settle(slot, settled, stored)  # also when cancelled: waiters never hang
+        await self._reply(s, rid, result)
+
+    async def _answer_when_settled(
+        self,
+        s: _Session,
+        rid: str,
+        key: str,
+        platform: str,
+        bot_id: str,
+        action: dict[str, Any],
+        pending: asyncio.Future[dict[str, Any] | None],
+    ) -> None:
+        stored = await asyncio.shield(pending)
+        if stored is None:  # the first one was never recorded: this one is a fresh attempt
+            await self._outbound_keyed(s, rid, key, platform, bot_id, action)
+            return
+        await self._reply(s, rid, {**stored, "duplicate": True})
 
     async def _reply(
         self, s: _Session, rid: str, result: dict[str, Any], committed: asyncio.Future[None] | None = None
@@ -345,7 +486,13 @@ class Connector:
         await self.store.set_flip(gid, True, wake_at, self.clock.wall())
         self._poker(gid).schedule_wake_at(wake_at)
         log.info("gateway %s: flipped to buffered-only (wakeAt %s)", gid, raw if wake_at else None)
-        await s.ws.send_str(encode_frame(F.going_idle_ack()))
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await s.ws.send_str(encode_frame(F.going_idle_ack()))
+        # PROTOCOL.md 7.2: entries it has not acked must not wait for the next event: poke now.
+        unacked = await self.store.unacked_count(gid)
+        if unacked:
+            log.info("gateway %s: flipped with %d unacked entries; poking at once", gid, unacked)
+            self._poker(gid).request(immediate=True)
 
     # --- HTTP ingress and outbox -----------------------------------------------------------
 
@@ -354,22 +501,32 @@ class Connector:
 
         Returns ``{delivered: live|buffered, buffer_id}`` after the durable commit. Raises
         ``IngressError`` (400 bad field, 404 unknown identity, 413 too long for one frame)
-        before anything is stored.
+        before anything is stored, or 503 when the store fails (nothing stored).
         """
         event = build_event(platform, body)
+        check_unicode("bot_id (URL path)", bot_id)
         gid = self.routes.get((platform, bot_id))
         if gid is None:
-            raise IngressError(404, f"no gateway ever fronted platform {platform!r} bot "
-                                    f"{bot_id!r}")
+            raise IngressError(404, f"no gateway ever fronted platform {platform!r} bot {bot_id!r}")
         buffer_id = uuid.uuid4().hex
         line = encode_frame(F.inbound(event, buffer_id))
         if utf8_len(line) > self.max_frame_bytes:
-            raise IngressError(413, f"message is {utf8_len(line)} bytes as a frame; the limit "
-                                    f"is {self.max_frame_bytes}")
-        await self.store.append(
-            buffer_id=buffer_id, gateway_id=gid, platform=platform, bot_id=bot_id,
-            chat_id=event["source"]["chat_id"], frame=line, now=self.clock.wall(),
-        )
+            raise IngressError(
+                413, f"message is {utf8_len(line)} bytes as a frame; the limit is {self.max_frame_bytes}"
+            )
+        try:
+            await self.store.append(
+                buffer_id=buffer_id,
+                gateway_id=gid,
+                platform=platform,
+                bot_id=bot_id,
+                chat_id=event["source"]["chat_id"],
+                frame=line,
+                now=self.clock.wall(),
+            )
+        except Exception as exc:
+            log.error("ingress for gateway %s not stored: %s", gid, exc)
+            raise IngressError(503, "connector store unavailable; nothing was stored") from None
         s = self.sessions.get(gid)
         if s is not None and s.live:
             s.notify.set()
@@ -378,16 +535,20 @@ class Connector:
         return {"delivered": "buffered", "buffer_id": buffer_id}
 
     async def _ingress_handler(self, request: web.Request) -> web.Response:
+        """``POST /ingress/{platform}[/{bot_id}]``: 202, or a 4xx with ``{"error": ...}`` for any
+        bad input (never a 5xx, never a traceback in the log)."""
         platform = request.match_info["platform"]
         bot_id = request.match_info.get("bot_id", "")
         try:
-            raw = await request.read()
             try:
-                body = json.loads(raw)
-            except ValueError:
-                raise IngressError(400, "body is not a JSON object") from None
-            out = await self.ingest(platform, bot_id, body)
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise IngressError(
+                    413, f"body is larger than the limit of {self.max_body_bytes} bytes"
+                ) from None
+            out = await self.ingest(platform, bot_id, parse_body(raw))
         except IngressError as exc:
+            log.debug("ingress %s/%r refused (%d): %s", platform, bot_id, exc.status, exc)
             return web.json_response({"error": str(exc)}, status=exc.status)
         return web.json_response(out, status=202)
 
@@ -400,3 +561,14 @@ class Connector:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "gateways_live": sorted(self.sessions)})
+
+
+def _result_for(action: dict[str, Any]) -> dict[str, Any]:
+    """The ``outbound_result`` of a recorded action: an edit keeps its ``message_id``, a send
+    gets a fresh one (16 hex chars), typing gets none."""
+    result: dict[str, Any] = {"success": True}
+    if action["op"] == "edit":
+        result["message_id"] = str(action.get("message_id"))
+    elif action["op"] != "typing":
+        result["message_id"] = uuid.uuid4().hex[:16]
+    return result

@@ -1,9 +1,11 @@
-"""The connector's durable state (aiosqlite, WAL): buffer, identities, gateways, outbox.
+"""The connector's durable state (aiosqlite, WAL): buffer, identities, gateways, outbox and
+idempotency keys.
 
 One writer task does every write, grouping whatever is queued into one transaction
 (group commit) on a ``synchronous=FULL`` connection, so an ingress reply or ack never
-precedes a durable commit, and a burst costs one fsync. Reads use a second connection and
-only ever see committed rows (WAL).
+precedes a durable commit, and a burst costs one fsync. A queued job may hold several
+statements; they always land in the same transaction (an outbox row and its idempotency key).
+Reads use a second connection and only ever see committed rows (WAL).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
 import aiosqlite
 
-from relay.sqlite import migrate, open_db
+from relay.sqlite import migrate, open_db, read_all, read_one
 
 log = logging.getLogger("relay.store")
 
@@ -60,17 +64,47 @@ MIGRATIONS = [
     );
     CREATE INDEX outbox_chat ON outbox (chat_id, seq);
     """,
+    # 2: PROTOCOL.md 7.1, the stored result of every outbound that carried an idempotencyKey.
+    """
+    CREATE TABLE idempotency (
+        gateway_id TEXT NOT NULL,
+        idempotency_key TEXT NOT NULL,
+        result TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (gateway_id, idempotency_key)
+    );
+    CREATE INDEX idempotency_age ON idempotency (created_at);
+    """,
 ]
+
+IDEMPOTENCY_KEEP_S = 7 * 86400.0
+"""How long (seconds) an idempotency key and its result are kept at least (PROTOCOL.md 7.1)."""
 
 _APPEND = (
     "INSERT INTO buffer (buffer_id, gateway_id, platform, bot_id, chat_id, frame, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
 _ACK = "UPDATE buffer SET acked_at = ? WHERE buffer_id = ? AND gateway_id = ? AND acked_at IS NULL"
-_OUTBOX = (
-    "INSERT INTO outbox (at, gateway_id, platform, bot_id, chat_id, action)"
-    " VALUES (?, ?, ?, ?, ?, ?)"
-)
+_OUTBOX = "INSERT INTO outbox (at, gateway_id, platform, bot_id, chat_id, action) VALUES (?, ?, ?, ?, ?, ?)"
+_KEY = "INSERT INTO idempotency (gateway_id, idempotency_key, result, created_at) VALUES (?, ?, ?, ?)"
+
+Statement = tuple[str, tuple[Any, ...]]
+_Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_header(path: str) -> None:
+    """Raise ``sqlite3.DatabaseError`` when ``path`` is an existing, non-empty file that is not
+    a SQLite database. Checked before ``open_db``, whose connection would stay open (and keep
+    the process from exiting) if a pragma failed on such a file."""
+    if path == ":memory:" or path.startswith("file:") or not os.path.isfile(path):
+        return
+    with open(path, "rb") as f:
+        header = f.read(len(SQLITE_HEADER))
+    if header and header != SQLITE_HEADER:
+        raise sqlite3.DatabaseError("file is not a database")
 
 
 @dataclass(frozen=True)
@@ -86,16 +120,15 @@ class GatewayRecord:
 class BufferStore:
     """Durable connector state. Open with ``await BufferStore.open(path)``; ``close()`` flushes.
 
-    Writes (``append``, ``ack``, ``record_outbound``, ``set_flip``, ``remember``) go through the
-    group-commit writer; the awaitable ones return after their transaction committed.
+    Writes (``append``, ``ack``, ``record_outbound``, ``set_flip``, ``remember``,
+    ``prune_idempotency``) go through the group-commit writer; the awaitable ones return after
+    their transaction committed, and a failed transaction raises its ``sqlite3.Error`` there.
     """
 
     def __init__(self, wdb: aiosqlite.Connection, rdb: aiosqlite.Connection) -> None:
         self._w = wdb
         self._r = rdb
-        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...], asyncio.Future[None] | None]] = (
-            asyncio.Queue()
-        )
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="relay-store-writer")
         # Acks received but not yet committed: reads treat them as acked already, so a replay
         # never resends an acked entry and needs no flush (and no fsync) first.
@@ -103,9 +136,19 @@ class BufferStore:
 
     @classmethod
     async def open(cls, path: str) -> BufferStore:
+        """Open (creating, 0600) and migrate the database at ``path``.
+
+        Raises ``OSError`` or ``sqlite3.Error`` when it cannot be opened; no connection is left
+        open then (an open aiosqlite thread would keep the process from exiting).
+        """
+        _check_header(path)
         wdb = await open_db(path, synchronous="FULL")
-        await migrate(wdb, MIGRATIONS)
-        rdb = await open_db(path, synchronous="FULL")
+        try:
+            await migrate(wdb, MIGRATIONS)
+            rdb = await open_db(path, synchronous="FULL")
+        except BaseException:
+            await wdb.close()
+            raise
         return cls(wdb, rdb)
 
     async def close(self) -> None:
@@ -120,8 +163,12 @@ class BufferStore:
     # --- writer ----------------------------------------------------------------------------
 
     def _enqueue(self, sql: str, params: tuple[Any, ...], wait: bool) -> asyncio.Future[None] | None:
+        return self._enqueue_job(((sql, params),), wait)
+
+    def _enqueue_job(self, statements: tuple[Statement, ...], wait: bool) -> asyncio.Future[None] | None:
+        """Queue statements that must commit together (one queue item is never split)."""
         fut = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.put_nowait((sql, params, fut))
+        self._queue.put_nowait((statements, fut))
         return fut
 
     async def _write_loop(self) -> None:
@@ -129,29 +176,31 @@ class BufferStore:
             batch = [await self._queue.get()]
             while not self._queue.empty() and len(batch) < 5000:
                 batch.append(self._queue.get_nowait())
+            ops = [st for statements, _ in batch for st in statements]
             try:
                 await self._w.execute("BEGIN")
                 # Consecutive ops with the same SQL become one executemany (order is kept).
                 i = 0
-                while i < len(batch):
+                while i < len(ops):
                     j = i
-                    while j < len(batch) and batch[j][0] == batch[i][0]:
+                    while j < len(ops) and ops[j][0] == ops[i][0]:
                         j += 1
-                    if batch[i][0]:
-                        await self._w.executemany(batch[i][0], [b[1] for b in batch[i:j]])
+                    if ops[i][0]:
+                        await self._w.executemany(ops[i][0], [op[1] for op in ops[i:j]])
                     i = j
                 await self._w.execute("COMMIT")
             except Exception as exc:
                 log.error("connector store write failed: %s", exc)
                 with contextlib.suppress(Exception):
                     await self._w.execute("ROLLBACK")
-                for _, _, fut in batch:
+                for _, fut in batch:
                     if fut is not None and not fut.done():
                         fut.set_exception(exc)
                 continue
-            for sql, params, fut in batch:
+            for sql, params in ops:
                 if sql is _ACK:
                     self._acking.discard(params[1])
+            for _, fut in batch:
                 if fut is not None and not fut.done():
                     fut.set_result(None)
 
@@ -164,12 +213,20 @@ class BufferStore:
     # --- buffer ----------------------------------------------------------------------------
 
     async def append(
-        self, *, buffer_id: str, gateway_id: str, platform: str, bot_id: str, chat_id: str,
-        frame: str, now: float,
+        self,
+        *,
+        buffer_id: str,
+        gateway_id: str,
+        platform: str,
+        bot_id: str,
+        chat_id: str,
+        frame: str,
+        now: float,
     ) -> None:
         """Persist one encoded ``inbound`` line; returns after a durable (FULL) commit."""
-        fut = self._enqueue(_APPEND, (buffer_id, gateway_id, platform, bot_id, chat_id, frame, now),
-                            wait=True)
+        fut = self._enqueue(
+            _APPEND, (buffer_id, gateway_id, platform, bot_id, chat_id, frame, now), wait=True
+        )
         assert fut is not None
         await fut
 
@@ -185,32 +242,42 @@ class BufferStore:
         before the read, so an ack that commits while the read runs is still filtered out.
         """
         acking_before = set(self._acking)
-        async with self._r.execute(
+        rows = await read_all(
+            self._r,
             "SELECT seq, frame, buffer_id FROM buffer WHERE gateway_id = ? AND acked_at IS NULL"
             " AND seq > ? ORDER BY seq LIMIT ?",
             (gateway_id, after_seq, limit),
-        ) as cur:
-            rows = await cur.fetchall()
+        )
         acking = acking_before | self._acking
         return [(int(r[0]), str(r[1])) for r in rows if r[2] not in acking]
 
     async def unacked_count(self, gateway_id: str) -> int:
-        async with self._r.execute(
-            "SELECT COUNT(*) FROM buffer WHERE gateway_id = ? AND acked_at IS NULL", (gateway_id,)
-        ) as cur:
-            row = await cur.fetchone()
+        """How many entries of a gateway are unacked; a received, uncommitted ack counts as done
+        (so the count is what ``unacked_after`` would return right now)."""
+        acking = sorted(self._acking)
+        sql = "SELECT COUNT(*) FROM buffer WHERE gateway_id = ? AND acked_at IS NULL"
+        params: tuple[Any, ...] = (gateway_id,)
+        if acking:
+            sql += " AND buffer_id NOT IN (SELECT value FROM json_each(?))"
+            params = (gateway_id, json.dumps(acking))
+        row = await read_one(self._r, sql, params)
         return int(row[0]) if row else 0
 
     async def buffer_rows(self) -> list[dict[str, Any]]:
         """Every buffer row (for tests and inspection), in seq order."""
-        async with self._r.execute(
-            "SELECT seq, buffer_id, gateway_id, chat_id, acked_at FROM buffer ORDER BY seq"
-        ) as cur:
-            return [
-                {"seq": r[0], "buffer_id": r[1], "gateway_id": r[2], "chat_id": r[3],
-                 "acked": r[4] is not None}
-                for r in await cur.fetchall()
-            ]
+        rows = await read_all(
+            self._r, "SELECT seq, buffer_id, gateway_id, chat_id, acked_at FROM buffer ORDER BY seq"
+        )
+        return [
+            {
+                "seq": r[0],
+                "buffer_id": r[1],
+                "gateway_id": r[2],
+                "chat_id": r[3],
+                "acked": r[4] is not None,
+            }
+            for r in rows
+        ]
 
     # --- gateways and identities -----------------------------------------------------------
 
@@ -222,14 +289,16 @@ class BufferStore:
             "INSERT INTO identities (platform, bot_id, gateway_id, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (platform, bot_id) DO UPDATE SET gateway_id = excluded.gateway_id,"
             " updated_at = excluded.updated_at",
-            (platform, bot_id, gateway_id, now), wait=False,
+            (platform, bot_id, gateway_id, now),
+            wait=False,
         )
         fut = self._enqueue(
             "INSERT INTO gateways (gateway_id, wake_url, updated_at) VALUES (?, ?, ?)"
             " ON CONFLICT (gateway_id) DO UPDATE SET"
             " wake_url = COALESCE(excluded.wake_url, gateways.wake_url),"
             " updated_at = excluded.updated_at",
-            (gateway_id, wake_url, now), wait=True,
+            (gateway_id, wake_url, now),
+            wait=True,
         )
         assert fut is not None
         await fut
@@ -240,7 +309,8 @@ class BufferStore:
             "INSERT INTO gateways (gateway_id, flipped, wake_at, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (gateway_id) DO UPDATE SET flipped = excluded.flipped,"
             " wake_at = excluded.wake_at, updated_at = excluded.updated_at",
-            (gateway_id, int(flipped), wake_at, now), wait=True,
+            (gateway_id, int(flipped), wake_at, now),
+            wait=True,
         )
         assert fut is not None
         await fut
@@ -249,36 +319,79 @@ class BufferStore:
         """Queue clearing the flip and ``wakeAt`` of a gateway (committed with the next group)."""
         self._enqueue(
             "UPDATE gateways SET flipped = 0, wake_at = NULL, updated_at = ? WHERE gateway_id = ?",
-            (now, gateway_id), wait=False,
+            (now, gateway_id),
+            wait=False,
         )
 
     async def identities(self) -> dict[tuple[str, str], str]:
-        async with self._r.execute("SELECT platform, bot_id, gateway_id FROM identities") as cur:
-            return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+        rows = await read_all(self._r, "SELECT platform, bot_id, gateway_id FROM identities")
+        return {(r[0], r[1]): r[2] for r in rows}
 
     async def gateways(self) -> dict[str, GatewayRecord]:
-        async with self._r.execute(
-            "SELECT gateway_id, wake_url, flipped, wake_at FROM gateways"
-        ) as cur:
-            return {
-                r[0]: GatewayRecord(r[0], r[1], bool(r[2]), r[3]) for r in await cur.fetchall()
-            }
+        rows = await read_all(self._r, "SELECT gateway_id, wake_url, flipped, wake_at FROM gateways")
+        return {r[0]: GatewayRecord(r[0], r[1], bool(r[2]), r[3]) for r in rows}
 
     # --- outbox ----------------------------------------------------------------------------
 
     def record_outbound(
-        self, *, gateway_id: str, platform: str, bot_id: str, action: dict[str, Any], now: float
+        self,
+        *,
+        gateway_id: str,
+        platform: str,
+        bot_id: str,
+        action: dict[str, Any],
+        now: float,
+        idempotency_key: str | None = None,
+        result: dict[str, Any] | None = None,
     ) -> asyncio.Future[None]:
-        """Queue an outbox row (send order = call order); the future resolves on commit."""
+        """Queue an outbox row (send order = call order); the future resolves on commit.
+
+        With ``idempotency_key``, ``result`` (the ``outbound_result`` answer) is stored under
+        ``(gateway_id, idempotency_key)`` in the **same** transaction as the outbox row: both
+        commit or neither does (a key already stored fails the whole job with an
+        ``IntegrityError``). The caller makes sure one key is recorded once.
+        """
         chat_id = action.get("chat_id")
-        fut = self._enqueue(
-            _OUTBOX,
-            (now, gateway_id, platform, bot_id, None if chat_id is None else str(chat_id),
-             json.dumps(action, ensure_ascii=False)),
-            wait=True,
+        statements: tuple[Statement, ...] = (
+            (
+                _OUTBOX,
+                (
+                    now,
+                    gateway_id,
+                    platform,
+                    bot_id,
+                    None if chat_id is None else str(chat_id),
+                    json.dumps(action, ensure_ascii=False),
+                ),
+            ),
         )
+        if idempotency_key is not None:
+            if result is None:
+                raise ValueError("record_outbound with an idempotency_key needs its result")
+            statements += (
+                (_KEY, (gateway_id, idempotency_key, json.dumps(result, ensure_ascii=False), now)),
+            )
+        fut = self._enqueue_job(statements, wait=True)
         assert fut is not None
         return fut
+
+    async def idempotent_result(self, gateway_id: str, key: str) -> dict[str, Any] | None:
+        """The committed result stored for ``(gateway_id, key)``, or None for an unknown key."""
+        row = await read_one(
+            self._r,
+            "SELECT result FROM idempotency WHERE gateway_id = ? AND idempotency_key = ?",
+            (gateway_id, key),
+        )
+        if row is None:
+            return None
+        stored = json.loads(row[0])
+        return stored if isinstance(stored, dict) else None
+
+    async def prune_idempotency(self, before: float) -> None:
+        """Forget idempotency keys stored before ``before`` (Unix seconds); awaits the commit."""
+        fut = self._enqueue("DELETE FROM idempotency WHERE created_at < ?", (before,), wait=True)
+        assert fut is not None
+        await fut
 
     async def outbox(self, chat_id: str | None = None) -> list[dict[str, Any]]:
         """Outbox rows in send order, optionally for one chat."""
@@ -287,10 +400,8 @@ class BufferStore:
         if chat_id is not None:
             sql += " WHERE chat_id = ?"
             params = (chat_id,)
-        async with self._r.execute(sql + " ORDER BY seq", params) as cur:
-            rows = await cur.fetchall()
+        rows = await read_all(self._r, sql + " ORDER BY seq", params)
         return [
-            {"at": r[0], "gateway_id": r[1], "platform": r[2], "bot_id": r[3],
-             "action": json.loads(r[4])}
+            {"at": r[0], "gateway_id": r[1], "platform": r[2], "bot_id": r[3], "action": json.loads(r[4])}
             for r in rows
         ]

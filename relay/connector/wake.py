@@ -2,9 +2,10 @@
 
 ``WakePoker`` (one per gateway) pokes ``GET <wakeUrl>`` with the gateway's relay token on the
 first buffered event (at most one per ``rate_s``, a later burst deferred to the end of the
-window), and at ``wakeAt``; a failed poke (network error or non-2xx) is retried with backoff
-1, 2, 4 ... 60 s until the gateway reconnects (PROTOCOL.md 5.3). ``hold_presence`` keeps
-``GET <origin of wakeUrl>/presence`` open while the gateway is live (SPEC section 2).
+window; ``request(immediate=True)`` bypasses the window), and at ``wakeAt``; a failed poke
+(network error or non-2xx) is retried with backoff 1, 2, 4 ... 60 s until the gateway
+reconnects (PROTOCOL.md 5.3). ``hold_presence`` keeps ``GET <origin of wakeUrl>/presence`` open
+while the gateway is live (SPEC section 2).
 """
 
 from __future__ import annotations
@@ -50,8 +51,17 @@ class WakePoker:
         self.pokes_sent = 0
         self.pokes_failed = 0
 
-    def request(self) -> None:
-        """A buffered event arrived: poke now, or at the end of the rate window."""
+    def request(self, *, immediate: bool = False) -> None:
+        """A buffered event arrived: poke now, or at the end of the rate window.
+
+        ``immediate=True`` pokes at once, outside the rate window, replacing a deferred poke or
+        a retry wait (PROTOCOL.md 7.2: a flip while the gateway still holds unacked entries).
+        """
+        if immediate:
+            if self._burst is not None:
+                self._burst.cancel()
+            self._burst = asyncio.create_task(self._poke_until_ok(0.0, "unacked entries at flip"))
+            return
         if self._burst is not None and not self._burst.done():
             return  # a poke, its retries or a deferred poke already cover this event
         delay = 0.0
@@ -106,8 +116,9 @@ class WakePoker:
             log.info("gateway %s: poked wake url (%s): %s", self.gateway_id, why, status)
         else:
             self.pokes_failed += 1
-            log.warning("gateway %s: wake poke failed (%s): %s; retrying with backoff",
-                        self.gateway_id, why, status)
+            log.warning(
+                "gateway %s: wake poke failed (%s): %s; retrying with backoff", self.gateway_id, why, status
+            )
         return ok
 
 
@@ -132,8 +143,11 @@ async def hold_presence(
                 url, headers=auth(), timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)
             ) as resp:
                 if resp.status in (401, 409):
-                    log.info("gateway %s: presence refused (%d); not reopening until next "
-                             "handshake", gateway_id, resp.status)
+                    log.info(
+                        "gateway %s: presence refused (%d); not reopening until next handshake",
+                        gateway_id,
+                        resp.status,
+                    )
                     return
                 if resp.status == 200:
                     backoff.reset()

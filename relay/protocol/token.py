@@ -49,9 +49,20 @@ def token_gateway_id(token: str) -> str | None:
         return None
 
 
+EXP_MAX_DIGITS = 18
+"""Longest ``exp`` accepted, in ASCII digits (Unix seconds need 10; more is never ours)."""
+
+
 def _split(token: str) -> tuple[str, int, str]:
+    """``(gateway_id, exp, sig)`` of a token; raises only ``TokenError("unauthorized", ...)``.
+
+    The token must be ASCII base64url of UTF-8 text with exactly three ``:``-separated parts and
+    an ``exp`` of 1-18 ASCII digits (``str.isdigit`` alone accepts ``"²"`` or ``"٣"``).
+    """
     if not isinstance(token, str) or not token or len(token) > 4096:
         raise TokenError("unauthorized", "token is empty or too long")
+    if not token.isascii():
+        raise TokenError("unauthorized", "token is not ASCII base64url")
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("utf-8")
     except (binascii.Error, ValueError) as exc:
@@ -60,8 +71,8 @@ def _split(token: str) -> tuple[str, int, str]:
     if len(parts) != 3:
         raise TokenError("unauthorized", "token is not <gateway_id>:<exp>:<sig>")
     gateway_id, exp_text, sig = parts
-    if not exp_text.isdigit():
-        raise TokenError("unauthorized", "token exp is not an integer")
+    if not (exp_text.isascii() and exp_text.isdigit()) or len(exp_text) > EXP_MAX_DIGITS:
+        raise TokenError("unauthorized", "token exp is not an integer of ASCII digits")
     return gateway_id, int(exp_text), sig
 
 
@@ -72,7 +83,8 @@ def verify_token(token: str, secrets: Mapping[str, str], now: float) -> str:
     ahead than the ttl plus leeway is refused (no minter of ours makes one). Only a token whose
     signature is good but whose ``exp + 30 s`` lies before ``now`` is ``expired``.
 
-    Raises ``TokenError`` with ``reason`` ``"expired"`` or ``"unauthorized"``.
+    Raises ``TokenError`` with ``reason`` ``"expired"`` or ``"unauthorized"``, and nothing else
+    for any ``token`` text (non-ASCII, lone surrogates, odd digits included).
     """
     gateway_id, exp, sig = _split(token)
     secret = secrets.get(gateway_id)

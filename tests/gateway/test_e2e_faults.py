@@ -38,7 +38,9 @@ async def wait_answered(stack: Stack, expected: list[str], timeout: float = 60.0
         counts = Counter(await stack.replies(chat_id=None))
         missing = [e for e in expected if counts[e] == 0]
         sc = stack.sidecar.output if stack.sidecar else ""
-        raise AssertionError(f"{len(missing)} never answered, e.g. {missing[:3]}\n{sc}") from None
+        relay = stack.relay.output if stack.relay else ""
+        raise AssertionError(f"{len(missing)} never answered, e.g. {missing[:3]}\n"
+                             f"sidecar:\n{sc}\nrelay:\n{relay}") from None
 
 
 async def post_all(stack: Stack, trial: int) -> list[str]:

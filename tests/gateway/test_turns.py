@@ -3,10 +3,12 @@ each state against the real inbox store and a fake provider that counts requests
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -14,8 +16,9 @@ import pytest
 from gateway.config import load_config
 from gateway.core.turn import TurnEvent, TurnState, chunk_key, give_up_due, transition
 from gateway.inbox.store import InboxItem, InboxStore
-from gateway.runtime.inbox_worker import InboxWorker, Sent
+from gateway.runtime.inbox_worker import InboxWorker, Sent, relay_send
 from gateway.statedb import open_state_db
+from relay.client.transport import RelayTransport
 from relay.clock import FakeClock
 from relay.errors import TransitionError
 from tests.fake_llm import FakeLLM, provider_config
@@ -196,3 +199,37 @@ async def test_a_recreated_state_db_never_reuses_inbox_ids(tmp_path: Path) -> No
     frame["bufferId"], frame["event"]["message_id"] = "b2", "2"  # type: ignore[index]
     assert (await InboxStore(db).admit([frame], 0.0)).new[0].id == firsts[0] + 1
     await db.close()
+
+
+class _ClosingTransport:
+    """A transport whose socket still counts as up but refuses every send (it is closing)."""
+
+    connected = True
+    supports_idempotent_send = True
+
+    def __init__(self) -> None:
+        self.sends = 0
+
+    async def send_outbound(self, *_a: Any, **_k: Any) -> dict[str, Any]:
+        self.sends += 1
+        return {"success": False, "error": "relay transport not connected"}
+
+    async def wait_until(self, predicate: Any) -> None:
+        await asyncio.Event().wait()  # no state change ever comes
+
+
+async def test_send_on_a_closing_socket_waits_instead_of_spinning() -> None:
+    """'not connected' while the socket still counts as up: one retry per 5 s of waiting, never
+    a loop that never yields (it froze the whole sidecar when a connector was killed)."""
+    clock = FakeClock()
+    t = _ClosingTransport()
+    send = relay_send(cast(RelayTransport, t), lambda: True, clock)
+    item = InboxItem(1, "b", "relay", "c1", "m1", None, {"source": {"user_id": "u"}})
+    task = asyncio.create_task(send(item, "hi", "inbox:1:0", clock.wall()))
+    await clock.settle()
+    assert t.sends == 1
+    await clock.advance(5)
+    assert t.sends == 2
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -103,10 +103,11 @@ async def test_connector_ingress_live_is_persisted_delivered_and_acked(env: Env)
     assert ev["source"]["chat_id"] == "42"
     assert ev["source"]["platform"] == "relay"
     assert env.connector is not None
+    store = env.connector.store
 
     async def acked() -> bool:
-        await env.connector.store.flush()
-        return all(r["acked"] for r in await env.connector.store.buffer_rows())
+        await store.flush()
+        return all(r["acked"] for r in await store.buffer_rows())
 
     for _ in range(100):
         if await acked():
@@ -124,8 +125,9 @@ async def test_connector_outbound_goes_to_outbox_in_send_order(env: Env) -> None
     r1 = await gw.t.send_outbound({"op": "send", "chat_id": "42", "content": "one"})
     assert r1["success"]
     assert r1["message_id"]
-    r2 = await gw.t.send_outbound({"op": "edit", "chat_id": "42", "message_id": r1["message_id"],
-                                   "content": "one!"})
+    r2 = await gw.t.send_outbound(
+        {"op": "edit", "chat_id": "42", "message_id": r1["message_id"], "content": "one!"}
+    )
     assert r2 == {"success": True, "message_id": r1["message_id"]}
     assert (await gw.t.send_outbound({"op": "typing", "chat_id": "7"}))["success"]
     bad = await gw.t.send_outbound({"op": "delete", "chat_id": "42"})
@@ -156,8 +158,7 @@ async def test_connector_buffers_while_dormant_pokes_once_and_replays_in_order(e
     assert await gw.t.go_dormant() is True
     ids = []
     for i in range(5):
-        status, body = await post(env.base + "/ingress/relay", {**MSG, "message_id": i,
-                                                                "text": f"m{i}"})
+        status, body = await post(env.base + "/ingress/relay", {**MSG, "message_id": i, "text": f"m{i}"})
         assert status == 202
         assert body["delivered"] == "buffered"
         ids.append(body["buffer_id"])
@@ -249,8 +250,7 @@ async def test_connector_ingress_rejections_store_nothing(env: Env) -> None:
     cases = [
         ("/ingress/telegram/zzz", MSG, None, 404, "telegram"),
         ("/ingress/relay/b1", {**MSG, "text": ""}, None, 400, "text"),
-        ("/ingress/relay/b1", {k: v for k, v in MSG.items() if k != "chat_id"}, None, 400,
-         "chat_id"),
+        ("/ingress/relay/b1", {k: v for k, v in MSG.items() if k != "chat_id"}, None, 400, "chat_id"),
         ("/ingress/relay/b1", {**MSG, "user_id": [1]}, None, 400, "user_id"),
         ("/ingress/relay/b1", None, b"[1,2]", 400, "JSON object"),
         ("/ingress/relay/b1", None, b"{not json", 400, "JSON object"),
@@ -304,8 +304,7 @@ async def test_connector_bad_token_closes_4401_and_expired_says_so(env: Env) -> 
     await env.start(secrets={"gw": "s"})
     for headers, reason in [
         ({}, "unauthorized"),
-        ({"Authorization": "Bearer " + mint_token("gw", "wrong", env.clock.wall())},
-         "unauthorized"),
+        ({"Authorization": "Bearer " + mint_token("gw", "wrong", env.clock.wall())}, "unauthorized"),
         ({"Authorization": "Bearer " + mint_token("gw", "s", env.clock.wall() - 400)}, "expired"),
     ]:
         async with aiohttp.ClientSession() as s, s.ws_connect(env.ws_url, headers=headers) as ws:
@@ -339,8 +338,7 @@ async def test_connector_new_ingress_during_replay_queues_behind_backlog(env: En
         await post(env.base + "/ingress/relay", {**MSG, "message_id": i, "text": f"m{i}"})
     again = env.raw()
     await again.connect()
-    late = asyncio.create_task(post(env.base + "/ingress/relay",
-                                    {**MSG, "message_id": 999, "text": "late"}))
+    late = asyncio.create_task(post(env.base + "/ingress/relay", {**MSG, "message_id": 999, "text": "late"}))
     texts = [(await again.recv_type("inbound"))["event"]["text"] for _ in range(301)]
     await late
     assert texts == [f"m{i}" for i in range(300)] + ["late"]
