@@ -21,5 +21,7 @@ def emit_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
         return
     width = max(len(r["figure"]) for r in rows)
     for r in rows:
-        print(f"{r['figure']:{width}}  ours {r['ours']!s:>9}  baseline {r['baseline']!s:>9}  "
-              f"ratio {r['ratio']!s:>7}  goal {r['goal']:24} {'met' if r['met'] else 'NOT met'}")
+        print(
+            f"{r['figure']:{width}}  ours {r['ours']!s:>9}  baseline {r['baseline']!s:>9}  "
+            f"ratio {r['ratio']!s:>7}  goal {r['goal']:24} {'met' if r['met'] else 'NOT met'}"
+        )

@@ -99,8 +99,11 @@ async def measure_bare(sample_s: float) -> dict[str, float]:
     try:
         start_s = await first_healthz(port, started)
         await asyncio.sleep(1.0)
-        return {"rss": rss_mb(proc.pid), "start": start_s,
-                "idle_wakeups": await wakeups_per_s(proc.pid, sample_s)}
+        return {
+            "rss": rss_mb(proc.pid),
+            "start": start_s,
+            "idle_wakeups": await wakeups_per_s(proc.pid, sample_s),
+        }
     finally:
         proc.terminate()
         proc.wait()
@@ -111,16 +114,34 @@ async def measure_sidecar(sample_s: float, tmp: str) -> dict[str, float]:
     home = Path(tmp) / "home"
     home.mkdir()
     (home / "config.yaml").write_text(
-        "gateway: {scale_to_zero: {idle_timeout_minutes: 0.05, cooldown_seconds: 0}}\n")
-    relay = subprocess.Popen([sys.executable, "-m", "relay", "serve", "--port", str(relay_port),
-                              "--db", str(Path(tmp) / "relay.db"), "--log-level", "WARNING"])
-    env = {**os.environ, "HERMES_HOME": str(home), "GATEWAY_RELAY_URL":
-           f"http://127.0.0.1:{relay_port}", "HERMES_SCALE_TO_ZERO": "0"}
+        "gateway: {scale_to_zero: {idle_timeout_minutes: 0.05, cooldown_seconds: 0}}\n"
+    )
+    relay = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--port",
+            str(relay_port),
+            "--db",
+            str(Path(tmp) / "relay.db"),
+            "--log-level",
+            "WARNING",
+        ]
+    )
+    env = {
+        **os.environ,
+        "HERMES_HOME": str(home),
+        "GATEWAY_RELAY_URL": f"http://127.0.0.1:{relay_port}",
+        "HERMES_SCALE_TO_ZERO": "0",
+    }
     try:
         await first_healthz(relay_port, time.perf_counter())
         started = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--port", str(port),
-                                 "--log-level", "WARNING"], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--port", str(port), "--log-level", "WARNING"], env=env
+        )
         try:
             start_s = await first_healthz(port, started)
             await wait_state(port, "live")
@@ -133,8 +154,9 @@ async def measure_sidecar(sample_s: float, tmp: str) -> dict[str, float]:
         # Dormant: the same sidecar with scale-to-zero armed and a 3 s idle timeout.
         env["HERMES_SCALE_TO_ZERO"] = "1"
         env["GATEWAY_RELAY_WAKE_URL"] = f"http://127.0.0.1:{port}/wake"
-        proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--port", str(port),
-                                 "--log-level", "WARNING"], env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--port", str(port), "--log-level", "WARNING"], env=env
+        )
         try:
             await first_healthz(port, time.perf_counter())
             await wait_state(port, "dormant")
@@ -155,19 +177,30 @@ async def run(sample_s: float) -> list[dict[str, Any]]:
         ours = await measure_sidecar(sample_s, tmp)
 
     def row(figure: str, o: float, b: float | None, goal: str, met: bool) -> dict[str, Any]:
-        return {"figure": figure, "ours": round(o, 3), "baseline": None if b is None else
-                round(b, 3), "ratio": None if not b else round(o / b, 2), "goal": goal,
-                "met": met}
+        return {
+            "figure": figure,
+            "ours": round(o, 3),
+            "baseline": None if b is None else round(b, 3),
+            "ratio": None if not b else round(o / b, 2),
+            "goal": goal,
+            "met": met,
+        }
 
     return [
-        row("sidecar RSS MB (idle, relay connected)", ours["rss"], bare["rss"], "<= 45 MB",
-            ours["rss"] <= 45),
-        row("start to first /healthz 200, s", ours["start"], bare["start"], "<= 0.5 s",
-            ours["start"] <= 0.5),
-        row("wake-ups/s while live-idle", ours["idle_wakeups"], bare["idle_wakeups"],
-            "(reference only)", True),
-        row("wake-ups/s while dormant", ours["dormant_wakeups"], bare["idle_wakeups"], "0",
-            ours["dormant_wakeups"] == 0),
+        row(
+            "sidecar RSS MB (idle, relay connected)", ours["rss"], bare["rss"], "<= 45 MB", ours["rss"] <= 45
+        ),
+        row("start to first /healthz 200, s", ours["start"], bare["start"], "<= 0.5 s", ours["start"] <= 0.5),
+        row(
+            "wake-ups/s while live-idle", ours["idle_wakeups"], bare["idle_wakeups"], "(reference only)", True
+        ),
+        row(
+            "wake-ups/s while dormant",
+            ours["dormant_wakeups"],
+            bare["idle_wakeups"],
+            "0",
+            ours["dormant_wakeups"] == 0,
+        ),
     ]
 
 

@@ -35,9 +35,12 @@ from relay.client.transport import RelayTransport, TransportConfig
 from relay.connector.server import Connector
 from relay.protocol import frames as F
 
-EVENT = {"text": "hello there", "message_type": "text", "message_id": "1",
-         "source": {"platform": "relay", "chat_id": "42", "chat_type": "dm", "user_id": "u1",
-                    "user_name": None}}
+EVENT = {
+    "text": "hello there",
+    "message_type": "text",
+    "message_id": "1",
+    "source": {"platform": "relay", "chat_id": "42", "chat_type": "dm", "user_id": "u1", "user_name": None},
+}
 
 
 async def raw_baseline(n: int) -> float:
@@ -73,8 +76,7 @@ class _Gateway:
         self.count = 0
         self.done = asyncio.Event()
         self.target = 0
-        self.t = RelayTransport(TransportConfig(url=url, ping_interval_s=None),
-                                on_inbound=self._on)
+        self.t = RelayTransport(TransportConfig(url=url, ping_interval_s=None), on_inbound=self._on)
 
     async def _on(self, batch: list[dict[str, Any]]) -> None:
         self.count += len(batch)
@@ -105,8 +107,15 @@ async def relay_live(n: int, db: str) -> tuple[float, float]:
     async def one(i: int) -> None:
         async with sem:
             line = json.dumps(F.inbound(EVENT, f"b{i}")) + "\n"
-            await connector.store.append(buffer_id=f"b{i}", gateway_id="dev", platform="relay",
-                                         bot_id="", chat_id="42", frame=line, now=time.time())
+            await connector.store.append(
+                buffer_id=f"b{i}",
+                gateway_id="dev",
+                platform="relay",
+                bot_id="",
+                chat_id="42",
+                frame=line,
+                now=time.time(),
+            )
 
     t0 = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
@@ -137,8 +146,9 @@ async def relay_replay(n: int, db: str) -> float:
 
     async def one(i: int) -> None:
         async with sem:
-            await connector.ingest("relay", "", {"chat_id": 42, "user_id": "u1",
-                                                 "text": "hello there", "message_id": i})
+            await connector.ingest(
+                "relay", "", {"chat_id": 42, "user_id": "u1", "text": "hello there", "message_id": i}
+            )
 
     await asyncio.gather(*(one(i) for i in range(n)))
     for poker in connector.pokers.values():
@@ -162,15 +172,30 @@ async def run(n: int) -> list[dict[str, Any]]:
         live, ingest = await relay_live(n, str(Path(tmp) / "live.db"))
         replay = await relay_replay(n, str(Path(tmp) / "replay.db"))
     return [
-        {"figure": "relay live frames/s", "ours": round(live), "baseline": round(base),
-         "ratio": round(live / base, 3), "goal": ">= 0.7x raw aiohttp",
-         "met": live / base >= 0.7},
-        {"figure": "connector durable ingest msgs/s", "ours": round(ingest),
-         "baseline": round(base), "ratio": round(ingest / base, 3),
-         "goal": "(reference only)", "met": True},
-        {"figure": "relay buffered replay frames/s", "ours": round(replay),
-         "baseline": round(base), "ratio": round(replay / base, 3),
-         "goal": ">= 20000 frames/s", "met": replay >= 20_000},
+        {
+            "figure": "relay live frames/s",
+            "ours": round(live),
+            "baseline": round(base),
+            "ratio": round(live / base, 3),
+            "goal": ">= 0.7x raw aiohttp",
+            "met": live / base >= 0.7,
+        },
+        {
+            "figure": "connector durable ingest msgs/s",
+            "ours": round(ingest),
+            "baseline": round(base),
+            "ratio": round(ingest / base, 3),
+            "goal": "(reference only)",
+            "met": True,
+        },
+        {
+            "figure": "relay buffered replay frames/s",
+            "ours": round(replay),
+            "baseline": round(base),
+            "ratio": round(replay / base, 3),
+            "goal": ">= 20000 frames/s",
+            "met": replay >= 20_000,
+        },
     ]
 
 

@@ -26,12 +26,28 @@ def run_one(name: str, quick: bool, timeout_s: float) -> list[dict[str, Any]]:
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        return [{"figure": f"{name}: overran {timeout_s:.0f} s", "ours": None, "baseline": None,
-                 "ratio": None, "goal": "finish", "met": False}]
+        return [
+            {
+                "figure": f"{name}: overran {timeout_s:.0f} s",
+                "ours": None,
+                "baseline": None,
+                "ratio": None,
+                "goal": "finish",
+                "met": False,
+            }
+        ]
     if done.returncode != 0:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        return [{"figure": f"{name}: failed ({tail[:60]})", "ours": None, "baseline": None,
-                 "ratio": None, "goal": "finish", "met": False}]
+        return [
+            {
+                "figure": f"{name}: failed ({tail[:60]})",
+                "ours": None,
+                "baseline": None,
+                "ratio": None,
+                "goal": "finish",
+                "met": False,
+            }
+        ]
     start = done.stdout.find("[")
     return list(json.loads(done.stdout[start:]))
 

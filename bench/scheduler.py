@@ -44,8 +44,14 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
     t0 = clock.wall() + start_in
     for i in range(n):
         at = t0 + window * i / n
-        job = Job(id=new_job_id(), prompt="noop", schedule=rfc3339(at), tz="UTC",
-                  created_at=clock.wall(), updated_at=clock.wall())
+        job = Job(
+            id=new_job_id(),
+            prompt="noop",
+            schedule=rfc3339(at),
+            tz="UTC",
+            created_at=clock.wall(),
+            updated_at=clock.wall(),
+        )
         job.next_run_at = first_run_at(job)
         await store.add(job)
     lateness: list[float] = []
@@ -62,11 +68,19 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         return run_id
 
     async with aiohttp.ClientSession() as http:
+
         async def deliver(platform: str, chat_id: str, text: str) -> None:
             return None
 
-        ctx = CronContext(config=config, store=store, clock=clock, http=http, env={},
-                          deliver=deliver, telemetry=TelemetryWriter(db, clock=clock))
+        ctx = CronContext(
+            config=config,
+            store=store,
+            clock=clock,
+            http=http,
+            env={},
+            deliver=deliver,
+            telemetry=TelemetryWriter(db, clock=clock),
+        )
         sched = CronScheduler(ctx, max_concurrent=64, run_fn=noop_turn)
         task = asyncio.create_task(sched.run())
         cpu0 = time.process_time()
@@ -101,8 +115,7 @@ async def apscheduler3(n: int, start_in: float, window: float) -> dict[str, Any]
     t0 = time.time() + start_in
     for i in range(n):
         at = t0 + window * i / n
-        sched.add_job(job, DateTrigger(datetime.fromtimestamp(at, UTC)), args=[at],
-                      misfire_grace_time=None)
+        sched.add_job(job, DateTrigger(datetime.fromtimestamp(at, UTC)), args=[at], misfire_grace_time=None)
     sched.start()
     cpu0 = time.process_time()
     await done.wait()
@@ -120,17 +133,36 @@ async def run(n: int, window: float, quiet: float) -> list[dict[str, Any]]:
     for q, goal in (("p50", None), ("p99", 3.0)):
         qq = 0.5 if q == "p50" else 0.99
         ov, bv = pct(o["lateness"], qq) * ms, pct(b["lateness"], qq) * ms
-        rows.append({"figure": f"cron firing lateness {q} ms ({n} jobs)", "ours": round(ov, 2),
-                     "baseline": round(bv, 2), "ratio": round(ov / bv, 2) if bv else None,
-                     "goal": f"<= {goal} ms" if goal else "(reference only)",
-                     "met": ov <= goal if goal else True})
-    rows.append({"figure": f"cron CPU seconds over the {window:.0f} s window", "ours":
-                 round(o["cpu"], 3), "baseline": round(b["cpu"], 3),
-                 "ratio": round(o["cpu"] / b["cpu"], 2), "goal": "<= APScheduler 3",
-                 "met": o["cpu"] <= b["cpu"]})
-    rows.append({"figure": "cron loop wake-ups/s while nothing is due", "ours":
-                 round(o["idle_wakeups"], 3), "baseline": None, "ratio": None, "goal": "0",
-                 "met": o["idle_wakeups"] == 0})
+        rows.append(
+            {
+                "figure": f"cron firing lateness {q} ms ({n} jobs)",
+                "ours": round(ov, 2),
+                "baseline": round(bv, 2),
+                "ratio": round(ov / bv, 2) if bv else None,
+                "goal": f"<= {goal} ms" if goal else "(reference only)",
+                "met": ov <= goal if goal else True,
+            }
+        )
+    rows.append(
+        {
+            "figure": f"cron CPU seconds over the {window:.0f} s window",
+            "ours": round(o["cpu"], 3),
+            "baseline": round(b["cpu"], 3),
+            "ratio": round(o["cpu"] / b["cpu"], 2),
+            "goal": "<= APScheduler 3",
+            "met": o["cpu"] <= b["cpu"],
+        }
+    )
+    rows.append(
+        {
+            "figure": "cron loop wake-ups/s while nothing is due",
+            "ours": round(o["idle_wakeups"], 3),
+            "baseline": None,
+            "ratio": None,
+            "goal": "0",
+            "met": o["idle_wakeups"] == 0,
+        }
+    )
     return rows
 
 

@@ -53,9 +53,26 @@ def make_rows(n: int, seed: int = 7) -> list[Invocation]:
         t = NOW - rnd.random() * 21 * DAY
         model, provider = MODELS[i % 3]
         ok = rnd.random() > 0.05
-        rows.append(Invocation(i, f"job-{i % 50}", SKILLS[i % 20], None, t, t + 3.0, model,
-                               provider, 3.0, 100, 50, None, None, 0.002, int(ok),
-                               "succeeded" if ok else "provider_error"))
+        rows.append(
+            Invocation(
+                i,
+                f"job-{i % 50}",
+                SKILLS[i % 20],
+                None,
+                t,
+                t + 3.0,
+                model,
+                provider,
+                3.0,
+                100,
+                50,
+                None,
+                None,
+                0.002,
+                int(ok),
+                "succeeded" if ok else "provider_error",
+            )
+        )
     return rows
 
 
@@ -71,11 +88,20 @@ async def ours(path: Path, rows: list[Invocation]) -> float:
     t0 = time.perf_counter()
     for i, r in enumerate(rows):
         w.record_skill_invocation(
-            skill_name=r.skill_name, invoked_at=r.invoked_at, completed_at=r.completed_at,
-            run_id=r.run_id, cron_id=r.cron_id, model=r.model, provider=r.provider,
-            duration_seconds=r.duration_seconds, input_tokens=r.input_tokens,
-            output_tokens=r.output_tokens, estimated_cost_usd=r.estimated_cost_usd,
-            success=r.success, end_reason=r.end_reason)
+            skill_name=r.skill_name,
+            invoked_at=r.invoked_at,
+            completed_at=r.completed_at,
+            run_id=r.run_id,
+            cron_id=r.cron_id,
+            model=r.model,
+            provider=r.provider,
+            duration_seconds=r.duration_seconds,
+            input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens,
+            estimated_cost_usd=r.estimated_cost_usd,
+            success=r.success,
+            end_reason=r.end_reason,
+        )
         if i % 1000 == 999:
             await asyncio.sleep(0)
     await w.aclose()
@@ -138,15 +164,30 @@ async def run(n: int, sample: int) -> list[dict[str, Any]]:
     o_rate, b_rate, r_rate = n / o, n / b, sample / r
     assert entries == len(SKILLS) * len(MODELS)
     return [
-        {"figure": f"telemetry writer rows/s ({n:,} rows)", "ours": round(o_rate),
-         "baseline": round(b_rate), "ratio": round(o_rate / b_rate, 2),
-         "goal": ">= 0.8x sqlite3 executemany", "met": o_rate >= 0.8 * b_rate},
-        {"figure": f"per-row awaited inserts rows/s ({sample:,} rows)", "ours": round(r_rate),
-         "baseline": round(b_rate), "ratio": round(r_rate / b_rate, 3),
-         "goal": "(reference only)", "met": True},
-        {"figure": f"query_skill_ema ms at {n:,} rows", "ours": round(ema_s * 1000, 2),
-         "baseline": round(raw_s * 1000, 1), "ratio": round(ema_s / raw_s, 4),
-         "goal": "<= 10 ms (vs raw GROUP BY)", "met": ema_s <= 0.010},
+        {
+            "figure": f"telemetry writer rows/s ({n:,} rows)",
+            "ours": round(o_rate),
+            "baseline": round(b_rate),
+            "ratio": round(o_rate / b_rate, 2),
+            "goal": ">= 0.8x sqlite3 executemany",
+            "met": o_rate >= 0.8 * b_rate,
+        },
+        {
+            "figure": f"per-row awaited inserts rows/s ({sample:,} rows)",
+            "ours": round(r_rate),
+            "baseline": round(b_rate),
+            "ratio": round(r_rate / b_rate, 3),
+            "goal": "(reference only)",
+            "met": True,
+        },
+        {
+            "figure": f"query_skill_ema ms at {n:,} rows",
+            "ours": round(ema_s * 1000, 2),
+            "baseline": round(raw_s * 1000, 1),
+            "ratio": round(ema_s / raw_s, 4),
+            "goal": "<= 10 ms (vs raw GROUP BY)",
+            "met": ema_s <= 0.010,
+        },
     ]
 
 

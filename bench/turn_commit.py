@@ -25,26 +25,36 @@ ANSWER = "An answer of a typical length. " * 20  # ~600 characters
 
 
 async def _admit(store: InboxStore, n: int, offset: int) -> list[int]:
-    frames = [{"type": "inbound", "bufferId": f"b{offset + i}", "event": {
-        "text": "hi", "message_id": str(offset + i),
-        "source": {"platform": "relay", "chat_id": "c", "user_id": "u"}}} for i in range(n)]
+    frames = [
+        {
+            "type": "inbound",
+            "bufferId": f"b{offset + i}",
+            "event": {
+                "text": "hi",
+                "message_id": str(offset + i),
+                "source": {"platform": "relay", "chat_id": "c", "user_id": "u"},
+            },
+        }
+        for i in range(n)
+    ]
     admission = await store.admit(frames, time.time())
     return [item.id for item in admission.new]
 
 
 async def _old_turn(store: InboxStore, item_id: int) -> None:
-    await write_one(store.db, "UPDATE inbox SET status = 'running', started_at = ? WHERE id = ?",
-                    (time.time(), item_id))
-    await write_one(store.db, "UPDATE inbox SET status = 'done', finished_at = ? WHERE id = ?",
-                    (time.time(), item_id))
+    await write_one(
+        store.db, "UPDATE inbox SET status = 'running', started_at = ? WHERE id = ?", (time.time(), item_id)
+    )
+    await write_one(
+        store.db, "UPDATE inbox SET status = 'done', finished_at = ? WHERE id = ?", (time.time(), item_id)
+    )
 
 
 async def _new_turn(store: InboxStore, item_id: int) -> None:
     now = time.time()
     await store.start_answer(item_id, TurnState.RECEIVED, now)
     await store.commit_answer(item_id, TurnState.ANSWERING, [ANSWER], "succeeded", None, now)
-    await store.finish(item_id, TurnState.ANSWERED, TurnEvent.DELIVER, sent=1, ok=True,
-                       error=None, now=now)
+    await store.finish(item_id, TurnState.ANSWERED, TurnEvent.DELIVER, sent=1, ok=True, error=None, now=now)
 
 
 async def measure(turns: int) -> list[dict[str, object]]:
@@ -67,11 +77,22 @@ async def measure(turns: int) -> list[dict[str, object]]:
     old_ms = statistics.median(old_t) * 1000
     new_ms = statistics.median(new_t) * 1000
     return [
-        {"figure": "turn durable writes, median ms", "ours": round(new_ms, 3),
-         "baseline": round(old_ms, 3), "ratio": round(new_ms / old_ms, 2),
-         "goal": "one FULL commit more", "met": new_ms / old_ms <= 2.0},
-        {"figure": "answer-before-send commit, ms/turn", "ours": round(new_ms - old_ms, 3),
-         "baseline": None, "ratio": None, "goal": "report", "met": True},
+        {
+            "figure": "turn durable writes, median ms",
+            "ours": round(new_ms, 3),
+            "baseline": round(old_ms, 3),
+            "ratio": round(new_ms / old_ms, 2),
+            "goal": "one FULL commit more",
+            "met": new_ms / old_ms <= 2.0,
+        },
+        {
+            "figure": "answer-before-send commit, ms/turn",
+            "ours": round(new_ms - old_ms, 3),
+            "baseline": None,
+            "ratio": None,
+            "goal": "report",
+            "met": True,
+        },
     ]
 
 

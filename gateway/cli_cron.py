@@ -24,8 +24,9 @@ def _grace(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"misfire grace {text!r} is not a number of seconds "
-                                         "(>= 0)") from None
+        raise argparse.ArgumentTypeError(
+            f"misfire grace {text!r} is not a number of seconds (>= 0)"
+        ) from None
     if value < 0 or value != value:
         raise argparse.ArgumentTypeError(f"misfire grace {text!r} must be >= 0 seconds")
     return value
@@ -46,8 +47,7 @@ def add_parsers(sub: Any, parser_class: Any) -> None:
         p.add_argument("--deliver-to", dest="deliver_to", metavar="PLATFORM:CHAT_ID")
         p.add_argument("--tz")
         p.add_argument("--catch-up", dest="catch_up")
-        p.add_argument("--misfire-grace", dest="misfire_grace_seconds", type=_grace,
-                       metavar="SECONDS")
+        p.add_argument("--misfire-grace", dest="misfire_grace_seconds", type=_grace, metavar="SECONDS")
 
     for name in ("add", "update"):
         p = csub.add_parser(name)
@@ -65,17 +65,30 @@ def add_parsers(sub: Any, parser_class: Any) -> None:
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("schedule", "prompt", "name", "profile", "model", "provider", "skills", "deliver_to",
-            "tz", "catch_up", "misfire_grace_seconds")
+    keys = (
+        "schedule",
+        "prompt",
+        "name",
+        "profile",
+        "model",
+        "provider",
+        "skills",
+        "deliver_to",
+        "tz",
+        "catch_up",
+        "misfire_grace_seconds",
+    )
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def _job_text(job: Job) -> str:
     state = "enabled" if job.enabled else "paused"
     d = job.as_json()
-    return (f"{job.id}  {job.name or '-'}  [{state}]  {job.schedule} ({job.tz})  next "
-            f"{d['next_run_at'] or '-'}  provider {job.provider or '~' + str(job.provider_snapshot)}"
-            f"  model {job.model or '~' + str(job.model_snapshot)}")
+    return (
+        f"{job.id}  {job.name or '-'}  [{state}]  {job.schedule} ({job.tz})  next "
+        f"{d['next_run_at'] or '-'}  provider {job.provider or '~' + str(job.provider_snapshot)}"
+        f"  model {job.model or '~' + str(job.model_snapshot)}"
+    )
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
@@ -103,8 +116,7 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             return 0
         if cmd == "list":
             jobs = await store.all()
-            emit(args.json, [j.as_json() for j in jobs],
-                 "\n".join(_job_text(j) for j in jobs) or "no jobs")
+            emit(args.json, [j.as_json() for j in jobs], "\n".join(_job_text(j) for j in jobs) or "no jobs")
             return 0
         found = await store.get(args.id)
         if found is None:
@@ -134,9 +146,16 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             emit(args.json, {"id": job.id, "removed": True}, f"removed {job.id}")
         elif cmd == "history":
             rows = await store.history(job.id)
-            emit(args.json, rows, "\n".join(
-                f"{r['scheduled_for']}  {r['status']:16} {r['model'] or '-':20} "
-                f"${r['cost_usd'] or 0:.4f}  {r['error'] or ''}" for r in rows) or "no runs")
+            emit(
+                args.json,
+                rows,
+                "\n".join(
+                    f"{r['scheduled_for']}  {r['status']:16} {r['model'] or '-':20} "
+                    f"${r['cost_usd'] or 0:.4f}  {r['error'] or ''}"
+                    for r in rows
+                )
+                or "no runs",
+            )
         elif cmd == "run":
             return await _run_now(args, config, store, job, clock)
         return 0
@@ -144,8 +163,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         await db.close()
 
 
-async def _run_now(args: argparse.Namespace, config: Config, store: CronStore, job: Job,
-                   clock: SystemClock) -> int:
+async def _run_now(
+    args: argparse.Namespace, config: Config, store: CronStore, job: Job, clock: SystemClock
+) -> int:
     handed = await call_sidecar(config, "/admin/cron/run", {"job_id": job.id})
     if handed is not None and handed[0] == 200:
         row = handed[1]

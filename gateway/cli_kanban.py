@@ -33,8 +33,7 @@ def _priority(text: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"priority {text!r} is not an integer (higher runs first)") from None
+        raise argparse.ArgumentTypeError(f"priority {text!r} is not an integer (higher runs first)") from None
 
 
 def _status(text: str) -> str:
@@ -61,25 +60,30 @@ def add_parsers(sub: Any, parser_class: Any) -> None:
 
 
 def _task_line(t: Task) -> str:
-    return (f"#{t.id}  [{t.status}]  {t.assignee or '-'}  p{t.priority}  {t.source}  {t.title}"
-            + (f"  ({t.error})" if t.error else ""))
+    return f"#{t.id}  [{t.status}]  {t.assignee or '-'}  p{t.priority}  {t.source}  {t.title}" + (
+        f"  ({t.error})" if t.error else ""
+    )
 
 
 def result_lines(result: DispatchResult, titles: dict[int, str], default: str) -> list[str]:
     """The readable report of a tick, one line per decision (``default``: the default
     assignee the auto-assigned tasks got)."""
+
     def name(task_id: int) -> str:
         return f"#{task_id} {titles.get(task_id, '')}".rstrip()
 
-    lines = [f"Auto-assigned to kanban.default_assignee={default}: {name(i)}"
-             for i in result.auto_assigned_default]
+    lines = [
+        f"Auto-assigned to kanban.default_assignee={default}: {name(i)}" for i in result.auto_assigned_default
+    ]
     lines += [f"Spawned ({a}): {name(i)}" for i, a in result.spawned]
-    lines += [f"Deferred ({a} at per-profile cap, {n} running): {name(i)}"
-              for i, a, n in result.skipped_per_profile_capped]
-    lines += [f"Deferred (global cap kanban.max_in_progress reached): {name(i)}"
-              for i in result.skipped_global_cap]
-    lines += [f"Unassigned (no kanban.default_assignee): {name(i)}"
-              for i in result.skipped_unassigned]
+    lines += [
+        f"Deferred ({a} at per-profile cap, {n} running): {name(i)}"
+        for i, a, n in result.skipped_per_profile_capped
+    ]
+    lines += [
+        f"Deferred (global cap kanban.max_in_progress reached): {name(i)}" for i in result.skipped_global_cap
+    ]
+    lines += [f"Unassigned (no kanban.default_assignee): {name(i)}" for i in result.skipped_unassigned]
     lines += [f"Blocked: {name(i)}: {err}" for i, _, err in result.blocked]
     return lines or ["Nothing to dispatch"]
 
@@ -88,8 +92,9 @@ def _from_json(doc: dict[str, Any]) -> DispatchResult:
     return DispatchResult(
         spawned=[(int(i), str(a)) for i, a in doc.get("spawned", [])],
         skipped_unassigned=[int(i) for i in doc.get("skipped_unassigned", [])],
-        skipped_per_profile_capped=[(int(i), str(a), int(n))
-                                    for i, a, n in doc.get("skipped_per_profile_capped", [])],
+        skipped_per_profile_capped=[
+            (int(i), str(a), int(n)) for i, a, n in doc.get("skipped_per_profile_capped", [])
+        ],
         skipped_global_cap=[int(i) for i in doc.get("skipped_global_cap", [])],
         auto_assigned_default=[int(i) for i in doc.get("auto_assigned_default", [])],
         blocked=[(int(i), str(a), str(e)) for i, a, e in doc.get("blocked", [])],
@@ -103,8 +108,11 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         if not args.title.strip():
             raise Exit(2, "--title must be a non-empty string")
         if args.assignee is not None and not args.assignee.strip():
-            raise Exit(2, f"--assignee {args.assignee!r} is blank; give a profile name or "
-                          "omit it (kanban.default_assignee then applies)")
+            raise Exit(
+                2,
+                f"--assignee {args.assignee!r} is blank; give a profile name or "
+                "omit it (kanban.default_assignee then applies)",
+            )
     elif not config.state_db.exists():  # reading an empty board creates nothing
         if cmd == "list":
             emit(args.json, [], "no tasks")
@@ -115,22 +123,31 @@ async def run(args: argparse.Namespace, config: Config) -> int:
     try:
         store = TaskStore(db)
         if cmd == "create":
-            task = await store.create(title=args.title.strip(), body=args.body,
-                                      assignee=args.assignee.strip() if args.assignee else None,
-                                      priority=args.priority, now=clock.wall())
+            task = await store.create(
+                title=args.title.strip(),
+                body=args.body,
+                assignee=args.assignee.strip() if args.assignee else None,
+                priority=args.priority,
+                now=clock.wall(),
+            )
             assert task is not None  # manual tasks have no ref, so never a duplicate
             await notify(config)
             emit(args.json, task.to_json(), f"created {_task_line(task)}")
             return 0
         if cmd == "list":
             tasks = await store.all(args.status)
-            emit(args.json, [t.to_json() for t in tasks],
-                 "\n".join(_task_line(t) for t in tasks) or "no tasks")
+            emit(
+                args.json, [t.to_json() for t in tasks], "\n".join(_task_line(t) for t in tasks) or "no tasks"
+            )
             return 0
         result = await _dispatch(args, config, store, clock)
-        named = {*(i for i, _ in result.spawned), *result.skipped_unassigned,
-                 *(i for i, _, _ in result.skipped_per_profile_capped),
-                 *result.skipped_global_cap, *(i for i, _, _ in result.blocked)}
+        named = {
+            *(i for i, _ in result.spawned),
+            *result.skipped_unassigned,
+            *(i for i, _, _ in result.skipped_per_profile_capped),
+            *result.skipped_global_cap,
+            *(i for i, _, _ in result.blocked),
+        }
         titles = {i: t.title for i in named if (t := await store.get(i)) is not None}
         default = as_assignee(config.kanban_default_assignee) or ""
         emit(args.json, result.to_json(), "\n".join(result_lines(result, titles, default)))
@@ -139,8 +156,9 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         await db.close()
 
 
-async def _dispatch(args: argparse.Namespace, config: Config, store: TaskStore,
-                    clock: SystemClock) -> DispatchResult:
+async def _dispatch(
+    args: argparse.Namespace, config: Config, store: TaskStore, clock: SystemClock
+) -> DispatchResult:
     if not args.dry_run:
         handed = await call_sidecar(config, "/admin/kanban/dispatch", {"dry_run": False})
         if handed is not None and handed[0] == 200:
@@ -149,16 +167,23 @@ async def _dispatch(args: argparse.Namespace, config: Config, store: TaskStore,
         ctx = offline_cron_context(config, CronStore(store.db), http, clock)
         inbox = InboxStore(store.db)
 
-        async def queue_reply(item: InboxItem, chunk: str, _key: str,
-                              _answered_at: float) -> tuple[Sent, str | None]:
+        async def queue_reply(
+            item: InboxItem, chunk: str, _key: str, _answered_at: float
+        ) -> tuple[Sent, str | None]:
             # No sidecar: the chunk waits in state.db's deliveries for the next start.
             await ctx.deliver(item.platform, item.chat_id, chunk)
             return Sent.CONFIRMED, None
 
-        worker = InboxWorker(inbox=inbox, config=config, http=http, env=os.environ,
-                             clock=clock, send=queue_reply)
-        board = Board(store, config=config, clock=clock, activity=Activity(clock),
-                      execute=TaskExecutor(ctx, inbox, worker.turn))
+        worker = InboxWorker(
+            inbox=inbox, config=config, http=http, env=os.environ, clock=clock, send=queue_reply
+        )
+        board = Board(
+            store,
+            config=config,
+            clock=clock,
+            activity=Activity(clock),
+            execute=TaskExecutor(ctx, inbox, worker.turn),
+        )
         try:
             result = await board.tick(dry_run=args.dry_run)
             await board.wait_idle()  # one tick: the spawned tasks run here, to the end

@@ -17,8 +17,7 @@ def _window(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"window {text!r} is not a whole number of days "
-                                         "(>= 1)") from None
+        raise argparse.ArgumentTypeError(f"window {text!r} is not a whole number of days (>= 1)") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"window {text!r} must be >= 1 day")
     return value
@@ -60,11 +59,15 @@ async def run(args: argparse.Namespace, config: Config) -> int:
         finally:
             await db.close()
     if args.command == "telemetry":
-        text = "\n".join(
-            f"{r['skill_name']:20} {r['model'] or '-':24} n={r['sample_count']:<5} "
-            f"success={_pct(r['ema_success_rate'])} dur={_num(r['ema_duration_s'])}s "
-            f"cost/call=${_num(r['ema_cost_per_call'], 4)} total=${r['total_cost_usd']:.4f}"
-            for r in rows) or "no skill invocations in the window"
+        text = (
+            "\n".join(
+                f"{r['skill_name']:20} {r['model'] or '-':24} n={r['sample_count']:<5} "
+                f"success={_pct(r['ema_success_rate'])} dur={_num(r['ema_duration_s'])}s "
+                f"cost/call=${_num(r['ema_cost_per_call'], 4)} total=${r['total_cost_usd']:.4f}"
+                for r in rows
+            )
+            or "no skill invocations in the window"
+        )
         emit(args.json, rows, text)
         return 0
     if args.command == "routing":
@@ -72,11 +75,18 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             strong_model=config.routing_strong_model,
             strong_provider=config.routing_strong_provider,
             cheap_model=config.routing_cheap_model,
-            threshold_pct=config.routing_error_threshold_pct)
+            threshold_pct=config.routing_error_threshold_pct,
+        )
         report = get_routing_report(settings, learned)
-        emit(args.json, report, "\n".join(
-            f"{r['hour']}  {r['error_rate']:5.2f}%  {'off ' if r['off_hours'] else 'day '} "
-            f"{r['source']:7}  {r['model']}" for r in report))
+        emit(
+            args.json,
+            report,
+            "\n".join(
+                f"{r['hour']}  {r['error_rate']:5.2f}%  {'off ' if r['off_hours'] else 'day '} "
+                f"{r['source']:7}  {r['model']}"
+                for r in report
+            ),
+        )
         return 0
     raise Exit(2, f"unknown command {args.command!r}")
 

@@ -13,40 +13,50 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.inbound = Counter("hermes_inbound_total", "Inbound user messages admitted",
-                               registry=r)
-        self.duplicates = Counter("hermes_inbound_duplicates_total",
-                                  "Inbound frames already stored (re-acked, not handled)",
-                                  registry=r)
-        self.turns = Counter("hermes_turns_total", "Agent turns by outcome", ["outcome"],
-                             registry=r)
-        self.pokes = Counter("hermes_wake_pokes_total", "Wake pokes by result", ["result"],
-                             registry=r)
-        self.transitions = Counter("hermes_watcher_transitions_total",
-                                   "Idle watcher transitions by target state", ["state"],
-                                   registry=r)
-        self.state = Gauge("hermes_watcher_state", "1 for the current watcher state", ["state"],
-                           registry=r)
+        self.inbound = Counter("hermes_inbound_total", "Inbound user messages admitted", registry=r)
+        self.duplicates = Counter(
+            "hermes_inbound_duplicates_total",
+            "Inbound frames already stored (re-acked, not handled)",
+            registry=r,
+        )
+        self.turns = Counter("hermes_turns_total", "Agent turns by outcome", ["outcome"], registry=r)
+        self.pokes = Counter("hermes_wake_pokes_total", "Wake pokes by result", ["result"], registry=r)
+        self.transitions = Counter(
+            "hermes_watcher_transitions_total",
+            "Idle watcher transitions by target state",
+            ["state"],
+            registry=r,
+        )
+        self.state = Gauge("hermes_watcher_state", "1 for the current watcher state", ["state"], registry=r)
         self.running = Gauge("hermes_running_work", "Running turns, jobs and tasks", registry=r)
-        self.relay_connected = Gauge("hermes_relay_connected", "1 while the relay socket is up",
-                                     registry=r)
+        self.relay_connected = Gauge("hermes_relay_connected", "1 while the relay socket is up", registry=r)
         self.relay_dials = Gauge("hermes_relay_dial_attempts", "Relay dial attempts", registry=r)
         self.skill_invocations = Counter(
             "hermes_skill_invocations_total",
             "Skill invocations by skill, model and outcome (success, failure, scaffolding)",
-            ["skill", "model", "outcome"], registry=r)
-        self.skill_cost = Counter("hermes_skill_cost_usd_total",
-                                  "Estimated spend in USD by skill and model (split evenly "
-                                  "across a run's skills)", ["skill", "model"], registry=r)
+            ["skill", "model", "outcome"],
+            registry=r,
+        )
+        self.skill_cost = Counter(
+            "hermes_skill_cost_usd_total",
+            "Estimated spend in USD by skill and model (split evenly across a run's skills)",
+            ["skill", "model"],
+            registry=r,
+        )
         self.model_retries = Counter(
             "hermes_turn_model_retries_total",
             "Model calls repeated because a restart found an inbound turn's call unfinished",
-            registry=r)
-        self.rejected = Counter("hermes_inbound_rejected_total",
-                                "Inbound frames quarantined (kept as rejected, acked) by reason",
-                                ["reason"], registry=r)
-        self.telemetry_dropped = Counter("hermes_telemetry_dropped_rows_total",
-                                         "Telemetry rows lost to a failed write", registry=r)
+            registry=r,
+        )
+        self.rejected = Counter(
+            "hermes_inbound_rejected_total",
+            "Inbound frames quarantined (kept as rejected, acked) by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.telemetry_dropped = Counter(
+            "hermes_telemetry_dropped_rows_total", "Telemetry rows lost to a failed write", registry=r
+        )
 
     def observe_skill(self, row: Invocation) -> None:
         """Count one skill invocation (``TelemetryWriter.on_record``); ``success`` NULL is a

@@ -48,10 +48,15 @@ async def call_sidecar(config: Config, path: str, body: dict[str, Any]) -> tuple
         return None
     url = f"http://127.0.0.1:{info['port']}{path}"
     try:
-        async with aiohttp.ClientSession() as s, s.post(
-            url, json=body, headers={"Authorization": f"Bearer {info['token']}"},
-            timeout=aiohttp.ClientTimeout(total=300),
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                url,
+                json=body,
+                headers={"Authorization": f"Bearer {info['token']}"},
+                timeout=aiohttp.ClientTimeout(total=300),
+            ) as r,
+        ):
             return r.status, await r.json()
     except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
         return None
@@ -62,8 +67,9 @@ async def notify(config: Config) -> bool:
     return await call_sidecar(config, "/admin/notify", {}) is not None
 
 
-def offline_cron_context(config: Config, store: CronStore, http: aiohttp.ClientSession,
-                         clock: Clock) -> CronContext:
+def offline_cron_context(
+    config: Config, store: CronStore, http: aiohttp.ClientSession, clock: Clock
+) -> CronContext:
     """A cron context for running turns in a management command (no sidecar running):
     deliveries wait in state.db for the sidecar's next start, and telemetry goes to a writer
     that is not started, so the caller must ``await ctx.telemetry.flush()`` when done."""
@@ -71,8 +77,15 @@ def offline_cron_context(config: Config, store: CronStore, http: aiohttp.ClientS
     async def deliver(platform: str, chat_id: str, text: str) -> None:
         await store.queue_delivery(platform, chat_id, text, clock.wall())
 
-    return CronContext(config=config, store=store, clock=clock, http=http, env=os.environ,
-                       deliver=deliver, telemetry=TelemetryWriter(store.db, clock=clock))
+    return CronContext(
+        config=config,
+        store=store,
+        clock=clock,
+        http=http,
+        env=os.environ,
+        deliver=deliver,
+        telemetry=TelemetryWriter(store.db, clock=clock),
+    )
 
 
 def emit(as_json: bool, doc: Any, text: str) -> None:

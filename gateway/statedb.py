@@ -232,6 +232,8 @@ async def _seed_inbox_ids(db: aiosqlite.Connection) -> None:
     async with write_tx(db):
         row = await read_one(db, "SELECT COUNT(*) FROM inbox")
         if row is not None and row[0] == 0:
-            await db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'inbox', ? WHERE NOT"
-                             " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')",
-                             (secrets.randbelow(2**40) + 1,))
+            await db.execute(
+                "INSERT INTO sqlite_sequence (name, seq) SELECT 'inbox', ? WHERE NOT"
+                " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'inbox')",
+                (secrets.randbelow(2**40) + 1,),
+            )

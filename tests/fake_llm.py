@@ -68,14 +68,15 @@ class FakeLLM:
         if self.status != 200:
             return web.json_response(self.error_body, status=self.status)
         content = body["messages"][-1]["content"]
-        return web.json_response({
-            "model": body["model"],
-            "choices": [{"message": {"role": "assistant", "content": f"echo: {content}"}}],
-            "usage": self.usage,
-        })
+        return web.json_response(
+            {
+                "model": body["model"],
+                "choices": [{"message": {"role": "assistant", "content": f"echo: {content}"}}],
+                "usage": self.usage,
+            }
+        )
 
 
 def provider_config(base_url: str, model: str = "test-model") -> str:
     """A config.yaml body pointing the default profile at the fake provider."""
-    return (f"model: {{default: {model}, provider: fake}}\n"
-            f"providers: {{fake: {{base_url: '{base_url}'}}}}\n")
+    return f"model: {{default: {model}, provider: fake}}\nproviders: {{fake: {{base_url: '{base_url}'}}}}\n"

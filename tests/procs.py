@@ -30,7 +30,9 @@ class Proc:
 
     async def start(self) -> Proc:
         self.proc = await asyncio.create_subprocess_exec(
-            *self.args, env=self.env, stdout=asyncio.subprocess.PIPE,
+            *self.args,
+            env=self.env,
+            stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read())
@@ -54,8 +56,10 @@ class Proc:
                     if needle in self.lines[i]:
                         return self.lines[i]
                     i += 1
-                if self.proc is not None and self.proc.returncode is not None and (
-                    self._reader is None or self._reader.done()
+                if (
+                    self.proc is not None
+                    and self.proc.returncode is not None
+                    and (self._reader is None or self._reader.done())
                 ):
                     raise AssertionError(f"process exited before {needle!r}:\n" + self.output)
                 self._new_line.clear()
@@ -92,5 +96,16 @@ class Proc:
 
 
 def relay_cmd(port: int, db: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(port),
-            "--db", db, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "relay",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--db",
+        db,
+        *extra,
+    ]

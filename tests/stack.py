@@ -29,13 +29,13 @@ class Stack:
         self.relay_url: str | None = None
         self.extra_config = ""
 
-    def write_config(self, idle_minutes: float = 0.05, cooldown_s: float = 1,
-                     ack_timeout_s: float = 10) -> None:
+    def write_config(
+        self, idle_minutes: float = 0.05, cooldown_s: float = 1, ack_timeout_s: float = 10
+    ) -> None:
         (self.home / "config.yaml").write_text(
             provider_config(self.llm.base_url)
             + f"gateway:\n  scale_to_zero: {{idle_timeout_minutes: {idle_minutes}, "
-            f"cooldown_seconds: {cooldown_s}, ack_timeout_seconds: {ack_timeout_s}}}\n"
-            + self.extra_config
+            f"cooldown_seconds: {cooldown_s}, ack_timeout_seconds: {ack_timeout_s}}}\n" + self.extra_config
         )
 
     @property
@@ -47,8 +47,9 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     async def start_relay(self) -> None:
-        self.relay = await Proc(relay_cmd(self.relay_port, str(self.tmp / "relay.db"),
-                                          "--gateway", "gw=s3cret")).start()
+        self.relay = await Proc(
+            relay_cmd(self.relay_port, str(self.tmp / "relay.db"), "--gateway", "gw=s3cret")
+        ).start()
         await self.relay.wait_for_line("hermes-relay serving on")
 
     async def start_sidecar(self) -> Proc:
@@ -60,16 +61,20 @@ class Stack:
             "GATEWAY_RELAY_SECRET": "s3cret",
             "GATEWAY_RELAY_WAKE_URL": f"{self.base}/wake",
         }
-        self.sidecar = await Proc([sys.executable, "-m", "gateway", "run", "--port",
-                                   str(self.port)], env=env).start()
+        self.sidecar = await Proc(
+            [sys.executable, "-m", "gateway", "run", "--port", str(self.port)], env=env
+        ).start()
         await self.sidecar.wait_for_line("relay handshaking -> connected")
         return self.sidecar
 
     async def ingress(self, text: str, message_id: Any, chat_id: str = "c1") -> dict[str, Any]:
-        async with aiohttp.ClientSession() as s, s.post(
-            f"{self.relay_base}/ingress/relay",
-            json={"chat_id": chat_id, "user_id": "u1", "text": text, "message_id": message_id},
-        ) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{self.relay_base}/ingress/relay",
+                json={"chat_id": chat_id, "user_id": "u1", "text": text, "message_id": message_id},
+            ) as r,
+        ):
             assert r.status == 202
             return await r.json()
 

@@ -192,8 +192,12 @@ def _usage_problem(usage: Any) -> str | None:
         return None
     if not isinstance(usage, dict):
         return f"usage is {type(usage).__name__}, not an object"
-    checks = (("prompt_tokens", parse_tokens), ("completion_tokens", parse_tokens),
-              ("cost", parse_cost), ("total_cost", parse_cost))
+    checks = (
+        ("prompt_tokens", parse_tokens),
+        ("completion_tokens", parse_tokens),
+        ("cost", parse_cost),
+        ("total_cost", parse_cost),
+    )
     for key, parse in checks:
         value = usage.get(key)
         if value is not None and parse(value) is None:

@@ -33,12 +33,15 @@ def resolve(config: Config, profile: str | None) -> Resolved:
     model = p.model or config.model_default
     provider_name = p.provider or config.model_provider
     if not provider_name:
-        raise ConfigError("no provider configured: set model.provider and "
-                          "providers.<name>.base_url in config.yaml")
+        raise ConfigError(
+            "no provider configured: set model.provider and providers.<name>.base_url in config.yaml"
+        )
     provider = config.providers.get(provider_name)
     if provider is None:
-        raise ConfigError(f"provider {provider_name!r} is not configured: set "
-                          f"providers.{provider_name}.base_url in config.yaml")
+        raise ConfigError(
+            f"provider {provider_name!r} is not configured: set "
+            f"providers.{provider_name}.base_url in config.yaml"
+        )
     if not model:
         raise ConfigError("no model configured: set model.default in config.yaml")
     return Resolved(name, model, provider)

@@ -63,8 +63,10 @@ def arm_blockers(i: ArmInputs) -> list[str]:
     if not i.wake_url:
         out.append("no wake URL: set GATEWAY_RELAY_WAKE_URL")
     if not i.relay_configured and not i.external_waker:
-        out.append("nothing can wake the machine: no relay configured and "
-                   "gateway.scale_to_zero.external_waker is not true")
+        out.append(
+            "nothing can wake the machine: no relay configured and "
+            "gateway.scale_to_zero.external_waker is not true"
+        )
     return out
 
 

@@ -32,8 +32,7 @@ def current_axes(config: Config, profile: str | None) -> Axes:
 
 def snapshot_for(pinned: Axes, current: Axes) -> Axes:
     """Snapshot at creation: the current value of every axis the job does not pin."""
-    return Axes(None if pinned.provider else current.provider,
-                None if pinned.model else current.model)
+    return Axes(None if pinned.provider else current.provider, None if pinned.model else current.model)
 
 
 @dataclass(frozen=True)
@@ -47,9 +46,7 @@ class DriftDecision:
     detail: str | None = None
 
 
-def check_drift(
-    *, job_id: str, pinned: Axes, snapshot: Axes, current: Axes, policy: str
-) -> DriftDecision:
+def check_drift(*, job_id: str, pinned: Axes, snapshot: Axes, current: Axes, policy: str) -> DriftDecision:
     """Decide the run's provider and model, or block it (see the module docstring)."""
     provider = pinned.provider or current.provider
     model = pinned.model or current.model

@@ -17,8 +17,19 @@ from gateway.cron.scheduler import first_run_at
 from gateway.cron.store import Job, new_job_id
 from relay.errors import ConfigError
 
-FIELDS = ("schedule", "prompt", "name", "profile", "model", "provider", "skills", "deliver_to",
-          "tz", "catch_up", "misfire_grace_seconds")
+FIELDS = (
+    "schedule",
+    "prompt",
+    "name",
+    "profile",
+    "model",
+    "provider",
+    "skills",
+    "deliver_to",
+    "tz",
+    "catch_up",
+    "misfire_grace_seconds",
+)
 
 
 def validate(config: Config, fields: dict[str, Any], now: float) -> None:
@@ -28,8 +39,9 @@ def validate(config: Config, fields: dict[str, Any], now: float) -> None:
     if fields.get("tz") is not None:
         timezone(fields["tz"])
     if fields.get("catch_up") is not None and fields["catch_up"] not in CATCH_UP:
-        raise ConfigError(f"catch-up {fields['catch_up']!r} is not allowed; use one of "
-                          + ", ".join(CATCH_UP))
+        raise ConfigError(
+            f"catch-up {fields['catch_up']!r} is not allowed; use one of " + ", ".join(CATCH_UP)
+        )
     grace = fields.get("misfire_grace_seconds")
     if grace is not None and (not isinstance(grace, int | float) or grace < 0):
         raise ConfigError(f"misfire grace {grace!r} must be a number of seconds >= 0")
@@ -40,8 +52,9 @@ def validate(config: Config, fields: dict[str, Any], now: float) -> None:
         raise ConfigError(f"deliver-to {target!r} must be PLATFORM:CHAT_ID")
     profile = fields.get("profile")
     if profile is not None and profile not in config.profiles:
-        raise ConfigError(f"unknown profile {profile!r}; known profiles: "
-                          + ", ".join(sorted(config.profiles)))
+        raise ConfigError(
+            f"unknown profile {profile!r}; known profiles: " + ", ".join(sorted(config.profiles))
+        )
 
 
 def create_job(config: Config, fields: dict[str, Any], now: float) -> Job:
@@ -49,11 +62,19 @@ def create_job(config: Config, fields: dict[str, Any], now: float) -> Job:
     resolution: an unresolvable axis snapshots None)."""
     validate(config, fields, now)
     job = Job(
-        id=new_job_id(), prompt=fields["prompt"], schedule=fields["schedule"].strip(),
-        tz=fields.get("tz") or config.cron_timezone, created_at=now, updated_at=now,
-        name=fields.get("name"), profile=fields.get("profile"), model=fields.get("model"),
-        provider=fields.get("provider"), skills=list(fields.get("skills") or []),
-        deliver_to=fields.get("deliver_to"), catch_up=fields.get("catch_up") or "latest",
+        id=new_job_id(),
+        prompt=fields["prompt"],
+        schedule=fields["schedule"].strip(),
+        tz=fields.get("tz") or config.cron_timezone,
+        created_at=now,
+        updated_at=now,
+        name=fields.get("name"),
+        profile=fields.get("profile"),
+        model=fields.get("model"),
+        provider=fields.get("provider"),
+        skills=list(fields.get("skills") or []),
+        deliver_to=fields.get("deliver_to"),
+        catch_up=fields.get("catch_up") or "latest",
         misfire_grace_seconds=fields.get("misfire_grace_seconds"),
     )
     if job.schedule.lower().startswith("in "):

@@ -91,25 +91,41 @@ async def run_occurrence(ctx: CronContext, job: Job, scheduled_for: float) -> in
     return run_id
 
 
-async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id: int,
-                       now: float) -> None:
+async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id: int, now: float) -> None:
     store, clock = ctx.store, ctx.clock
 
-    async def telemetry(end_reason: str, model: str | None = None, provider: str | None = None,
-                        cost: float | None = None,
-                        tokens: tuple[int | None, int | None] | None = None) -> None:
+    async def telemetry(
+        end_reason: str,
+        model: str | None = None,
+        provider: str | None = None,
+        cost: float | None = None,
+        tokens: tuple[int | None, int | None] | None = None,
+    ) -> None:
         """One skill_invocations row per skill of this run (scaffolding reasons -> NULL),
         queued on the batched writer: a failed write is logged there and never fails a run."""
-        ctx.telemetry.record_many(split_run(
-            run_id=run_id, cron_id=job.id, skills=job.skills, invoked_at=now,
-            completed_at=clock.wall(), model=model, provider=provider, cost_usd=cost,
-            input_tokens=tokens[0] if tokens else None,
-            output_tokens=tokens[1] if tokens else None, end_reason=end_reason))
+        ctx.telemetry.record_many(
+            split_run(
+                run_id=run_id,
+                cron_id=job.id,
+                skills=job.skills,
+                invoked_at=now,
+                completed_at=clock.wall(),
+                model=model,
+                provider=provider,
+                cost_usd=cost,
+                input_tokens=tokens[0] if tokens else None,
+                output_tokens=tokens[1] if tokens else None,
+                end_reason=end_reason,
+            )
+        )
 
     pinned = Axes(job.provider, job.model)
     decision = check_drift(
-        job_id=job.id, pinned=pinned, snapshot=Axes(job.provider_snapshot, job.model_snapshot),
-        current=current_axes(ctx.config, job.profile), policy=ctx.config.drift_policy,
+        job_id=job.id,
+        pinned=pinned,
+        snapshot=Axes(job.provider_snapshot, job.model_snapshot),
+        current=current_axes(ctx.config, job.profile),
+        policy=ctx.config.drift_policy,
     )
     if decision.blocked:
         assert decision.message is not None
@@ -131,8 +147,11 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
             await store.finish(run_id, "blocked_budget", clock.wall(), error=err)
             await telemetry("blocked_budget")
             if await store.budget_alert_once(day.date().isoformat(), clock.wall()):
-                await _alert(ctx, job, f"Cron jobs are paused for today: {err}. Raise "
-                                       "cron.max_daily_usd to allow more spend.")
+                await _alert(
+                    ctx,
+                    job,
+                    f"Cron jobs are paused for today: {err}. Raise cron.max_daily_usd to allow more spend.",
+                )
             log.warning("cron job %s blocked: %s", job.id, err)
             return
     skills, missing = _load_skills(ctx.config.home, job.skills)
@@ -148,54 +167,90 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
         model, provider_name, routing_reason = route.model, route.provider, route.reason
     provider = ctx.config.providers.get(provider_name or "")
     if provider is None or not model:
-        err = (f"no provider configured for cron job {job.id}: set model.provider, "
-               "model.default and providers.<name>.base_url")
-        await store.finish(run_id, "failed", clock.wall(), error=err,
-                           routing_reason=routing_reason)
+        err = (
+            f"no provider configured for cron job {job.id}: set model.provider, "
+            "model.default and providers.<name>.base_url"
+        )
+        await store.finish(run_id, "failed", clock.wall(), error=err, routing_reason=routing_reason)
         await telemetry("config_error")
         return
     messages = [{"role": "system", "content": t} for t in skills]
     messages.append({"role": "user", "content": job.prompt})
     target = Resolved(job.profile or "default", model, provider)
-    log.info("cron job %s fired for %s on %s/%s", job.id,
-             datetime.fromtimestamp(scheduled_for, UTC).isoformat(), provider.name, model)
+    log.info(
+        "cron job %s fired for %s on %s/%s",
+        job.id,
+        datetime.fromtimestamp(scheduled_for, UTC).isoformat(),
+        provider.name,
+        model,
+    )
     try:
         result = await complete(ctx.http, target, messages, env=ctx.env)
     except ProviderError as exc:
-        await store.finish(run_id, "failed", clock.wall(), error=str(exc), model=model,
-                           provider=provider.name, routing_reason=routing_reason)
+        await store.finish(
+            run_id,
+            "failed",
+            clock.wall(),
+            error=str(exc),
+            model=model,
+            provider=provider.name,
+            routing_reason=routing_reason,
+        )
         await telemetry(exc.end_reason, model, provider.name)
         log.warning("cron job %s failed: %s", job.id, exc)
         return
     await store.finish(
-        run_id, "succeeded", clock.wall(), model=result.model, provider=provider.name,
-        input_tokens=result.input_tokens, output_tokens=result.output_tokens,
-        cost_usd=result.cost_usd, output=result.text, routing_reason=routing_reason,
+        run_id,
+        "succeeded",
+        clock.wall(),
+        model=result.model,
+        provider=provider.name,
+        input_tokens=result.input_tokens,
+        output_tokens=result.output_tokens,
+        cost_usd=result.cost_usd,
+        output=result.text,
+        routing_reason=routing_reason,
     )
-    await telemetry("succeeded", result.model, provider.name, result.cost_usd,
-                    (result.input_tokens, result.output_tokens))
+    await telemetry(
+        "succeeded", result.model, provider.name, result.cost_usd, (result.input_tokens, result.output_tokens)
+    )
     log.info("cron job %s succeeded on %s/%s", job.id, provider.name, result.model)
     dest = parse_target(job.deliver_to)
     if dest is not None:
         await ctx.deliver(dest[0], dest[1], result.text)
 
 
-async def _route(ctx: CronContext, job: Job, model: str | None, provider: str | None,
-                 now: float) -> RoutingDecision | None:
+async def _route(
+    ctx: CronContext, job: Job, model: str | None, provider: str | None, now: float
+) -> RoutingDecision | None:
     """Time-aware routing after the drift guard: only when ``routing.enabled`` with a strong
     model and its provider, and only for jobs whose model is not pinned. Logged either way."""
     c = ctx.config
     settings = RoutingSettings.from_env(
-        ctx.env, strong_model=c.routing_strong_model, strong_provider=c.routing_strong_provider,
-        cheap_model=c.routing_cheap_model, threshold_pct=c.routing_error_threshold_pct)
-    if not c.routing_enabled or job.model or not settings.strong_provider or not (
-            c.routing_strong_model or ctx.env.get("CRON_STRONG_MODEL")):
+        ctx.env,
+        strong_model=c.routing_strong_model,
+        strong_provider=c.routing_strong_provider,
+        cheap_model=c.routing_cheap_model,
+        threshold_pct=c.routing_error_threshold_pct,
+    )
+    if (
+        not c.routing_enabled
+        or job.model
+        or not settings.strong_provider
+        or not (c.routing_strong_model or ctx.env.get("CRON_STRONG_MODEL"))
+    ):
         return None
     # UTC hour, like the learned per-hour stats: provider error rates follow global load.
     hour = datetime.fromtimestamp(now, UTC).hour
     learned = await learned_hour_rates(ctx.store.db, now)
-    d = resolve_time_aware_model(model or "", provider or "", True, hour, settings=settings,
-                                 learned=learned)
-    log.info("cron job %s routing: %s/%s (%s; hour %02d, error %.1f%%)", job.id, d.provider,
-             d.model, d.reason, d.hour, d.error_rate)
+    d = resolve_time_aware_model(model or "", provider or "", True, hour, settings=settings, learned=learned)
+    log.info(
+        "cron job %s routing: %s/%s (%s; hour %02d, error %.1f%%)",
+        job.id,
+        d.provider,
+        d.model,
+        d.reason,
+        d.hour,
+        d.error_rate,
+    )
     return d

@@ -19,11 +19,19 @@ from cronsim import CronSim, CronSimError
 from relay.errors import ConfigError
 from relay.protocol.frames import parse_rfc3339
 
-ACCEPTED_FORMS = ("every 30m|2h|1d, a 5-field cron expression, @hourly|@daily|@weekly|@monthly|"
-                  "@yearly, an RFC 3339 time (2026-01-31T09:00:00Z) or in 30m")
-ALIASES = {"@hourly": "0 * * * *", "@daily": "0 0 * * *", "@midnight": "0 0 * * *",
-           "@weekly": "0 0 * * 0", "@monthly": "0 0 1 * *", "@yearly": "0 0 1 1 *",
-           "@annually": "0 0 1 1 *"}
+ACCEPTED_FORMS = (
+    "every 30m|2h|1d, a 5-field cron expression, @hourly|@daily|@weekly|@monthly|"
+    "@yearly, an RFC 3339 time (2026-01-31T09:00:00Z) or in 30m"
+)
+ALIASES = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 
@@ -44,8 +52,9 @@ def timezone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise ConfigError(f"unknown timezone {name!r}; expected an IANA name like "
-                          "Europe/Paris or UTC") from None
+        raise ConfigError(
+            f"unknown timezone {name!r}; expected an IANA name like Europe/Paris or UTC"
+        ) from None
 
 
 def parse_duration(text: str) -> float:

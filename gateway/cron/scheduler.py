@@ -66,8 +66,11 @@ class CronScheduler:
     async def wait_quiet(self) -> None:
         """Return once the loop is asleep with nothing due now and no run task left."""
         while True:
-            if (self.sleeping.is_set() and not self._tasks
-                    and (self.next_due is None or self.next_due > self.ctx.clock.wall())):
+            if (
+                self.sleeping.is_set()
+                and not self._tasks
+                and (self.next_due is None or self.next_due > self.ctx.clock.wall())
+            ):
                 return
             self._finished.clear()
             await self._finished.wait()
@@ -130,16 +133,17 @@ class CronScheduler:
         new_next = next_fire(sched, anchor=job.created_at, after=now, tz=tz)
         plan = plan_due(due, now, job.catch_up, job.misfire_grace_seconds)
         # One transaction: move the job on (a spent one-shot retires) and record its misses.
-        if not await store.advance(job.id, expected=job.next_run_at, next_run_at=new_next,
-                                   missed=plan.missed, now=now):
+        if not await store.advance(
+            job.id, expected=job.next_run_at, next_run_at=new_next, missed=plan.missed, now=now
+        ):
             return new_next  # another scheduler planned these occurrences
         if plan.missed:
-            log.info("cron job %s: %d occurrence(s) missed (catch_up %s)", job.id,
-                     len(plan.missed), job.catch_up)
+            log.info(
+                "cron job %s: %d occurrence(s) missed (catch_up %s)", job.id, len(plan.missed), job.catch_up
+            )
         if plan.run and await store.running(job.id):
             for t in plan.run:
-                await store.record(job.id, t, "skipped_overlap", now,
-                                   error="previous run still running")
+                await store.record(job.id, t, "skipped_overlap", now, error="previous run still running")
             log.info("cron job %s skipped: previous run still running (overlap)", job.id)
         elif plan.run:
             if self.on_due is not None:
@@ -161,8 +165,9 @@ class CronScheduler:
         store, clock = self.ctx.store, self.ctx.clock
         for i, t in enumerate(occurrences):
             if i and await store.running(job.id):
-                await store.record(job.id, t, "skipped_overlap", clock.wall(),
-                                   error="previous run still running")
+                await store.record(
+                    job.id, t, "skipped_overlap", clock.wall(), error="previous run still running"
+                )
                 log.info("cron job %s skipped: previous run still running", job.id)
                 continue
             async with self._sem:

@@ -18,8 +18,15 @@ import aiosqlite
 from gateway.core.lease import OWNER, lapsed
 from relay.sqlite import read_all, read_one, write_one, write_tx
 
-RUN_STATUSES = ("running", "succeeded", "failed", "blocked_drift", "blocked_budget",
-                "skipped_overlap", "missed")
+RUN_STATUSES = (
+    "running",
+    "succeeded",
+    "failed",
+    "blocked_drift",
+    "blocked_budget",
+    "skipped_overlap",
+    "missed",
+)
 
 
 @dataclass
@@ -52,22 +59,38 @@ class Job:
         return d
 
 
-_COLS = ("id, name, prompt, schedule, tz, profile, model, provider, provider_snapshot, "
-         "model_snapshot, skills, deliver_to, catch_up, misfire_grace_seconds, enabled, "
-         "created_at, next_run_at, updated_at")
+_COLS = (
+    "id, name, prompt, schedule, tz, profile, model, provider, provider_snapshot, "
+    "model_snapshot, skills, deliver_to, catch_up, misfire_grace_seconds, enabled, "
+    "created_at, next_run_at, updated_at"
+)
 
 
 def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace(
-        "+00:00", "Z")
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _job(r: Any) -> Job:
-    return Job(id=r[0], name=r[1], prompt=r[2], schedule=r[3], tz=r[4], profile=r[5],
-               model=r[6], provider=r[7], provider_snapshot=r[8], model_snapshot=r[9],
-               skills=json.loads(r[10]), deliver_to=r[11], catch_up=r[12],
-               misfire_grace_seconds=r[13], enabled=bool(r[14]), created_at=r[15],
-               next_run_at=r[16], updated_at=r[17])
+    return Job(
+        id=r[0],
+        name=r[1],
+        prompt=r[2],
+        schedule=r[3],
+        tz=r[4],
+        profile=r[5],
+        model=r[6],
+        provider=r[7],
+        provider_snapshot=r[8],
+        model_snapshot=r[9],
+        skills=json.loads(r[10]),
+        deliver_to=r[11],
+        catch_up=r[12],
+        misfire_grace_seconds=r[13],
+        enabled=bool(r[14]),
+        created_at=r[15],
+        next_run_at=r[16],
+        updated_at=r[17],
+    )
 
 
 def new_job_id() -> str:
@@ -92,10 +115,26 @@ class CronStore:
     async def add(self, job: Job) -> None:
         await self._write(
             f"INSERT INTO jobs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (job.id, job.name, job.prompt, job.schedule, job.tz, job.profile, job.model,
-             job.provider, job.provider_snapshot, job.model_snapshot, json.dumps(job.skills),
-             job.deliver_to, job.catch_up, job.misfire_grace_seconds, int(job.enabled),
-             job.created_at, job.next_run_at, job.updated_at),
+            (
+                job.id,
+                job.name,
+                job.prompt,
+                job.schedule,
+                job.tz,
+                job.profile,
+                job.model,
+                job.provider,
+                job.provider_snapshot,
+                job.model_snapshot,
+                json.dumps(job.skills),
+                job.deliver_to,
+                job.catch_up,
+                job.misfire_grace_seconds,
+                int(job.enabled),
+                job.created_at,
+                job.next_run_at,
+                job.updated_at,
+            ),
         )
 
     async def save(self, job: Job) -> None:
@@ -104,10 +143,25 @@ class CronStore:
             "UPDATE jobs SET name=?, prompt=?, schedule=?, tz=?, profile=?, model=?, provider=?,"
             " provider_snapshot=?, model_snapshot=?, skills=?, deliver_to=?, catch_up=?,"
             " misfire_grace_seconds=?, enabled=?, next_run_at=?, updated_at=? WHERE id=?",
-            (job.name, job.prompt, job.schedule, job.tz, job.profile, job.model, job.provider,
-             job.provider_snapshot, job.model_snapshot, json.dumps(job.skills), job.deliver_to,
-             job.catch_up, job.misfire_grace_seconds, int(job.enabled), job.next_run_at,
-             job.updated_at, job.id),
+            (
+                job.name,
+                job.prompt,
+                job.schedule,
+                job.tz,
+                job.profile,
+                job.model,
+                job.provider,
+                job.provider_snapshot,
+                job.model_snapshot,
+                json.dumps(job.skills),
+                job.deliver_to,
+                job.catch_up,
+                job.misfire_grace_seconds,
+                int(job.enabled),
+                job.next_run_at,
+                job.updated_at,
+                job.id,
+            ),
         )
 
     async def get(self, job_id: str) -> Job | None:
@@ -121,8 +175,8 @@ class CronStore:
         """Enabled jobs whose next run is at or before ``now``, earliest first."""
         rows = await read_all(
             self.db,
-            f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ?"
-            " ORDER BY next_run_at", (now,),
+            f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ? ORDER BY next_run_at",
+            (now,),
         )
         return [_job(r) for r in rows]
 
@@ -140,8 +194,13 @@ class CronStore:
         return cur.rowcount == 1
 
     async def advance(
-        self, job_id: str, *, expected: float | None, next_run_at: float | None,
-        missed: list[float], now: float,
+        self,
+        job_id: str,
+        *,
+        expected: float | None,
+        next_run_at: float | None,
+        missed: list[float],
+        now: float,
     ) -> bool:
         """One transaction: compare-and-set ``next_run_at`` (from ``expected``), record the
         ``missed`` occurrences, and retire the job when there is no next run.
@@ -150,9 +209,11 @@ class CronStore:
         Without misses the compare-and-set is one autocommit statement (one thread hop instead
         of three: the common case, one occurrence on time).
         """
-        update = ("UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
-                  " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
-                  " WHERE id = ? AND next_run_at IS ?")
+        update = (
+            "UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
+            " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
+            " WHERE id = ? AND next_run_at IS ?"
+        )
         params = (next_run_at, next_run_at, next_run_at, now, job_id, expected)
         if not missed:
             return (await self._write(update, params)).rowcount == 1
@@ -178,8 +239,9 @@ class CronStore:
         )
         return cur.lastrowid if cur.rowcount == 1 else None
 
-    async def record(self, job_id: str, scheduled_for: float, status: str, now: float,
-                     error: str | None = None) -> int | None:
+    async def record(
+        self, job_id: str, scheduled_for: float, status: str, now: float, error: str | None = None
+    ) -> int | None:
         """Record an occurrence that did not run (missed, skipped_overlap, blocked_*)."""
         cur = await self._write(
             "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status, error)"
@@ -190,8 +252,16 @@ class CronStore:
 
     async def finish(self, run_id: int, status: str, now: float, **fields: Any) -> None:
         """Close a claimed run with its status and result columns."""
-        allowed = {"error", "model", "provider", "input_tokens", "output_tokens", "cost_usd",
-                   "routing_reason", "output"}
+        allowed = {
+            "error",
+            "model",
+            "provider",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "routing_reason",
+            "output",
+        }
         sets = ["status = ?", "finished_at = ?", "lease_until = NULL"]
         params: list[Any] = [status, now]
         for key, value in fields.items():
@@ -203,9 +273,12 @@ class CronStore:
         await self._write(f"UPDATE job_runs SET {', '.join(sets)} WHERE id = ?", params)
 
     async def running(self, job_id: str) -> bool:
-        return await read_one(
-            self.db, "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1", (job_id,)
-        ) is not None
+        return (
+            await read_one(
+                self.db, "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1", (job_id,)
+            )
+            is not None
+        )
 
     async def fail_interrupted(self, now: float) -> int:
         """At start-up: running rows whose lease lapsed or whose owner died become failed."""
@@ -230,16 +303,30 @@ class CronStore:
             self.db,
             "SELECT id, job_id, scheduled_for, started_at, finished_at, status, error, model,"
             " provider, input_tokens, output_tokens, cost_usd, routing_reason, output"
-            " FROM job_runs WHERE id = ?", (run_id,),
+            " FROM job_runs WHERE id = ?",
+            (run_id,),
         )
         assert row is not None
         return self._run(row)
 
     @staticmethod
     def _run(r: Any) -> dict[str, Any]:
-        keys = ("id", "job_id", "scheduled_for", "started_at", "finished_at", "status", "error",
-                "model", "provider", "input_tokens", "output_tokens", "cost_usd",
-                "routing_reason", "output")
+        keys = (
+            "id",
+            "job_id",
+            "scheduled_for",
+            "started_at",
+            "finished_at",
+            "status",
+            "error",
+            "model",
+            "provider",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "routing_reason",
+            "output",
+        )
         d = dict(zip(keys, r, strict=True))
         for k in ("scheduled_for", "started_at", "finished_at"):
             d[k] = _iso(d[k])
@@ -258,7 +345,8 @@ class CronStore:
         """Open a drift episode; True if it is new (so one alert per episode)."""
         cur = await self._write(
             "INSERT INTO drift_episodes (job_id, opened_at, detail) VALUES (?, ?, ?)"
-            " ON CONFLICT (job_id) DO NOTHING", (job_id, now, detail),
+            " ON CONFLICT (job_id) DO NOTHING",
+            (job_id, now, detail),
         )
         return cur.rowcount == 1
 

@@ -51,8 +51,11 @@ def _authorized(request: web.Request) -> bool:
     sc = request.app[SIDECAR]
     c = sc.config
     return wake_authorized(
-        request.headers.get("Authorization"), wake_secret=c.wake_secret,
-        gateway_id=c.relay_id, relay_secret=c.relay_secret, now=sc.clock.wall(),
+        request.headers.get("Authorization"),
+        wake_secret=c.wake_secret,
+        gateway_id=c.relay_id,
+        relay_secret=c.relay_secret,
+        now=sc.clock.wall(),
     )
 
 
@@ -71,8 +74,7 @@ async def wake(request: web.Request) -> web.Response:
     sc.metrics.pokes.labels(result="accepted").inc()
     woke = sc.watcher.wake("poke")
     sc.on_poke()
-    return web.json_response({"merged": False, "woke": woke, "state": sc.state_name()},
-                             status=202)
+    return web.json_response({"merged": False, "woke": woke, "state": sc.state_name()}, status=202)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -99,8 +101,7 @@ async def presence(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "unauthorized"}, status=401)
     if sc.watcher.state is WatchState.DORMANT:
         return web.json_response({"error": "dormant"}, status=409)
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                       "Cache-Control": "no-cache"})
+    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     sc.presence_streams += 1
     try:
@@ -135,7 +136,7 @@ async def admin_cron_run(request: web.Request) -> web.Response:
         body = await request.json()
         job_id = str(body["job_id"])
     except (ValueError, KeyError, TypeError):
-        return web.json_response({"error": "body must be {\"job_id\": ID}"}, status=400)
+        return web.json_response({"error": 'body must be {"job_id": ID}'}, status=400)
     row = await sc.run_job_now(job_id)
     if row is None:
         return web.json_response({"error": f"unknown job id {job_id!r}"}, status=404)
@@ -153,10 +154,13 @@ async def admin_kanban_dispatch(request: web.Request) -> web.Response:
     except ValueError:
         body = None
     if not isinstance(body, dict) or not isinstance(body.get("dry_run", False), bool):
-        return web.json_response({"error": "body must be {\"dry_run\": true|false}"}, status=400)
+        return web.json_response({"error": 'body must be {"dry_run": true|false}'}, status=400)
     if not sc.board.accepting:
         return web.json_response({"error": "shutting down"}, status=503)
     result = await sc.board.tick(dry_run=body.get("dry_run", False))
-    log.info("kanban dispatch handed over%s: %d spawned", " (dry run)" if body.get("dry_run")
-             else "", len(result.spawned))
+    log.info(
+        "kanban dispatch handed over%s: %d spawned",
+        " (dry run)" if body.get("dry_run") else "",
+        len(result.spawned),
+    )
     return web.json_response(result.to_json())

@@ -117,8 +117,11 @@ def check_frame(frame: dict[str, Any]) -> Rejected | None:
     bid = frame.get("bufferId")
     bid_text = None if bid is None else str(bid)
     if frame.get("type") != "inbound":
-        return Rejected(bid_text, "unknown_type",
-                        f"frame type {frame.get('type')!r} carries a bufferId but is not 'inbound'")
+        return Rejected(
+            bid_text,
+            "unknown_type",
+            f"frame type {frame.get('type')!r} carries a bufferId but is not 'inbound'",
+        )
     bad = _bad_unicode(frame, "frame")
     if bad is not None:
         return Rejected(bid_text, "invalid_unicode", f"{bad} is not valid unicode (lone surrogate)")
@@ -150,7 +153,9 @@ class InboxStore:
         self.db = db
 
     async def admit(
-        self, frames: list[dict[str, Any]], now: float,
+        self,
+        frames: list[dict[str, Any]],
+        now: float,
         in_tx: Callable[[list[InboxItem]], Awaitable[None]] | None = None,
     ) -> Admission:
         """Persist new inbound events (and quarantine unusable frames) in one durable
@@ -186,8 +191,9 @@ class InboxStore:
                     (bid_text, platform, bot_id, chat_id, message_id, profile, json.dumps(ev), now),
                 )
                 if cur.rowcount == 1 and cur.lastrowid is not None:
-                    out.new.append(InboxItem(cur.lastrowid, bid_text, platform, chat_id, message_id,
-                                             profile, ev, bot_id))
+                    out.new.append(
+                        InboxItem(cur.lastrowid, bid_text, platform, chat_id, message_id, profile, ev, bot_id)
+                    )
                 else:
                     out.duplicates += 1
             if out.new and in_tx is not None:
@@ -202,15 +208,15 @@ class InboxStore:
             "INSERT OR IGNORE INTO inbox (buffer_id, platform, chat_id, message_id, event,"
             " received_at, status, turn_state, finished_at, error)"
             " VALUES (?, '', '', ?, ?, ?, 'rejected', 'undelivered', ?, ?)",
-            (None if bid is None else _safe(bid), key, json.dumps(frame, default=repr), now, now,
-             why.error),
+            (None if bid is None else _safe(bid), key, json.dumps(frame, default=repr), now, now, why.error),
         )
         return cur.rowcount == 1
 
     async def unfinished(self) -> list[InboxItem]:
         """Pending and interrupted (running) items, oldest first: the work left by a restart."""
         rows = await read_all(
-            self.db, f"SELECT {_COLS} FROM inbox WHERE status IN ('pending', 'running') ORDER BY id")
+            self.db, f"SELECT {_COLS} FROM inbox WHERE status IN ('pending', 'running') ORDER BY id"
+        )
         return [_item(r) for r in rows]
 
     async def get(self, item_id: int) -> InboxItem | None:
@@ -221,55 +227,82 @@ class InboxStore:
     async def rejected(self) -> list[dict[str, Any]]:
         """Quarantined rows (``id``, ``buffer_id``, ``error``, ``frame``), oldest first."""
         rows = await read_all(
-            self.db, "SELECT id, buffer_id, error, event FROM inbox WHERE status = 'rejected' ORDER BY id")
-        return [{"id": r[0], "buffer_id": r[1], "error": r[2], "frame": json.loads(r[3])}
-                for r in rows]
+            self.db, "SELECT id, buffer_id, error, event FROM inbox WHERE status = 'rejected' ORDER BY id"
+        )
+        return [{"id": r[0], "buffer_id": r[1], "error": r[2], "frame": json.loads(r[3])} for r in rows]
 
     # --- the turn's durable steps ------------------------------------------------------------
 
     async def turn(self, item_id: int) -> TurnRow | None:
         """The durable step of an item's turn (None when there is no such item)."""
         r = await read_one(
-            self.db, "SELECT turn_state, chunks, chunks_sent, outcome, error, model_calls, answered_at"
-            " FROM inbox WHERE id = ?", (item_id,))
+            self.db,
+            "SELECT turn_state, chunks, chunks_sent, outcome, error, model_calls, answered_at"
+            " FROM inbox WHERE id = ?",
+            (item_id,),
+        )
         if r is None:
             return None
-        return TurnRow(TurnState(r[0]), None if r[1] is None else list(json.loads(r[1])), int(r[2]),
-                       r[3], r[4], int(r[5]), r[6])
+        return TurnRow(
+            TurnState(r[0]),
+            None if r[1] is None else list(json.loads(r[1])),
+            int(r[2]),
+            r[3],
+            r[4],
+            int(r[5]),
+            r[6],
+        )
 
     async def start_answer(self, item_id: int, state: TurnState, now: float) -> None:
         """``received``/``answering`` -> ``answering``: a model call starts (counted)."""
         nxt = transition(state, TurnEvent.START)
         await write_one(
-            self.db, "UPDATE inbox SET status = 'running', turn_state = ?, model_calls ="
+            self.db,
+            "UPDATE inbox SET status = 'running', turn_state = ?, model_calls ="
             " model_calls + 1, started_at = COALESCE(started_at, ?) WHERE id = ?",
-            (nxt.value, now, item_id))
+            (nxt.value, now, item_id),
+        )
 
-    async def commit_answer(self, item_id: int, state: TurnState, chunks: list[str], outcome: str,
-                            error: str | None, now: float) -> None:
+    async def commit_answer(
+        self, item_id: int, state: TurnState, chunks: list[str], outcome: str, error: str | None, now: float
+    ) -> None:
         """-> ``answered``: the full answer (as the chunks to send) is durable before any send.
         ``outcome``: ``succeeded`` or why the answer is an apology/refusal."""
         nxt = transition(state, TurnEvent.ANSWER)
         await write_one(
-            self.db, "UPDATE inbox SET status = 'running', turn_state = ?, chunks = ?,"
+            self.db,
+            "UPDATE inbox SET status = 'running', turn_state = ?, chunks = ?,"
             " chunks_sent = 0, outcome = ?, error = ?, answered_at = ?,"
             " started_at = COALESCE(started_at, ?) WHERE id = ?",
-            (nxt.value, json.dumps(chunks), outcome, error, now, now, item_id))
+            (nxt.value, json.dumps(chunks), outcome, error, now, now, item_id),
+        )
 
     async def chunk_sent(self, item_id: int, sent: int) -> None:
         """``sent`` chunks of the answer are confirmed (monotonic: never counts down)."""
-        await write_one(self.db, "UPDATE inbox SET chunks_sent = MAX(chunks_sent, ?) WHERE id = ?",
-                        (sent, item_id))
+        await write_one(
+            self.db, "UPDATE inbox SET chunks_sent = MAX(chunks_sent, ?) WHERE id = ?", (sent, item_id)
+        )
 
-    async def finish(self, item_id: int, state: TurnState, event: TurnEvent, *, sent: int,
-                     ok: bool, error: str | None, now: float) -> None:
+    async def finish(
+        self,
+        item_id: int,
+        state: TurnState,
+        event: TurnEvent,
+        *,
+        sent: int,
+        ok: bool,
+        error: str | None,
+        now: float,
+    ) -> None:
         """``answered`` -> ``delivered``/``undelivered``; the row is ``done`` when ``ok`` (the
         answer was the model's and every chunk is confirmed), else ``failed`` with ``error``."""
         nxt = transition(state, event)
         await write_one(
-            self.db, "UPDATE inbox SET status = ?, turn_state = ?, chunks_sent = MAX(chunks_sent, ?),"
+            self.db,
+            "UPDATE inbox SET status = ?, turn_state = ?, chunks_sent = MAX(chunks_sent, ?),"
             " finished_at = ?, error = COALESCE(?, error) WHERE id = ?",
-            ("done" if ok else "failed", nxt.value, sent, now, error, item_id))
+            ("done" if ok else "failed", nxt.value, sent, now, error, item_id),
+        )
 
 
 def _item(r: Any) -> InboxItem:

@@ -51,9 +51,16 @@ class Board:
     """Dispatcher loop plus the tasks it spawned. ``await run()`` in a task; ``kick()`` on
     events; ``submit()`` creates a task and kicks; ``wait(task_id)`` awaits its outcome."""
 
-    def __init__(self, store: TaskStore, *, config: Config, clock: Clock, activity: Activity,
-                 execute: Execute,
-                 on_blocked: Callable[[int, str], Awaitable[None]] | None = None) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        config: Config,
+        clock: Clock,
+        activity: Activity,
+        execute: Execute,
+        on_blocked: Callable[[int, str], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.config = config
         self.clock = clock
@@ -101,18 +108,21 @@ class Board:
         """One ``dispatch_once`` with the configured caps and known profiles."""
         c = self.config
         result = await dispatch_once(
-            self.store, spawn_fn=self._spawn, dry_run=dry_run,
+            self.store,
+            spawn_fn=self._spawn,
+            dry_run=dry_run,
             max_in_progress=c.kanban_max_in_progress,
             max_in_progress_per_profile=c.kanban_max_in_progress_per_profile,
-            default_assignee=c.kanban_default_assignee, profiles=list(c.profiles),
-            now=self.clock.wall())
+            default_assignee=c.kanban_default_assignee,
+            profiles=list(c.profiles),
+            now=self.clock.wall(),
+        )
         if not dry_run:
             for task_id, _, error in result.blocked:
                 self._resolve(task_id, Outcome("blocked", error=error))
                 if self.on_blocked is not None:
                     await self.on_blocked(task_id, error)
-            self._hold_queued(bool(result.skipped_per_profile_capped
-                                   or result.skipped_global_cap))
+            self._hold_queued(bool(result.skipped_per_profile_capped or result.skipped_global_cap))
         return result
 
     def _hold_queued(self, waiting: bool) -> None:
@@ -128,8 +138,9 @@ class Board:
         """Requeue lapsed claims, then tick on every kick until cancelled."""
         requeued = await self.store.requeue_lapsed(self.clock.wall())
         if requeued:
-            log.info("requeued %d task(s) whose claim lapsed: %s", len(requeued),
-                     ", ".join(map(str, requeued)))
+            log.info(
+                "requeued %d task(s) whose claim lapsed: %s", len(requeued), ", ".join(map(str, requeued))
+            )
         self.kick()
         while True:
             await self._kick.wait()
@@ -150,8 +161,7 @@ class Board:
         # the watcher never sees a gap between a claim and its turn.
         work = contextlib.ExitStack()
         work.enter_context(self.activity.work("task"))
-        self._running[task.id] = asyncio.create_task(self._run_task(task, work),
-                                                     name=f"task-{task.id}")
+        self._running[task.id] = asyncio.create_task(self._run_task(task, work), name=f"task-{task.id}")
 
     async def _run_task(self, task: Task, work: contextlib.ExitStack) -> None:
         outcome = Outcome("failed", error="interrupted")
@@ -163,14 +173,13 @@ class Board:
                     log.exception("task %d crashed", task.id)
                     outcome = Outcome("failed", error=f"crashed: {exc!r}")
                 if outcome.status == "interrupted":
-                    log.info("task %d interrupted (%s); it resumes at the next start", task.id,
-                             outcome.error)
+                    log.info("task %d interrupted (%s); it resumes at the next start", task.id, outcome.error)
                     return
                 status = "done" if outcome.status == "done" else "failed"
-                await self.store.finish(task.id, status, self.clock.wall(),
-                                        result=outcome.result, error=outcome.error)
-                log.info("task %d %s%s", task.id, status,
-                         f": {outcome.error}" if outcome.error else "")
+                await self.store.finish(
+                    task.id, status, self.clock.wall(), result=outcome.result, error=outcome.error
+                )
+                log.info("task %d %s%s", task.id, status, f": {outcome.error}" if outcome.error else "")
         finally:
             self._running.pop(task.id, None)
             if not self._running:

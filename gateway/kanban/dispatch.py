@@ -68,13 +68,16 @@ class DispatchResult:
 
     def to_json(self) -> dict[str, Any]:
         """The result as JSON (tuples become lists)."""
-        return {k: [list(x) if isinstance(x, tuple) else x for x in v]
-                for k, v in asdict(self).items()}
+        return {k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in asdict(self).items()}
 
 
 def plan_dispatch(
-    ready: list[Task], running: dict[str, int], *, max_in_progress: object = None,
-    max_in_progress_per_profile: object = None, default_assignee: object = None,
+    ready: list[Task],
+    running: dict[str, int],
+    *,
+    max_in_progress: object = None,
+    max_in_progress_per_profile: object = None,
+    default_assignee: object = None,
     profiles: Collection[str] | None = None,
 ) -> DispatchResult:
     """Decide a tick. ``ready`` in dispatch order; ``running`` = running tasks per assignee.
@@ -97,8 +100,9 @@ def plan_dispatch(
             assignee = default
             out.auto_assigned_default.append(task.id)
         if known is not None and assignee not in known:
-            out.blocked.append((task.id, assignee, f"unknown profile {assignee!r} (known "
-                                                   f"profiles: {', '.join(known)})"))
+            out.blocked.append(
+                (task.id, assignee, f"unknown profile {assignee!r} (known profiles: {', '.join(known)})")
+            )
             continue
         if global_cap is not None and total >= global_cap:
             out.skipped_global_cap.append(task.id)
@@ -113,10 +117,16 @@ def plan_dispatch(
 
 
 async def dispatch_once(
-    store: TaskStore, *, spawn_fn: Callable[[Task], object], dry_run: bool = False,
-    max_in_progress: object = None, max_in_progress_per_profile: object = None,
-    default_assignee: object = None, profiles: Collection[str] | None = None,
-    now: float | None = None, owner: str = OWNER,
+    store: TaskStore,
+    *,
+    spawn_fn: Callable[[Task], object],
+    dry_run: bool = False,
+    max_in_progress: object = None,
+    max_in_progress_per_profile: object = None,
+    default_assignee: object = None,
+    profiles: Collection[str] | None = None,
+    now: float | None = None,
+    owner: str = OWNER,
 ) -> DispatchResult:
     """Run one tick against ``store``; call ``spawn_fn(task)`` for each claimed task after the
     claims commit (the task is ``running``, its assignee set). A dry run calls nothing.
@@ -125,9 +135,13 @@ async def dispatch_once(
     ``owner``: the ``claim_lock`` value (``host:pid`` of this process by default).
     Caps and the default follow the module rules. Raises what SQLite raises (rolled back).
     """
-    plan = functools.partial(plan_dispatch, max_in_progress=max_in_progress,
-                             max_in_progress_per_profile=max_in_progress_per_profile,
-                             default_assignee=default_assignee, profiles=profiles)
+    plan = functools.partial(
+        plan_dispatch,
+        max_in_progress=max_in_progress,
+        max_in_progress_per_profile=max_in_progress_per_profile,
+        default_assignee=default_assignee,
+        profiles=profiles,
+    )
     if dry_run:
         return plan(await store.ready(), await store.running_counts())
     now = time.time() if now is None else now
@@ -139,30 +153,42 @@ async def dispatch_once(
         auto = set(result.auto_assigned_default)
         default = as_assignee(default_assignee)
         for task_id in result.auto_assigned_default:
-            await store.db.execute("UPDATE tasks SET assignee = ? WHERE id = ?",
-                                   (default, task_id))
-            await store.event(task_id, "assigned", {"assignee": default,
-                                                    "source": "kanban.default_assignee"}, now)
+            await store.db.execute("UPDATE tasks SET assignee = ? WHERE id = ?", (default, task_id))
+            await store.event(
+                task_id, "assigned", {"assignee": default, "source": "kanban.default_assignee"}, now
+            )
         for task_id, assignee, error in result.blocked:
             await store.db.execute(
                 "UPDATE tasks SET status = 'blocked', error = ?, finished_at = ? WHERE id = ?",
-                (error, now, task_id))
+                (error, now, task_id),
+            )
             await store.event(task_id, "blocked", {"assignee": assignee, "error": error}, now)
         for task_id, assignee in result.spawned:
             await store.db.execute(
                 "UPDATE tasks SET status = 'running', started_at = ?, claim_lock = ?,"
                 " claim_expires_at = ? WHERE id = ? AND status = 'ready'",
-                (now, owner, now + TASK_LEASE_S, task_id))
+                (now, owner, now + TASK_LEASE_S, task_id),
+            )
             await store.event(task_id, "claimed", {"assignee": assignee, "owner": owner}, now)
-            claimed.append(replace(by_id[task_id], assignee=assignee, status="running",
-                                   started_at=now, claim_lock=owner,
-                                   claim_expires_at=now + TASK_LEASE_S))
+            claimed.append(
+                replace(
+                    by_id[task_id],
+                    assignee=assignee,
+                    status="running",
+                    started_at=now,
+                    claim_lock=owner,
+                    claim_expires_at=now + TASK_LEASE_S,
+                )
+            )
     for task_id, assignee in result.spawned:
-        log.info("task %d dispatched to %s%s", task_id, assignee,
-                 " (kanban.default_assignee)" if task_id in auto else "")
+        log.info(
+            "task %d dispatched to %s%s",
+            task_id,
+            assignee,
+            " (kanban.default_assignee)" if task_id in auto else "",
+        )
     for task_id, assignee, running in result.skipped_per_profile_capped:
-        log.info("task %d deferred: %s at per-profile cap (%d running)", task_id, assignee,
-                 running)
+        log.info("task %d deferred: %s at per-profile cap (%d running)", task_id, assignee, running)
     for task_id, _, error in result.blocked:
         log.warning("task %d blocked: %s", task_id, error)
     for task in claimed:

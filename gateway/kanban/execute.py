@@ -63,16 +63,19 @@ class TaskExecutor:
         if run_id is None:
             return Outcome("failed", error="occurrence already claimed by another run")
         row = await store.run_row(run_id)
-        return Outcome("done" if row["status"] == "succeeded" else "failed",
-                       result=json.dumps({"run_id": run_id, "status": row["status"]}),
-                       error=row["error"])
+        return Outcome(
+            "done" if row["status"] == "succeeded" else "failed",
+            result=json.dumps({"run_id": run_id, "status": row["status"]}),
+            error=row["error"],
+        )
 
     async def _manual(self, task: Task) -> Outcome:
         prompt = task.title + (f"\n\n{task.body}" if task.body else "")
         try:
             target = resolve(self.cron.config, task.assignee)
-            answer = await complete(self.cron.http, target,
-                                    [{"role": "user", "content": prompt}], env=self.cron.env)
+            answer = await complete(
+                self.cron.http, target, [{"role": "user", "content": prompt}], env=self.cron.env
+            )
         except (ConfigError, ProviderError) as exc:
             return Outcome("failed", error=str(exc))
         return Outcome("done", result=answer.text)

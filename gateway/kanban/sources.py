@@ -16,8 +16,8 @@ def inbox_ref(item_id: int) -> str:
 
 def parse_inbox_ref(ref: str | None) -> int | None:
     """``inbox:<id>`` -> the inbox id; None for any other shape."""
-    if ref and ref.startswith("inbox:") and ref[len("inbox:"):].isdigit():
-        return int(ref[len("inbox:"):])
+    if ref and ref.startswith("inbox:") and ref[len("inbox:") :].isdigit():
+        return int(ref[len("inbox:") :])
     return None
 
 
@@ -30,7 +30,7 @@ def parse_cron_ref(ref: str) -> tuple[str, float]:
     """``cron:<job>@<t>`` -> (job id, scheduled_for). Raises ``ValueError`` on another shape."""
     if not ref.startswith("cron:") or "@" not in ref:
         raise ValueError(f"not a cron task ref: {ref!r} (expected cron:<job id>@<time>)")
-    job_id, _, at = ref[len("cron:"):].rpartition("@")
+    job_id, _, at = ref[len("cron:") :].rpartition("@")
     return job_id, float(at)
 
 
@@ -41,5 +41,8 @@ async def add_inbound_tasks(store: TaskStore, items: list[InboxItem], now: float
     for item in items:
         await store.insert(
             title=f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
-            assignee=item.profile or "default", source="inbound", ref=inbox_ref(item.id),
-            now=now)
+            assignee=item.profile or "default",
+            source="inbound",
+            ref=inbox_ref(item.id),
+            now=now,
+        )

@@ -19,8 +19,10 @@ from relay.sqlite import read_all, read_one, write_tx
 
 STATUSES = ("todo", "ready", "running", "done", "failed", "blocked")
 SOURCES = ("inbound", "cron", "manual")
-_COLS = ("id, title, body, assignee, status, priority, created_at, started_at, finished_at,"
-         " claim_lock, claim_expires_at, source, ref, result, error")
+_COLS = (
+    "id, title, body, assignee, status, priority, created_at, started_at, finished_at,"
+    " claim_lock, claim_expires_at, source, ref, result, error"
+)
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,16 @@ class TaskStore:
     async def all(self, status: str | None = None, limit: int = 1000) -> list[Task]:
         """Tasks, newest first (``status`` filters)."""
         where, params = ("WHERE status = ?", [status]) if status else ("", [])
-        rows = await read_all(self.db, f"SELECT {_COLS} FROM tasks {where} ORDER BY id DESC LIMIT ?",
-                              (*params, limit))
+        rows = await read_all(
+            self.db, f"SELECT {_COLS} FROM tasks {where} ORDER BY id DESC LIMIT ?", (*params, limit)
+        )
         return [Task(*r) for r in rows]
 
     async def ready(self) -> list[Task]:
         """Ready tasks in dispatch order: priority high first, then creation time, then id."""
         rows = await read_all(
             self.db,
-            f"SELECT {_COLS} FROM tasks WHERE status = 'ready'"
-            " ORDER BY priority DESC, created_at, id",
+            f"SELECT {_COLS} FROM tasks WHERE status = 'ready' ORDER BY priority DESC, created_at, id",
         )
         return [Task(*r) for r in rows]
 
@@ -103,25 +105,51 @@ class TaskStore:
         """Append one event (call inside a ``write_tx``)."""
         await self.db.execute(
             "INSERT INTO task_events (task_id, kind, payload, at) VALUES (?, ?, ?, ?)",
-            (task_id, kind, json.dumps(payload, sort_keys=True), now))
+            (task_id, kind, json.dumps(payload, sort_keys=True), now),
+        )
 
-    async def create(self, *, title: str, now: float, body: str = "",
-                     assignee: str | None = None, priority: int = 0, source: str = "manual",
-                     ref: str | None = None, status: str = "ready") -> Task | None:
+    async def create(
+        self,
+        *,
+        title: str,
+        now: float,
+        body: str = "",
+        assignee: str | None = None,
+        priority: int = 0,
+        source: str = "manual",
+        ref: str | None = None,
+        status: str = "ready",
+    ) -> Task | None:
         """Insert a task (and its ``created`` event) in one transaction.
 
         Returns the task, or None when a task with the same ``(source, ref)`` exists already.
         Raises ``ValueError`` naming a bad ``source`` or ``status``.
         """
         async with write_tx(self.db):
-            task_id = await self.insert(title=title, now=now, body=body, assignee=assignee,
-                                        priority=priority, source=source, ref=ref,
-                                        status=status)
+            task_id = await self.insert(
+                title=title,
+                now=now,
+                body=body,
+                assignee=assignee,
+                priority=priority,
+                source=source,
+                ref=ref,
+                status=status,
+            )
         return None if task_id is None else await self.get(task_id)
 
-    async def insert(self, *, title: str, now: float, body: str = "",
-                     assignee: str | None = None, priority: int = 0, source: str = "manual",
-                     ref: str | None = None, status: str = "ready") -> int | None:
+    async def insert(
+        self,
+        *,
+        title: str,
+        now: float,
+        body: str = "",
+        assignee: str | None = None,
+        priority: int = 0,
+        source: str = "manual",
+        ref: str | None = None,
+        status: str = "ready",
+    ) -> int | None:
         """``create`` inside the caller's ``write_tx``: the new id, or None for a duplicate
         ``(source, ref)``. Raises ``ValueError`` naming a bad ``source`` or ``status``."""
         if source not in SOURCES:
@@ -131,14 +159,16 @@ class TaskStore:
         cur = await self.db.execute(
             "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
             " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (title, body, assignee, status, priority, now, source, ref))
+            (title, body, assignee, status, priority, now, source, ref),
+        )
         if cur.rowcount != 1 or cur.lastrowid is None:
             return None
         await self.event(cur.lastrowid, "created", {"source": source, "assignee": assignee}, now)
         return cur.lastrowid
 
-    async def finish(self, task_id: int, status: str, now: float, *, result: str | None = None,
-                     error: str | None = None) -> None:
+    async def finish(
+        self, task_id: int, status: str, now: float, *, result: str | None = None, error: str | None = None
+    ) -> None:
         """Close a running task as ``done`` or ``failed`` (a ``finished`` event with both)."""
         if status not in ("done", "failed"):
             raise ValueError(f"finish status {status!r} must be done or failed")
@@ -146,7 +176,8 @@ class TaskStore:
             await self.db.execute(
                 "UPDATE tasks SET status = ?, finished_at = ?, result = ?, error = ?,"
                 " claim_lock = NULL, claim_expires_at = NULL WHERE id = ?",
-                (status, now, result, error, task_id))
+                (status, now, result, error, task_id),
+            )
             await self.event(task_id, "finished", {"status": status, "error": error}, now)
 
     async def requeue_lapsed(self, now: float) -> list[int]:
@@ -160,6 +191,8 @@ class TaskStore:
             for task_id, lock, _ in (r for r in rows if r[0] in ids):
                 await self.db.execute(
                     "UPDATE tasks SET status = 'ready', started_at = NULL, claim_lock = NULL,"
-                    " claim_expires_at = NULL WHERE id = ?", (task_id,))
+                    " claim_expires_at = NULL WHERE id = ?",
+                    (task_id,),
+                )
                 await self.event(task_id, "requeued", {"lapsed_claim": lock}, now)
         return ids

@@ -24,8 +24,9 @@ class Deliveries:
     """``deliver(platform, chat_id, text)`` plus the flush after a reconnect. Register
     ``on_transport_change`` as a transport listener."""
 
-    def __init__(self, store: CronStore, transport: RelayTransport | None, clock: Clock,
-                 activity: Activity) -> None:
+    def __init__(
+        self, store: CronStore, transport: RelayTransport | None, clock: Clock, activity: Activity
+    ) -> None:
         self.store = store
         self.transport = transport
         self.clock = clock
@@ -46,8 +47,9 @@ class Deliveries:
         if t is None or not t.connected:
             return False
         for chunk in split_message(text, t.max_message_length):
-            result = await t.send_outbound({"op": "send", "chat_id": chat_id, "content": chunk},
-                                           platform=platform)
+            result = await t.send_outbound(
+                {"op": "send", "chat_id": chat_id, "content": chunk}, platform=platform
+            )
             if not result.get("success"):
                 return bool(result.get("ambiguous"))  # ambiguous: never sent twice
         return True

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 
 from gateway.agent.provider import ProviderError, complete, split_message
+from gateway.agent.redact import configured_secrets, redact
 from gateway.agent.resolve import resolve
 from gateway.config import Config
 from gateway.core.turn import TERMINAL, TurnEvent, TurnState, chunk_key, give_up_due
@@ -66,11 +67,19 @@ class InboxWorker:
     """Runs inbound turns. ``on_outcome(label)`` counts turns; ``on_model_retry()`` counts a
     model call repeated because a restart found it unfinished (the sidecar's metrics)."""
 
-    def __init__(self, *, inbox: InboxStore, config: Config, http: aiohttp.ClientSession,
-                 env: Mapping[str, str], clock: Clock, send: Send,
-                 chunk_limit: ChunkLimit = lambda: F.DEFAULT_MAX_MESSAGE_LENGTH,
-                 on_outcome: Callable[[str], None] | None = None,
-                 on_model_retry: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        inbox: InboxStore,
+        config: Config,
+        http: aiohttp.ClientSession,
+        env: Mapping[str, str],
+        clock: Clock,
+        send: Send,
+        chunk_limit: ChunkLimit = lambda: F.DEFAULT_MAX_MESSAGE_LENGTH,
+        on_outcome: Callable[[str], None] | None = None,
+        on_model_retry: Callable[[], None] | None = None,
+    ) -> None:
         self.inbox = inbox
         self.config = config
         self.http = http
@@ -81,6 +90,7 @@ class InboxWorker:
         self.on_outcome = on_outcome
         self.on_model_retry = on_model_retry
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._secrets = configured_secrets(config, env)  # kept out of stored errors and logs
 
     def _lock(self, item: InboxItem) -> asyncio.Lock:
         return self._locks[f"{item.platform}\x00{item.chat_id}"]
@@ -97,8 +107,7 @@ class InboxWorker:
                 return Outcome("failed", error=f"inbox item {item.id} not found")
             if row.state in TERMINAL:
                 log.info("inbox %d: turn already %s; not run again", item.id, row.state.value)
-                return _outcome(row.state is TurnState.DELIVERED and row.outcome == "succeeded",
-                                row.error)
+                return _outcome(row.state is TurnState.DELIVERED and row.outcome == "succeeded", row.error)
             state, chunks, outcome, error = row.state, row.chunks, row.outcome, row.error
             answered_at = row.answered_at
             if state is not TurnState.ANSWERED:
@@ -108,12 +117,14 @@ class InboxWorker:
                 answer, outcome, error = await self._answer(item, profile)
                 chunks = split_message(answer, self.chunk_limit())
                 answered_at = self.clock.wall()
-                await self.inbox.commit_answer(item.id, TurnState.ANSWERING, chunks, outcome, error,
-                                               answered_at)
+                await self.inbox.commit_answer(
+                    item.id, TurnState.ANSWERING, chunks, outcome, error, answered_at
+                )
             assert chunks is not None
             assert answered_at is not None
-            return await self._deliver(item, chunks, row.chunks_sent if row.chunks else 0,
-                                       outcome or "succeeded", error, answered_at)
+            return await self._deliver(
+                item, chunks, row.chunks_sent if row.chunks else 0, outcome or "succeeded", error, answered_at
+            )
 
     async def refuse(self, item: InboxItem, error: str) -> None:
         """A message the board blocked (its profile is unknown): tell the user why, once (no
@@ -133,64 +144,85 @@ class InboxWorker:
         try:
             target = resolve(self.config, profile)
             started = self.clock.monotonic()
-            completion = await complete(self.http, target,
-                                        [{"role": "user", "content": str(text)}], env=self.env)
+            completion = await complete(
+                self.http, target, [{"role": "user", "content": str(text)}], env=self.env
+            )
             log.debug("inbox %d answered in %.3f s", item.id, self.clock.monotonic() - started)
             if completion.usage_problem is not None:
                 # Spend we cannot count is an answer we cannot trust (SPEC 8.1): fail closed.
-                log.warning("inbox %d: provider answer unusable: %s", item.id,
-                            completion.usage_problem)
+                log.warning("inbox %d: provider answer unusable: %s", item.id, completion.usage_problem)
                 return APOLOGY, "failed", f"provider answer unusable: {completion.usage_problem}"
             return completion.text, "succeeded", None
         except ConfigError as exc:
             return f"This agent cannot answer yet: {exc}.", "config_error", str(exc)
         except ProviderError as exc:
-            log.warning("inbox %d: provider failed: %s", item.id, exc)
-            return APOLOGY, "failed", str(exc)
+            error = redact(str(exc), self._secrets)
+            log.warning("inbox %d: provider failed: %s", item.id, error)
+            return APOLOGY, "failed", error
         except Exception as exc:  # an answer we cannot use must never strand the turn
             log.warning("inbox %d: provider answer unusable: %s", item.id, type(exc).__name__)
             return APOLOGY, "failed", f"provider answer unusable: {type(exc).__name__}"
 
-    async def _deliver(self, item: InboxItem, chunks: list[str], sent: int, outcome: str,
-                       error: str | None, answered_at: float) -> Outcome:
+    async def _deliver(
+        self,
+        item: InboxItem,
+        chunks: list[str],
+        sent: int,
+        outcome: str,
+        error: str | None,
+        answered_at: float,
+    ) -> Outcome:
         """Send chunks ``sent..`` (each confirmed before the next), then close the turn."""
         ref = inbox_ref(item.id)
         send_error: str | None = None
         result = Sent.CONFIRMED
         for index in range(sent, len(chunks)):
-            result, send_error = await self.send(item, chunks[index], chunk_key(ref, index),
-                                                 answered_at)
+            result, send_error = await self.send(item, chunks[index], chunk_key(ref, index), answered_at)
             if result is not Sent.CONFIRMED:
                 break
             sent = index + 1
             if sent < len(chunks):
                 await self.inbox.chunk_sent(item.id, sent)
         if result is Sent.INTERRUPTED:
-            log.info("inbox %d: %d of %d chunk(s) confirmed; the rest goes out after the "
-                     "restart (%s)", item.id, sent, len(chunks), send_error)
+            log.info(
+                "inbox %d: %d of %d chunk(s) confirmed; the rest goes out after the restart (%s)",
+                item.id,
+                sent,
+                len(chunks),
+                send_error,
+            )
             return Outcome("interrupted", error=send_error)
         delivered = result is Sent.CONFIRMED
         ok = delivered and outcome == "succeeded"
-        await self.inbox.finish(item.id, TurnState.ANSWERED,
-                                TurnEvent.DELIVER if delivered else TurnEvent.GIVE_UP,
-                                sent=sent, ok=ok, error=None if delivered else send_error,
-                                now=self.clock.wall())
+        await self.inbox.finish(
+            item.id,
+            TurnState.ANSWERED,
+            TurnEvent.DELIVER if delivered else TurnEvent.GIVE_UP,
+            sent=sent,
+            ok=ok,
+            error=None if delivered else send_error,
+            now=self.clock.wall(),
+        )
         label = outcome if delivered else "reply_failed"
         if self.on_outcome is not None:
             self.on_outcome(label)
         reply = "sent" if delivered else f"not sent ({send_error})"
         if outcome == "blocked":
-            log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error,
-                        reply)
+            log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error, reply)
         else:
-            log.info("turn %s for inbox %d (chat %s): %s; reply %s", outcome, item.id,
-                     item.chat_id, error or "answered", reply)
+            log.info(
+                "turn %s for inbox %d (chat %s): %s; reply %s",
+                outcome,
+                item.id,
+                item.chat_id,
+                error or "answered",
+                reply,
+            )
         return _outcome(ok, error or send_error)
 
 
 def _outcome(ok: bool, error: str | None) -> Outcome:
-    return Outcome("done" if ok else "failed", result="answered" if ok else None,
-                   error=None if ok else error)
+    return Outcome("done" if ok else "failed", result="answered" if ok else None, error=None if ok else error)
 
 
 def reply_action(item: InboxItem, chunk: str) -> dict[str, Any]:
@@ -211,9 +243,13 @@ def reply_action(item: InboxItem, chunk: str) -> dict[str, Any]:
     return action
 
 
-def relay_send(transport: RelayTransport | None, accepting: Callable[[], bool], clock: Clock,
-               give_up_hours: float = 24.0,
-               bot_id_for: Callable[[str], str | None] = lambda _platform: None) -> Send:
+def relay_send(
+    transport: RelayTransport | None,
+    accepting: Callable[[], bool],
+    clock: Clock,
+    give_up_hours: float = 24.0,
+    bot_id_for: Callable[[str], str | None] = lambda _platform: None,
+) -> Send:
     """The sidecar's ``send``: one chunk over the relay until confirmed (see the module doc).
 
     ``bot_id_for(platform)`` gives the ``botId`` to send from when the inbound named none.
@@ -230,8 +266,9 @@ def relay_send(transport: RelayTransport | None, accepting: Callable[[], bool], 
                 log.warning("reply %s not confirmed within %g h; giving up", key, give_up_hours)
                 return Sent.FAILED, f"not confirmed within {give_up_hours:g} h"
             idempotent = t.supports_idempotent_send
-            result = await t.send_outbound(action, platform=item.platform, bot_id=bot_id,
-                                           idempotency_key=key if idempotent else None)
+            result = await t.send_outbound(
+                action, platform=item.platform, bot_id=bot_id, idempotency_key=key if idempotent else None
+            )
             if result.get("success"):
                 return Sent.CONFIRMED, None
             err = str(result.get("error"))
@@ -240,8 +277,11 @@ def relay_send(transport: RelayTransport | None, accepting: Callable[[], bool], 
                 return Sent.FAILED, err
             if result.get("ambiguous"):
                 if not idempotent:
-                    log.warning("reply %s is ambiguous (%s); not resending (the connector has "
-                                "no idempotent sends)", key, err)
+                    log.warning(
+                        "reply %s is ambiguous (%s); not resending (the connector has no idempotent sends)",
+                        key,
+                        err,
+                    )
                     return Sent.FAILED, err
                 log.warning("reply %s is ambiguous (%s); resending with the same key", key, err)
             elif err != F.NOT_CONNECTED["error"]:
@@ -252,14 +292,15 @@ def relay_send(transport: RelayTransport | None, accepting: Callable[[], bool], 
                 # Nothing was sent but the socket still counts as up (it is closing): wait for
                 # the transport to notice rather than retry in a loop that never yields.
                 with contextlib.suppress(TimeoutError):
-                    await wait_with_timeout(clock, t.wait_until(lambda: not t.connected),
-                                            SOCKET_GONE_WAIT_S)
+                    await wait_with_timeout(clock, t.wait_until(lambda: not t.connected), SOCKET_GONE_WAIT_S)
             if not t.connected:
                 remaining = answered_at + give_up_hours * 3600.0 - clock.wall()
                 try:
                     await wait_with_timeout(
-                        clock, t.wait_until(lambda: t.connected or not accepting()),
-                        max(0.0, remaining) if math.isfinite(remaining) else 0.0)
+                        clock,
+                        t.wait_until(lambda: t.connected or not accepting()),
+                        max(0.0, remaining) if math.isfinite(remaining) else 0.0,
+                    )
                 except TimeoutError:
                     continue  # the give-up check above ends it
                 if not accepting():

@@ -93,16 +93,21 @@ class Sidecar:
                 on_interrupt=self._on_interrupt,
                 clock=self.clock,
             )
-        self.blockers = arm_blockers(ArmInputs(
-            enabled=config.scale_to_zero.enabled,
-            relay_only=True,
-            wake_url=config.wake_url,
-            relay_configured=self.transport is not None,
-            external_waker=config.scale_to_zero.external_waker,
-        ))
+        self.blockers = arm_blockers(
+            ArmInputs(
+                enabled=config.scale_to_zero.enabled,
+                relay_only=True,
+                wake_url=config.wake_url,
+                relay_configured=self.transport is not None,
+                external_waker=config.scale_to_zero.external_waker,
+            )
+        )
         self.watcher = IdleWatcher(
-            clock=self.clock, settings=config.scale_to_zero, activity=self.activity,
-            transport=self.transport, blockers=self.blockers,
+            clock=self.clock,
+            settings=config.scale_to_zero,
+            activity=self.activity,
+            transport=self.transport,
+            blockers=self.blockers,
         )
         self.watcher.on_dormant.append(self._entered_dormant)
         self.watcher.on_live.append(self._left_dormant)
@@ -132,8 +137,13 @@ class Sidecar:
             listener.close()
             await self._abort_start()
             raise
-        log.info("hermes-sidecar started on http://%s:%d (state %s, home %s)", self.host,
-                 self.port, self.state_name(), self.config.home)
+        log.info(
+            "hermes-sidecar started on http://%s:%d (state %s, home %s)",
+            self.host,
+            self.port,
+            self.state_name(),
+            self.config.home,
+        )
 
     async def _abort_start(self) -> None:
         """Close whatever a failed ``start()`` opened (no thread or socket left behind)."""
@@ -160,32 +170,56 @@ class Sidecar:
         self.http = aiohttp.ClientSession()
         self.cron_store = CronStore(self.db)
         self.deliveries = Deliveries(self.cron_store, self.transport, self.clock, self.activity)
-        self.telemetry = TelemetryWriter(self.db, clock=self.clock,
-                                         on_record=self.metrics.observe_skill,
-                                         on_dropped=self.metrics.telemetry_dropped.inc)
+        self.telemetry = TelemetryWriter(
+            self.db,
+            clock=self.clock,
+            on_record=self.metrics.observe_skill,
+            on_dropped=self.metrics.telemetry_dropped.inc,
+        )
         self.telemetry.start()
-        self.cron_ctx = CronContext(config=self.config, store=self.cron_store, clock=self.clock,
-                                    http=self.http, env=self.env, deliver=self.deliver,
-                                    telemetry=self.telemetry)
+        self.cron_ctx = CronContext(
+            config=self.config,
+            store=self.cron_store,
+            clock=self.clock,
+            http=self.http,
+            env=self.env,
+            deliver=self.deliver,
+            telemetry=self.telemetry,
+        )
         t = self.transport
         self.worker = InboxWorker(
-            inbox=self.inbox, config=self.config, http=self.http, env=self.env, clock=self.clock,
-            send=relay_send(t, lambda: self.board.accepting, self.clock,
-                            give_up_hours=self.config.delivery_give_up_hours,
-                            bot_id_for=self._bot_id_for),
-            chunk_limit=lambda: t.max_message_length if t is not None
-            else DEFAULT_MAX_MESSAGE_LENGTH,
+            inbox=self.inbox,
+            config=self.config,
+            http=self.http,
+            env=self.env,
+            clock=self.clock,
+            send=relay_send(
+                t,
+                lambda: self.board.accepting,
+                self.clock,
+                give_up_hours=self.config.delivery_give_up_hours,
+                bot_id_for=self._bot_id_for,
+            ),
+            chunk_limit=lambda: t.max_message_length if t is not None else DEFAULT_MAX_MESSAGE_LENGTH,
             on_outcome=lambda label: self.metrics.turns.labels(outcome=label).inc(),
-            on_model_retry=self.metrics.model_retries.inc)
+            on_model_retry=self.metrics.model_retries.inc,
+        )
         self.tasks = TaskStore(self.db)
-        self.board = Board(self.tasks, config=self.config, clock=self.clock,
-                           activity=self.activity,
-                           execute=TaskExecutor(self.cron_ctx, self.inbox, self.worker.turn),
-                           on_blocked=self._task_blocked)
-        self.scheduler = CronScheduler(self.cron_ctx, activity=self.activity,
-                                       max_concurrent=self.config.cron_max_concurrent,
-                                       on_due=self._on_due,
-                                       run_fn=self._run_cron_task)
+        self.board = Board(
+            self.tasks,
+            config=self.config,
+            clock=self.clock,
+            activity=self.activity,
+            execute=TaskExecutor(self.cron_ctx, self.inbox, self.worker.turn),
+            on_blocked=self._task_blocked,
+        )
+        self.scheduler = CronScheduler(
+            self.cron_ctx,
+            activity=self.activity,
+            max_concurrent=self.config.cron_max_concurrent,
+            on_due=self._on_due,
+            run_fn=self._run_cron_task,
+        )
         self._started = True
         self.scheduler.on_planned = self.watcher.kick
         self.watcher.next_due_wall = lambda: self.scheduler.next_due
@@ -225,8 +259,7 @@ class Sidecar:
         await self.board.stop(self.config.shutdown_timeout_s)
         if self.transport is not None and self.transport.state is ConnState.CONNECTED:
             with contextlib.suppress(TimeoutError):
-                flipped = await asyncio.wait_for(self.transport.go_dormant(),
-                                                 SHUTDOWN_FLIP_BUDGET_S)
+                flipped = await asyncio.wait_for(self.transport.go_dormant(), SHUTDOWN_FLIP_BUDGET_S)
                 log.info("shutdown: relay flip %s", "acknowledged" if flipped else "not acked")
         if self.transport is not None:
             await self.transport.disconnect()
@@ -256,8 +289,9 @@ class Sidecar:
         tmp = path.with_suffix(".json.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump({"port": self.port, "host": self.host, "pid": os.getpid(),
-                       "token": self.admin_token}, f)
+            json.dump(
+                {"port": self.port, "host": self.host, "pid": os.getpid(), "token": self.admin_token}, f
+            )
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
 
@@ -282,18 +316,26 @@ class Sidecar:
     async def _on_inbound(self, frames: list[dict[str, Any]]) -> None:
         now = self.clock.wall()
         admission = await self.inbox.admit(
-            frames, now, in_tx=lambda items: add_inbound_tasks(self.tasks, items, now))
+            frames, now, in_tx=lambda items: add_inbound_tasks(self.tasks, items, now)
+        )
         new, dupes = admission.new, admission.duplicates
         for rejected in admission.rejected:
             self.metrics.rejected.labels(reason=rejected.reason).inc()
-            log.warning("inbound frame quarantined (bufferId %r, %s): %s", rejected.buffer_id,
-                        rejected.reason, rejected.error)
+            log.warning(
+                "inbound frame quarantined (bufferId %r, %s): %s",
+                rejected.buffer_id,
+                rejected.reason,
+                rejected.error,
+            )
         if dupes:
             self.metrics.duplicates.inc(dupes)
         if new:
             self.metrics.inbound.inc(len(new))
-            log.info("admitted %d inbound message(s)%s", len(new),
-                     f" ({dupes} duplicate(s) re-acked)" if dupes else "")
+            log.info(
+                "admitted %d inbound message(s)%s",
+                len(new),
+                f" ({dupes} duplicate(s) re-acked)" if dupes else "",
+            )
             self.activity.inbound()
             self.board.kick()
 
@@ -318,14 +360,19 @@ class Sidecar:
         and runs when the caps allow; returns its ledger run id (None: another process has it).
         A task blocked by an unknown profile is recorded on the ledger as failed."""
         task = await self.board.submit(
-            title=f"cron {job.name or job.id}", body=job.prompt,
-            assignee=job.profile or "default", source="cron", ref=cron_ref(job.id, scheduled_for))
+            title=f"cron {job.name or job.id}",
+            body=job.prompt,
+            assignee=job.profile or "default",
+            source="cron",
+            ref=cron_ref(job.id, scheduled_for),
+        )
         if task is None:
             return None
         outcome = await self.board.wait(task.id)
         if outcome.status == "blocked":
-            return await ctx.store.record(job.id, scheduled_for, "failed", self.clock.wall(),
-                                          error=outcome.error)
+            return await ctx.store.record(
+                job.id, scheduled_for, "failed", self.clock.wall(), error=outcome.error
+            )
         return json.loads(outcome.result)["run_id"] if outcome.result else None
 
     async def _on_interrupt(self, frame: dict[str, Any]) -> None:
@@ -413,8 +460,9 @@ class Sidecar:
             "cooldown_until": cooldown,
             "running_turns": self.board.running,  # every agent turn is a board task
             "tasks": await self.tasks.counts(),
-            "next_job_due_at": (rfc3339(self.scheduler.next_due)
-                                if self.scheduler.next_due is not None else None),
+            "next_job_due_at": (
+                rfc3339(self.scheduler.next_due) if self.scheduler.next_due is not None else None
+            ),
             "jobs_may_run_late": bool(
                 w.state is WatchState.DORMANT and (t is None or not t.supports_wake_at)
             ),

@@ -118,8 +118,7 @@ class IdleWatcher:
                 self.transport.wake(reason)
             self.wakes += 1
             self.cooldown_until = self.clock.monotonic() + self.settings.cooldown_s
-            self._fire(WatchEvent.WOKEN, f"woken by {reason}; cooldown "
-                                         f"{self.settings.cooldown_s:.0f} s")
+            self._fire(WatchEvent.WOKEN, f"woken by {reason}; cooldown {self.settings.cooldown_s:.0f} s")
             return True
         if self.state is WatchState.DRAINING:
             self._wake_pending = reason
@@ -134,8 +133,11 @@ class IdleWatcher:
     async def run(self) -> None:
         """The watcher loop; returns only when cancelled."""
         if self.armed:
-            log.info("watcher armed: idle timeout %.0f s, cooldown %.0f s",
-                     self.settings.idle_timeout_s, self.settings.cooldown_s)
+            log.info(
+                "watcher armed: idle timeout %.0f s, cooldown %.0f s",
+                self.settings.idle_timeout_s,
+                self.settings.cooldown_s,
+            )
         else:
             log.info("watcher not armed: %s", "; ".join(self.blockers))
         while True:
@@ -199,14 +201,21 @@ class IdleWatcher:
             # cannot flip, ack_timeout_seconds 0) must not turn into a re-dial loop.
             pause_until = self.clock.monotonic() + ABORT_PAUSE_S
             self.cooldown_until = max(self.cooldown_until or pause_until, pause_until)
-            self._fire(WatchEvent.ABORTED, "flip aborted (work arrived or no going_idle_ack); "
-                                           f"re-handshaking; next try in >= {ABORT_PAUSE_S:.0f} s")
+            self._fire(
+                WatchEvent.ABORTED,
+                "flip aborted (work arrived or no going_idle_ack); "
+                f"re-handshaking; next try in >= {ABORT_PAUSE_S:.0f} s",
+            )
             self._wake_pending = None
             await asyncio.sleep(0)  # a flip refused at once must not make a loop that never yields
             return
         self.flips += 1
-        self._fire(WatchEvent.FLIP_ACKED, "going_idle_ack received; relay closed 1000 dormant"
-                   if self.transport is not None else "no relay: dormant until a poke")
+        self._fire(
+            WatchEvent.FLIP_ACKED,
+            "going_idle_ack received; relay closed 1000 dormant"
+            if self.transport is not None
+            else "no relay: dormant until a poke",
+        )
         if self._wake_pending is not None:
             reason, self._wake_pending = self._wake_pending, None
             self.wake(reason)

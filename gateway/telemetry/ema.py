@@ -31,7 +31,9 @@ def _check(window_days: int, alpha: float) -> None:
 
 
 async def query_skill_ema(
-    db: aiosqlite.Connection, window_days: int = 14, alpha: float = 0.3,
+    db: aiosqlite.Connection,
+    window_days: int = 14,
+    alpha: float = 0.3,
     now: float | None = None,
 ) -> list[dict[str, Any]]:
     """One entry per (skill, model) over the last ``window_days`` calendar days (UTC, today
@@ -43,25 +45,38 @@ async def query_skill_ema(
     Raises ``ValueError`` naming the allowed range for a bad window or alpha.
     """
     _check(window_days, alpha)
-    today = datetime.fromtimestamp(now if now is not None else datetime.now(UTC).timestamp(),
-                                   UTC).date()
+    today = datetime.fromtimestamp(now if now is not None else datetime.now(UTC).timestamp(), UTC).date()
     first = today - timedelta(days=window_days - 1)
     rows = await read_all(
         db,
         "SELECT day, skill_name, model, provider, invocations, successes, failures,"
         " total_duration_s, total_cost_usd, last_invoked_at FROM skill_stats_rollup"
-        " WHERE day >= ? AND day <= ?", (first.isoformat(), today.isoformat()),
+        " WHERE day >= ? AND day <= ?",
+        (first.isoformat(), today.isoformat()),
     )
     acc: dict[tuple[str, str], dict[str, Any]] = {}
     for day, skill, model, provider, n, s, f, dur, cost, last in rows:
         ago = (today - date.fromisoformat(day)).days
         w = alpha * (1 - alpha) ** ago
-        a = acc.setdefault((skill, model), {
-            "skill_name": skill, "model": model, "provider": provider, "sample_count": 0,
-            "success_count": 0, "failure_count": 0, "_ws": 0.0, "_wsf": 0.0, "_wdur": 0.0,
-            "_wcost": 0.0, "_wn": 0.0, "total_cost_usd": 0.0, "_days": set(),
-            "last_invoked_at": None,
-        })
+        a = acc.setdefault(
+            (skill, model),
+            {
+                "skill_name": skill,
+                "model": model,
+                "provider": provider,
+                "sample_count": 0,
+                "success_count": 0,
+                "failure_count": 0,
+                "_ws": 0.0,
+                "_wsf": 0.0,
+                "_wdur": 0.0,
+                "_wcost": 0.0,
+                "_wn": 0.0,
+                "total_cost_usd": 0.0,
+                "_days": set(),
+                "last_invoked_at": None,
+            },
+        )
         a["sample_count"] += n
         a["success_count"] += s
         a["failure_count"] += f
@@ -76,15 +91,21 @@ async def query_skill_ema(
             a["last_invoked_at"], a["provider"] = last, provider
     out = []
     for a in acc.values():
-        out.append({
-            "skill_name": a["skill_name"], "model": a["model"], "provider": a["provider"],
-            "sample_count": a["sample_count"], "success_count": a["success_count"],
-            "failure_count": a["failure_count"],
-            "ema_success_rate": a["_ws"] / a["_wsf"] if a["_wsf"] else None,
-            "ema_duration_s": a["_wdur"] / a["_wn"] if a["_wn"] else None,
-            "ema_cost_per_call": a["_wcost"] / a["_wn"] if a["_wn"] else None,
-            "total_cost_usd": a["total_cost_usd"], "days_with_data": len(a["_days"]),
-            "last_invoked_at": a["last_invoked_at"],
-        })
+        out.append(
+            {
+                "skill_name": a["skill_name"],
+                "model": a["model"],
+                "provider": a["provider"],
+                "sample_count": a["sample_count"],
+                "success_count": a["success_count"],
+                "failure_count": a["failure_count"],
+                "ema_success_rate": a["_ws"] / a["_wsf"] if a["_wsf"] else None,
+                "ema_duration_s": a["_wdur"] / a["_wn"] if a["_wn"] else None,
+                "ema_cost_per_call": a["_wcost"] / a["_wn"] if a["_wn"] else None,
+                "total_cost_usd": a["total_cost_usd"],
+                "days_with_data": len(a["_days"]),
+                "last_invoked_at": a["last_invoked_at"],
+            }
+        )
     out.sort(key=lambda e: e["last_invoked_at"] or 0, reverse=True)
     return out

@@ -19,6 +19,7 @@ async def learned_hour_rates(db: aiosqlite.Connection, now: float) -> dict[int, 
         "SELECT CAST(strftime('%H', invoked_at, 'unixepoch') AS INTEGER),"
         " SUM(CASE WHEN success = 0 THEN 1 ELSE 0 END), COUNT(success)"
         " FROM skill_invocations WHERE cron_id IS NOT NULL AND invoked_at >= ?"
-        " GROUP BY 1", (now - LEARN_WINDOW_S,),
+        " GROUP BY 1",
+        (now - LEARN_WINDOW_S,),
     )
     return {int(r[0]): (int(r[1]), int(r[2])) for r in rows}

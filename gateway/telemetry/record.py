@@ -14,9 +14,11 @@ from relay.sqlite import write_tx
 
 SCAFFOLDING = frozenset({"skill_not_found", "blocked_drift", "blocked_budget", "config_error"})
 
-_COLS = ("run_id, cron_id, skill_name, skill_version, invoked_at, completed_at, model, provider,"
-         " duration_seconds, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
-         " estimated_cost_usd, success, end_reason, quality_score")
+_COLS = (
+    "run_id, cron_id, skill_name, skill_version, invoked_at, completed_at, model, provider,"
+    " duration_seconds, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens,"
+    " estimated_cost_usd, success, end_reason, quality_score"
+)
 
 
 class Invocation(NamedTuple):
@@ -43,9 +45,18 @@ class Invocation(NamedTuple):
 
 
 def split_run(
-    *, run_id: int | None, cron_id: str | None, skills: list[str], invoked_at: float,
-    completed_at: float, model: str | None, provider: str | None, cost_usd: float | None,
-    input_tokens: int | None, output_tokens: int | None, end_reason: str,
+    *,
+    run_id: int | None,
+    cron_id: str | None,
+    skills: list[str],
+    invoked_at: float,
+    completed_at: float,
+    model: str | None,
+    provider: str | None,
+    cost_usd: float | None,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    end_reason: str,
 ) -> list[Invocation]:
     """Rows for a run's skills. ``end_reason`` ``succeeded`` -> success 1, a scaffolding reason
     -> NULL, anything else -> 0."""
@@ -58,11 +69,24 @@ def split_run(
         return None if v is None else v / k
 
     return [
-        Invocation(run_id, cron_id, name, None, invoked_at, completed_at, model, provider,
-                   completed_at - invoked_at,
-                   None if input_tokens is None else input_tokens // k,
-                   None if output_tokens is None else output_tokens // k, None, None,
-                   share(cost_usd), success, end_reason)
+        Invocation(
+            run_id,
+            cron_id,
+            name,
+            None,
+            invoked_at,
+            completed_at,
+            model,
+            provider,
+            completed_at - invoked_at,
+            None if input_tokens is None else input_tokens // k,
+            None if output_tokens is None else output_tokens // k,
+            None,
+            None,
+            share(cost_usd),
+            success,
+            end_reason,
+        )
         for name in skills
     ]
 

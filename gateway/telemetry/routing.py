@@ -45,9 +45,15 @@ class RoutingSettings:
     threshold_pct: float = DEFAULT_THRESHOLD_PCT
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, *, strong_model: str | None = None,
-                 strong_provider: str | None = None, cheap_model: str | None = None,
-                 threshold_pct: float | None = None) -> RoutingSettings:
+    def from_env(
+        cls,
+        env: Mapping[str, str] | None = None,
+        *,
+        strong_model: str | None = None,
+        strong_provider: str | None = None,
+        cheap_model: str | None = None,
+        threshold_pct: float | None = None,
+    ) -> RoutingSettings:
         env = os.environ if env is None else env
         try:
             thr = float(env["CRON_ERROR_THRESHOLD"])
@@ -91,16 +97,26 @@ def resolve_time_aware_model(
     rate = get_hour_error_rate(h, learned)
     off = is_off_hours(h)
     if not is_cron:
-        return RoutingDecision(base_model, base_provider, "Interactive turn: base model kept",
-                               h, rate, off)
+        return RoutingDecision(base_model, base_provider, "Interactive turn: base model kept", h, rate, off)
     if rate >= s.threshold_pct:
-        return RoutingDecision(s.strong_model, s.strong_provider or base_provider,
-                               f"cron turn at {h:02d}:00: expected error {rate:.1f}% >= "
-                               f"{s.threshold_pct:.1f}%, strong model", h, rate, off)
+        return RoutingDecision(
+            s.strong_model,
+            s.strong_provider or base_provider,
+            f"cron turn at {h:02d}:00: expected error {rate:.1f}% >= {s.threshold_pct:.1f}%, strong model",
+            h,
+            rate,
+            off,
+        )
     label = "off-hours" if off else "low-error hour"
-    return RoutingDecision(base_model, base_provider,
-                           f"cron turn at {h:02d}:00 ({label}): expected error {rate:.1f}% < "
-                           f"{s.threshold_pct:.1f}%, base model kept", h, rate, off)
+    return RoutingDecision(
+        base_model,
+        base_provider,
+        f"cron turn at {h:02d}:00 ({label}): expected error {rate:.1f}% < "
+        f"{s.threshold_pct:.1f}%, base model kept",
+        h,
+        rate,
+        off,
+    )
 
 
 def get_routing_report(
@@ -112,7 +128,13 @@ def get_routing_report(
     for h in range(24):
         d = resolve_time_aware_model("<base>", "", True, h, settings=s, learned=learned)
         is_learned = learned is not None and learned.get(h, (0, 0))[1] >= MIN_LEARNED_SAMPLES
-        out.append({"hour": f"{h:02d}:00", "error_rate": round(d.error_rate, 3),
-                    "off_hours": d.is_off_hours, "source": "learned" if is_learned else "prior",
-                    "model": d.model})
+        out.append(
+            {
+                "hour": f"{h:02d}:00",
+                "error_rate": round(d.error_rate, 3),
+                "off_hours": d.is_off_hours,
+                "source": "learned" if is_learned else "prior",
+                "model": d.model,
+            }
+        )
     return out

@@ -35,10 +35,16 @@ class TelemetryWriter:
     ``on_record``: called with each queued ``Invocation`` (the sidecar's per-skill metrics).
     """
 
-    def __init__(self, db: aiosqlite.Connection, *, clock: Clock | None = None,
-                 flush_interval_s: float = FLUSH_INTERVAL_S, max_batch: int = MAX_BATCH,
-                 on_record: Callable[[Invocation], None] | None = None,
-                 on_dropped: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        *,
+        clock: Clock | None = None,
+        flush_interval_s: float = FLUSH_INTERVAL_S,
+        max_batch: int = MAX_BATCH,
+        on_record: Callable[[Invocation], None] | None = None,
+        on_dropped: Callable[[int], None] | None = None,
+    ) -> None:
         if max_batch <= 0:
             raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
         if flush_interval_s < 0:
@@ -86,23 +92,51 @@ class TelemetryWriter:
             self.record(r)
 
     def record_skill_invocation(
-        self, *, skill_name: str, invoked_at: float, completed_at: float | None = None,
-        run_id: int | None = None, cron_id: str | None = None, skill_version: str | None = None,
-        model: str | None = None, provider: str | None = None,
-        duration_seconds: float | None = None, input_tokens: int | None = None,
-        output_tokens: int | None = None, cache_read_tokens: int | None = None,
-        cache_write_tokens: int | None = None, estimated_cost_usd: float | None = None,
-        success: int | None = None, end_reason: str | None = None,
+        self,
+        *,
+        skill_name: str,
+        invoked_at: float,
+        completed_at: float | None = None,
+        run_id: int | None = None,
+        cron_id: str | None = None,
+        skill_version: str | None = None,
+        model: str | None = None,
+        provider: str | None = None,
+        duration_seconds: float | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cache_read_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
+        estimated_cost_usd: float | None = None,
+        success: int | None = None,
+        end_reason: str | None = None,
         quality_score: float | None = None,
     ) -> None:
         """Queue one invocation (keyword-only; times are Unix seconds, cost USD, ``success``
         1/0/None). ``duration_seconds`` defaults to ``completed_at - invoked_at``."""
         if duration_seconds is None and completed_at is not None:
             duration_seconds = completed_at - invoked_at
-        self.record(Invocation(
-            run_id, cron_id, skill_name, skill_version, invoked_at, completed_at, model,
-            provider, duration_seconds, input_tokens, output_tokens, cache_read_tokens,
-            cache_write_tokens, estimated_cost_usd, success, end_reason, quality_score))
+        self.record(
+            Invocation(
+                run_id,
+                cron_id,
+                skill_name,
+                skill_version,
+                invoked_at,
+                completed_at,
+                model,
+                provider,
+                duration_seconds,
+                input_tokens,
+                output_tokens,
+                cache_read_tokens,
+                cache_write_tokens,
+                estimated_cost_usd,
+                success,
+                end_reason,
+                quality_score,
+            )
+        )
 
     async def flush(self) -> int:
         """Write every queued row now; return how many were written (0 after a failure)."""

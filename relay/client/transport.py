@@ -41,8 +41,7 @@ Raising means "not persisted": nothing in the batch is acked (the connector rese
 FrameHandler = Callable[[dict[str, Any]], Awaitable[None]]
 
 INBOUND_BATCH_MAX = 512
-_KNOWN_TYPES = frozenset({"inbound", "outbound_result", "descriptor", "going_idle_ack",
-                          "interrupt_inbound"})
+_KNOWN_TYPES = frozenset({"inbound", "outbound_result", "descriptor", "going_idle_ack", "interrupt_inbound"})
 
 
 @dataclass
@@ -180,8 +179,9 @@ class RelayTransport:
         before = self._m.state
         after = self._m.fire(event)
         if after is not before:
-            log.info("relay %s -> %s (%s)%s", before.value, after.value, event.value,
-                     f": {why}" if why else "")
+            log.info(
+                "relay %s -> %s (%s)%s", before.value, after.value, event.value, f": {why}" if why else ""
+            )
         self._notify()
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -310,16 +310,15 @@ class RelayTransport:
     async def _handshake(self, sock: _Socket, reader: asyncio.Task[None]) -> bool:
         try:
             for platform, bot_id in self.config.identities:
-                await sock.ws.send_str(
-                    encode_frame(F.hello(platform, bot_id, self.config.wake_url))
-                )
+                await sock.ws.send_str(encode_frame(F.hello(platform, bot_id, self.config.wake_url)))
             assert sock.first_descriptor is not None
             desc = await wait_with_timeout(
                 self.clock, asyncio.shield(sock.first_descriptor), self.config.handshake_timeout_s
             )
         except TimeoutError:
-            log.warning("relay handshake failed: no descriptor within %.0f s",
-                        self.config.handshake_timeout_s)
+            log.warning(
+                "relay handshake failed: no descriptor within %.0f s", self.config.handshake_timeout_s
+            )
             await self._close_socket(sock, 1002, "handshake timeout")
             return False
         except (ProtocolError, ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
@@ -335,8 +334,11 @@ class RelayTransport:
         sock.replay_open = len(sock.replay_seen) < sock.replay_expected
         if not sock.replay_open:
             sock.replay_seen.clear()
-        self._fire(ConnEvent.HANDSHAKE_OK, f"descriptor {desc.label!r}"
-                   + (f"; {desc.buffered} buffered entr(ies) to replay" if desc.buffered else ""))
+        self._fire(
+            ConnEvent.HANDSHAKE_OK,
+            f"descriptor {desc.label!r}"
+            + (f"; {desc.buffered} buffered entr(ies) to replay" if desc.buffered else ""),
+        )
         return True
 
     async def _replay_window(self, sock: _Socket) -> None:
@@ -345,9 +347,12 @@ class RelayTransport:
         if sock.replay_open:
             sock.replay_open = False
             sock.replay_seen.clear()
-            log.info("relay replay window closed after %.0f s: %d of %d announced entr(ies) "
-                     "arrived", self.config.ack_timeout_s, len(sock.replay_seen),
-                     sock.replay_expected)
+            log.info(
+                "relay replay window closed after %.0f s: %d of %d announced entr(ies) arrived",
+                self.config.ack_timeout_s,
+                len(sock.replay_seen),
+                sock.replay_expected,
+            )
             self._notify()
 
     async def _close_socket(self, sock: _Socket, code: int, reason: str) -> None:
@@ -368,9 +373,7 @@ class RelayTransport:
         if sock is not None and sock.handshake_at is not None:
             if self.clock.monotonic() - sock.handshake_at >= self.config.stable_after_s:
                 self._backoff.reset()
-        decision = decide_close(
-            code, reason, ever_handshaken=self._ever_handshaken, strike_on_socket=strike
-        )
+        decision = decide_close(code, reason, ever_handshaken=self._ever_handshaken, strike_on_socket=strike)
         if decision.action is CloseAction.REVOKE:
             log.error("relay revoked: second 4401 %r after a handshake; no more dials", reason)
             self._fire(ConnEvent.REVOKE, decision.reason)
@@ -418,8 +421,7 @@ class RelayTransport:
                 try:
                     lines = splitter.feed(data)
                 except FrameTooLarge as exc:
-                    log.warning("relay frame too large (%d > %d bytes): closing 1009",
-                                exc.size, exc.limit)
+                    log.warning("relay frame too large (%d > %d bytes): closing 1009", exc.size, exc.limit)
                     await self._close_socket(sock, 1009, "frame too large")
                     return
                 for line in lines:
@@ -455,8 +457,9 @@ class RelayTransport:
             fut = sock.pending.get(str(frame.get("requestId")))
             result = frame.get("result")
             if fut is not None and not fut.done():
-                fut.set_result(result if isinstance(result, dict) else {"success": False,
-                                                                         "error": "malformed result"})
+                fut.set_result(
+                    result if isinstance(result, dict) else {"success": False, "error": "malformed result"}
+                )
         elif t == "descriptor":
             try:
                 desc = F.parse_descriptor(frame)
@@ -503,8 +506,11 @@ class RelayTransport:
                     q.task_done()
                 continue
             try:
-                ids = [str(b) for f in batch
-                       if isinstance(b := f.get("bufferId"), str | int) and not isinstance(b, bool)]
+                ids = [
+                    str(b)
+                    for f in batch
+                    if isinstance(b := f.get("bufferId"), str | int) and not isinstance(b, bool)
+                ]
                 self._count_replayed(sock, ids)
                 if len(ids) > 1 and self.descriptor is not None and self.descriptor.supports_ack_batch:
                     await sock.ws.send_str(F.encode_inbound_ack_batch(ids))
@@ -523,8 +529,7 @@ class RelayTransport:
         if sock.replay_open and len(sock.replay_seen) >= (sock.replay_expected or 0):
             sock.replay_open = False
             sock.replay_seen.clear()
-            log.info("relay replay complete: %d announced entr(ies) persisted",
-                     sock.replay_expected)
+            log.info("relay replay complete: %d announced entr(ies) persisted", sock.replay_expected)
             self._notify()
 
     async def _keepalive(self, sock: _Socket) -> None:
@@ -532,8 +537,7 @@ class RelayTransport:
         while True:
             await self.clock.sleep(interval)
             if self.clock.monotonic() - sock.last_rx > self.config.pong_timeout_s:
-                log.warning("relay keepalive: nothing heard for %.0f s; closing",
-                            self.config.pong_timeout_s)
+                log.warning("relay keepalive: nothing heard for %.0f s; closing", self.config.pong_timeout_s)
                 await self._close_socket(sock, 1011, "keepalive timeout")
                 return
             await sock.ws.ping()
@@ -605,11 +609,11 @@ class RelayTransport:
         if not await self.send_frame(F.going_idle(wake_at)):
             return False
         try:
-            await wait_with_timeout(self.clock, asyncio.shield(sock.flip_ack),
-                                    self.config.ack_timeout_s)
+            await wait_with_timeout(self.clock, asyncio.shield(sock.flip_ack), self.config.ack_timeout_s)
         except TimeoutError:
-            log.warning("relay going_idle_ack not received within %.0f s: re-handshaking",
-                        self.config.ack_timeout_s)
+            log.warning(
+                "relay going_idle_ack not received within %.0f s: re-handshaking", self.config.ack_timeout_s
+            )
             await self._rehandshake(sock, "going_idle_ack timeout")
             return False
         except (ConnectionError, asyncio.CancelledError) as exc:

@@ -24,9 +24,7 @@ def normalise_relay_url(url: str) -> str:
     parts = urlsplit(raw)
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None:
-        raise ConfigError(
-            f"relay url {raw!r} has scheme {parts.scheme!r}; allowed: ws, wss, http, https"
-        )
+        raise ConfigError(f"relay url {raw!r} has scheme {parts.scheme!r}; allowed: ws, wss, http, https")
     if not parts.netloc:
         raise ConfigError(f"relay url {raw!r} has no host")
     if parts.query or parts.fragment or raw.endswith(("?", "#")):

@@ -23,8 +23,7 @@ def fake_config(home: Path, llm: FakeLLM, extra: str = "") -> Config:
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.yaml").write_text(
         "model: {default: m1, provider: a}\n"
-        f"providers: {{a: {{base_url: '{llm.base_url}'}}, b: {{base_url: '{llm.base_url}'}}}}\n"
-        + extra
+        f"providers: {{a: {{base_url: '{llm.base_url}'}}, b: {{base_url: '{llm.base_url}'}}}}\n" + extra
     )
     return load_config(home, {})
 
@@ -42,9 +41,15 @@ class CronRig:
         self.http = aiohttp.ClientSession()
         self.telemetry = TelemetryWriter(self.db, clock=self.clock)
         self.telemetry.start()
-        self.ctx = CronContext(config=self.config, store=self.store, clock=self.clock,
-                               http=self.http, env={}, deliver=self._deliver,
-                               telemetry=self.telemetry)
+        self.ctx = CronContext(
+            config=self.config,
+            store=self.store,
+            clock=self.clock,
+            http=self.http,
+            env={},
+            deliver=self._deliver,
+            telemetry=self.telemetry,
+        )
         self.sched = CronScheduler(self.ctx, max_concurrent=4)
         if run_loop:
             self.task = asyncio.create_task(self.sched.run())

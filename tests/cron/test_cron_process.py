@@ -17,14 +17,16 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
 
 
-async def test_kill9_during_cron_run_marks_it_interrupted_and_next_runs(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_kill9_during_cron_run_marks_it_interrupted_and_next_runs(tmp_path: Path, llm: FakeLLM) -> None:
     """kill -9 while a cron turn waits on the provider; the restart fails that occurrence
     ("interrupted", never retried) and the next occurrence runs."""
     home = tmp_path / "home"
@@ -63,12 +65,9 @@ async def test_kill9_during_cron_run_marks_it_interrupted_and_next_runs(
     ("args", "needle"),
     [
         (["cron", "add", "--schedule", "every banana", "--prompt", "p"], "invalid schedule"),
-        (["cron", "add", "--schedule", "0 9 * * *", "--prompt", "p", "--tz", "Mars/Base"],
-         "Mars/Base"),
-        (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--misfire-grace", "-5"],
-         "-5"),
-        (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--catch-up", "some"],
-         "some"),
+        (["cron", "add", "--schedule", "0 9 * * *", "--prompt", "p", "--tz", "Mars/Base"], "Mars/Base"),
+        (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--misfire-grace", "-5"], "-5"),
+        (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--catch-up", "some"], "some"),
         (["cron", "show", "nope"], "unknown job id 'nope'"),
         (["cron", "run", "nope"], "unknown job id 'nope'"),
         (["cron", "pause", "nope"], "unknown job id 'nope'"),
@@ -92,18 +91,35 @@ def test_cron_cli_round_trip(tmp_path: Path) -> None:
     """add -> list -> update (pin) -> pause -> resume -> remove, each with --json."""
     home = tmp_path / "h"
     home.mkdir()
-    (home / "config.yaml").write_text("model: {default: m1, provider: a}\n"
-                                      "providers: {a: {base_url: 'http://127.0.0.1:9/v1'}}\n")
-    job = json.loads(cli(home, "cron", "add", "--schedule", "every 1h", "--prompt", "p",
-                         "--name", "hourly", "--skill", "s1", "--deliver-to", "telegram:7",
-                         "--json").stdout)
+    (home / "config.yaml").write_text(
+        "model: {default: m1, provider: a}\nproviders: {a: {base_url: 'http://127.0.0.1:9/v1'}}\n"
+    )
+    job = json.loads(
+        cli(
+            home,
+            "cron",
+            "add",
+            "--schedule",
+            "every 1h",
+            "--prompt",
+            "p",
+            "--name",
+            "hourly",
+            "--skill",
+            "s1",
+            "--deliver-to",
+            "telegram:7",
+            "--json",
+        ).stdout
+    )
     assert (job["provider_snapshot"], job["model_snapshot"]) == ("a", "m1")
     assert job["skills"] == ["s1"]
     assert job["deliver_to"] == "telegram:7"
     listed = json.loads(cli(home, "cron", "list", "--json").stdout)
     assert [j["id"] for j in listed] == [job["id"]]
-    pinned = json.loads(cli(home, "cron", "update", job["id"], "--provider", "a", "--model",
-                            "m1", "--json").stdout)
+    pinned = json.loads(
+        cli(home, "cron", "update", job["id"], "--provider", "a", "--model", "m1", "--json").stdout
+    )
     assert (pinned["provider"], pinned["model"]) == ("a", "m1")
     assert (pinned["provider_snapshot"], pinned["model_snapshot"]) == (None, None)
     assert json.loads(cli(home, "cron", "pause", job["id"], "--json").stdout)["enabled"] is False

@@ -49,9 +49,7 @@ async def test_drift_snapshot_matches_runs(rig: CronRig, llm: FakeLLM) -> None:
     assert rig.delivered == [("telegram", "42", "echo: p")]
 
 
-async def test_drift_provider_change_blocks_with_alert_and_no_request(
-    rig: CronRig, llm: FakeLLM
-) -> None:
+async def test_drift_provider_change_blocks_with_alert_and_no_request(rig: CronRig, llm: FakeLLM) -> None:
     """Provider a -> b: blocked_drift, 0 requests, alert names both, says spend, shows the pin."""
     runs = await _job(rig)
     rig.config.model_provider = "b"
@@ -77,9 +75,7 @@ async def test_drift_model_change_on_same_provider_blocks(rig: CronRig, llm: Fak
     assert "m2" in rig.delivered[0][2]
 
 
-async def test_drift_two_ticks_one_alert_heal_then_drift_again_new_alert(
-    rig: CronRig, llm: FakeLLM
-) -> None:
+async def test_drift_two_ticks_one_alert_heal_then_drift_again_new_alert(rig: CronRig, llm: FakeLLM) -> None:
     """One alert per episode; healing closes it; a new drift opens a new one."""
     runs = await _job(rig)
     rig.config.model_default = "m2"
@@ -96,9 +92,7 @@ async def test_drift_two_ticks_one_alert_heal_then_drift_again_new_alert(
     assert len(llm.requests) == 1
 
 
-async def test_drift_pinned_job_runs_and_one_axis_pin_guards_the_other(
-    rig: CronRig, llm: FakeLLM
-) -> None:
+async def test_drift_pinned_job_runs_and_one_axis_pin_guards_the_other(rig: CronRig, llm: FakeLLM) -> None:
     """Pinned on both axes -> runs after any default change; pinned on the model only -> the
     provider axis is still guarded."""
     both = await _job(rig, provider="a", model="m1")
@@ -148,7 +142,11 @@ async def test_budget_reached_blocks_with_no_request_and_one_alert_per_day(
     rig.config.cron_max_daily_usd = 0.0015
     runs = await _job(rig)
     assert [await runs.fire() for _ in range(4)] == [
-        "succeeded", "succeeded", "blocked_budget", "blocked_budget"]
+        "succeeded",
+        "succeeded",
+        "blocked_budget",
+        "blocked_budget",
+    ]
     assert len(llm.requests) == 2
     budget_alerts = [d for d in rig.delivered if "budget" in d[2]]
     assert len(budget_alerts) == 1
@@ -156,8 +154,13 @@ async def test_budget_reached_blocks_with_no_request_and_one_alert_per_day(
 
 def test_check_drift_resolution_error_counts_as_drift() -> None:
     """A snapshot of 'a' against an unresolvable provider (None) is drift under fail_closed."""
-    d = check_drift(job_id="j", pinned=Axes(None, None), snapshot=Axes("a", "m"),
-                    current=Axes(None, "m"), policy="fail_closed")
+    d = check_drift(
+        job_id="j",
+        pinned=Axes(None, None),
+        snapshot=Axes("a", "m"),
+        current=Axes(None, "m"),
+        policy="fail_closed",
+    )
     assert d.blocked
     assert d.message is not None
     assert "None/m" in d.message
@@ -176,8 +179,7 @@ async def test_missing_skill_is_a_recorded_failure_and_skills_reach_the_prompt(
     skill.parent.mkdir(parents=True)
     skill.write_text("Summarise in three bullets.")
     assert await runs.fire() == "succeeded"
-    assert llm.requests[0]["messages"][0] == {"role": "system",
-                                              "content": "Summarise in three bullets."}
+    assert llm.requests[0]["messages"][0] == {"role": "system", "content": "Summarise in three bullets."}
 
 
 async def test_routing_sends_an_18h_cron_turn_to_the_strong_model_and_records_it(
@@ -187,8 +189,9 @@ async def test_routing_sends_an_18h_cron_turn_to_the_strong_model_and_records_it
     the strong model, the ledger keeps the reason, and each skill gets a telemetry row."""
     from datetime import UTC, datetime
 
-    config = fake_config(tmp_path / "home", llm, "routing: {enabled: true, strong_model: big, "
-                         "strong_provider: b}\n")
+    config = fake_config(
+        tmp_path / "home", llm, "routing: {enabled: true, strong_model: big, strong_provider: b}\n"
+    )
     at_18 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC).timestamp()
     r = await CronRig(config, FakeClock(wall=at_18)).start(run_loop=False)
     try:
@@ -205,23 +208,21 @@ async def test_routing_sends_an_18h_cron_turn_to_the_strong_model_and_records_it
         assert await pinned.fire() == "succeeded"
         assert llm.requests[-1]["model"] == "m1"  # a pinned model is never routed
         await r.telemetry.flush()
-        async with r.db.execute("SELECT skill_name, model, success, end_reason FROM "
-                                "skill_invocations") as cur:
+        async with r.db.execute(
+            "SELECT skill_name, model, success, end_reason FROM skill_invocations"
+        ) as cur:
             assert [tuple(x) for x in await cur.fetchall()] == [("s1", "big", 1, "succeeded")]
     finally:
         await r.close()
 
 
-async def test_scaffolding_failures_are_recorded_with_null_success(
-    rig: CronRig, llm: FakeLLM
-) -> None:
+async def test_scaffolding_failures_are_recorded_with_null_success(rig: CronRig, llm: FakeLLM) -> None:
     """A missing skill and a drift block leave telemetry rows whose success is NULL."""
     runs = await _job(rig, skills=["nope"])
     assert await runs.fire() == "failed"
     rig.config.model_default = "m2"
     assert await runs.fire() == "blocked_drift"
     await rig.telemetry.flush()
-    async with rig.db.execute("SELECT success, end_reason FROM skill_invocations "
-                              "ORDER BY id") as cur:
+    async with rig.db.execute("SELECT success, end_reason FROM skill_invocations ORDER BY id") as cur:
         rows = [tuple(x) for x in await cur.fetchall()]
     assert rows == [(None, "skill_not_found"), (None, "blocked_drift")]

@@ -24,17 +24,38 @@ def local(t: float, tz: ZoneInfo = TOR) -> str:
 
 @pytest.mark.parametrize(
     ("text", "kind"),
-    [("every 30m", "every"), ("every 2h", "every"), ("every 1d", "every"), ("0 9 * * *", "cron"),
-     ("@hourly", "cron"), ("@daily", "cron"), ("@weekly", "cron"), ("@monthly", "cron"),
-     ("@yearly", "cron"), ("2026-12-01T09:00:00Z", "once"), ("in 30m", "once")],
+    [
+        ("every 30m", "every"),
+        ("every 2h", "every"),
+        ("every 1d", "every"),
+        ("0 9 * * *", "cron"),
+        ("@hourly", "cron"),
+        ("@daily", "cron"),
+        ("@weekly", "cron"),
+        ("@monthly", "cron"),
+        ("@yearly", "cron"),
+        ("2026-12-01T09:00:00Z", "once"),
+        ("in 30m", "once"),
+    ],
 )
 def test_parse_schedule_accepts_every_form(text: str, kind: str) -> None:
     """Each documented form parses to its kind."""
     assert parse_schedule(text, 1_800_000_000.0).kind == kind
 
 
-@pytest.mark.parametrize("text", ["every banana", "61 * * * *", "", "tomorrow", "every 0m",
-                                  "2026-12-01T09:00:00", "@sometimes", "* * * *"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "every banana",
+        "61 * * * *",
+        "",
+        "tomorrow",
+        "every 0m",
+        "2026-12-01T09:00:00",
+        "@sometimes",
+        "* * * *",
+    ],
+)
 def test_parse_schedule_error_lists_accepted_forms(text: str) -> None:
     """An invalid schedule names itself and lists the accepted forms."""
     with pytest.raises(ConfigError, match="accepted: every 30m"):
@@ -123,11 +144,13 @@ def test_spring_forward_gap_time_fires_after_the_gap() -> None:
 
 @pytest.mark.parametrize(
     ("catch_up", "grace", "run", "missed"),
-    [("latest", None, [500.0], [100.0, 200.0, 300.0, 400.0]),
-     ("all", None, [100.0, 200.0, 300.0, 400.0, 500.0], []),
-     ("skip", None, [], [100.0, 200.0, 300.0, 400.0, 500.0]),
-     ("all", 350.0, [300.0, 400.0, 500.0], [100.0, 200.0]),
-     ("latest", 50.0, [], [100.0, 200.0, 300.0, 400.0, 500.0])],
+    [
+        ("latest", None, [500.0], [100.0, 200.0, 300.0, 400.0]),
+        ("all", None, [100.0, 200.0, 300.0, 400.0, 500.0], []),
+        ("skip", None, [], [100.0, 200.0, 300.0, 400.0, 500.0]),
+        ("all", 350.0, [300.0, 400.0, 500.0], [100.0, 200.0]),
+        ("latest", 50.0, [], [100.0, 200.0, 300.0, 400.0, 500.0]),
+    ],
     ids=["latest", "all", "skip", "all-with-grace", "latest-all-too-late"],
 )
 def test_plan_due_applies_catch_up_and_grace(

@@ -64,8 +64,7 @@ async def test_scheduler_6h_suspend_catch_up(
 
 async def test_scheduler_misfire_grace_marks_late_occurrences_missed(rig: CronRig) -> None:
     """With a 2 h grace, only occurrences within 2 h of now may run after a suspend."""
-    job = await rig.add(schedule="every 1h", prompt="p", catch_up="all",
-                        misfire_grace_seconds=2 * HOUR)
+    job = await rig.add(schedule="every 1h", prompt="p", catch_up="all", misfire_grace_seconds=2 * HOUR)
     await rig.clock.jump(6.5 * HOUR)
     await rig.quiet()
     assert await rig.statuses(job.id) == ["missed"] * 4 + ["succeeded"] * 2

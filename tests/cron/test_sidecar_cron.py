@@ -26,9 +26,13 @@ async def _sidecar(tmp_path: Path, fake: FakeConnector, llm: FakeLLM) -> tuple[S
     home.mkdir()
     (home / "config.yaml").write_text(
         provider_config(llm.base_url)
-        + "gateway: {scale_to_zero: {idle_timeout_minutes: 1, cooldown_seconds: 5}}\n")
-    env = {"HERMES_SCALE_TO_ZERO": "1", "GATEWAY_RELAY_URL": fake.url,
-           "GATEWAY_RELAY_WAKE_URL": "http://127.0.0.1:1/wake"}
+        + "gateway: {scale_to_zero: {idle_timeout_minutes: 1, cooldown_seconds: 5}}\n"
+    )
+    env = {
+        "HERMES_SCALE_TO_ZERO": "1",
+        "GATEWAY_RELAY_URL": fake.url,
+        "GATEWAY_RELAY_WAKE_URL": "http://127.0.0.1:1/wake",
+    }
     clock = FakeClock()
     sc = Sidecar(load_config(home, env), port=0, clock=clock, env={})
     await sc.start()
@@ -41,13 +45,14 @@ async def _idle_to_dormant(sc: Sidecar, clock: FakeClock) -> None:
     """Advance through the 60 s idle timeout and wait until the relay flip completed."""
     await clock.advance(60)
     assert sc.transport is not None
-    await asyncio.wait_for(sc.transport.wait_until(
-        lambda: sc.transport is not None and sc.transport.state is ConnState.DORMANT), 10)
+    await asyncio.wait_for(
+        sc.transport.wait_until(lambda: sc.transport is not None and sc.transport.state is ConnState.DORMANT),
+        10,
+    )
 
 
 async def _add(sc: Sidecar, clock: FakeClock, schedule: str) -> str:
-    job = create_job(sc.config, {"schedule": schedule, "prompt": "p", "deliver_to": "relay:9"},
-                     clock.wall())
+    job = create_job(sc.config, {"schedule": schedule, "prompt": "p", "deliver_to": "relay:9"}, clock.wall())
     await sc.cron_store.add(job)
     sc.on_poke()
     await clock.settle()
@@ -80,9 +85,7 @@ async def test_sidecar_sends_wake_at_and_a_due_job_wakes_it(tmp_path: Path, llm:
             await sc.shutdown()
 
 
-async def test_sidecar_job_due_within_idle_timeout_keeps_it_live(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_sidecar_job_due_within_idle_timeout_keeps_it_live(tmp_path: Path, llm: FakeLLM) -> None:
     """A job due within the next idle timeout keeps the sidecar live; a running job too."""
     async with FakeConnector() as fake:
         fake.answer_outbound = True
@@ -110,16 +113,27 @@ async def test_cron_run_is_handed_to_the_running_sidecar(tmp_path: Path, llm: Fa
     home.mkdir()
     (home / "config.yaml").write_text(provider_config(llm.base_url))
     env = {"HERMES_HOME": str(home)}
-    proc = await Proc([sys.executable, "-m", "gateway", "run", "--port", str(free_port())],
-                      env=env).start()
+    proc = await Proc([sys.executable, "-m", "gateway", "run", "--port", str(free_port())], env=env).start()
     try:
         await proc.wait_for_line("hermes-sidecar started")
-        add = await Proc([sys.executable, "-m", "gateway", "cron", "add", "--schedule", "@daily",
-                          "--prompt", "now please", "--json"], env=env).start()
+        add = await Proc(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "cron",
+                "add",
+                "--schedule",
+                "@daily",
+                "--prompt",
+                "now please",
+                "--json",
+            ],
+            env=env,
+        ).start()
         assert await add.wait() == 0
         job_id = json.loads(add.lines[-1])["id"]
-        run = await Proc([sys.executable, "-m", "gateway", "cron", "run", job_id, "--json"],
-                         env=env).start()
+        run = await Proc([sys.executable, "-m", "gateway", "cron", "run", job_id, "--json"], env=env).start()
         assert await run.wait() == 0
         row = json.loads(run.lines[-1])
         assert (row["status"], row["output"]) == ("succeeded", "echo: now please")
@@ -128,9 +142,7 @@ async def test_cron_run_is_handed_to_the_running_sidecar(tmp_path: Path, llm: Fa
         await proc.stop()
 
 
-async def test_delivery_while_dormant_is_kept_and_sent_after_wake(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_delivery_while_dormant_is_kept_and_sent_after_wake(tmp_path: Path, llm: FakeLLM) -> None:
     """A cron result produced while the relay is dormant waits in state.db, then goes out once."""
     async with FakeConnector() as fake:
         fake.answer_outbound = True
@@ -143,7 +155,10 @@ async def test_delivery_while_dormant_is_kept_and_sent_after_wake(
             assert sc.watcher.wake("poke")
             await fake.wait_until(lambda: len(fake.of_type("outbound")) == 1)
             assert fake.of_type("outbound")[0]["action"] == {
-                "op": "send", "chat_id": "9", "content": "digest ready"}
+                "op": "send",
+                "chat_id": "9",
+                "content": "digest ready",
+            }
             assert sc.deliveries.flushing is not None
             await asyncio.wait_for(sc.deliveries.flushing, 10)
             assert await sc.cron_store.pending_deliveries() == []

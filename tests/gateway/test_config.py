@@ -59,7 +59,12 @@ def test_config_bad_values_fall_back_with_one_warning_per_key(
     assert len(lines) == len(BAD_KEYS)
     z = c.scale_to_zero
     assert (z.idle_timeout_s, z.cooldown_s, z.ack_timeout_s, z.suspend, z.external_waker) == (
-        300.0, 60.0, 10.0, "autostop", False)
+        300.0,
+        60.0,
+        10.0,
+        "autostop",
+        False,
+    )
     assert c.relay_url is None
     assert c.relay_max_frame_bytes == 1_048_576
     assert (c.cron_timezone, c.drift_policy, c.cron_max_concurrent) == ("UTC", "fail_closed", 4)
@@ -74,8 +79,7 @@ def test_config_bad_values_fall_back_with_one_warning_per_key(
 def test_config_env_wins_over_yaml(tmp_path: Path) -> None:
     """GATEWAY_RELAY_URL overrides gateway.relay_url and is normalised."""
     (tmp_path / "config.yaml").write_text("gateway: {relay_url: 'http://a.example'}\n")
-    c = load_config(tmp_path, {"GATEWAY_RELAY_URL": " https://b.example/ ",
-                               "HERMES_SCALE_TO_ZERO": " YES "})
+    c = load_config(tmp_path, {"GATEWAY_RELAY_URL": " https://b.example/ ", "HERMES_SCALE_TO_ZERO": " YES "})
     assert c.relay_url == "wss://b.example/relay"
     assert c.scale_to_zero.enabled is True
 
@@ -99,8 +103,16 @@ def test_config_unparseable_yaml_warns_once(tmp_path: Path, caplog: pytest.LogCa
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("1", True), ("true", True), (" Yes ", True), ("ON", True), ("0", False), ("", False),
-     (None, False), ("enabled", False)],
+    [
+        ("1", True),
+        ("true", True),
+        (" Yes ", True),
+        ("ON", True),
+        ("0", False),
+        ("", False),
+        (None, False),
+        ("enabled", False),
+    ],
 )
 def test_scale_to_zero_env_flag(value: str | None, expected: bool) -> None:
     """Truthy is 1, true, yes, on (trimmed, case-insensitive)."""
@@ -109,8 +121,16 @@ def test_scale_to_zero_env_flag(value: str | None, expected: bool) -> None:
 
 @pytest.mark.parametrize(
     ("minutes", "seconds"),
-    [(5, 300.0), (0.5, 30.0), (0, 300.0), (-1, 300.0), ("abc", 300.0), (None, 300.0),
-     (True, 300.0), ("2", 120.0)],
+    [
+        (5, 300.0),
+        (0.5, 30.0),
+        (0, 300.0),
+        (-1, 300.0),
+        ("abc", 300.0),
+        (None, 300.0),
+        (True, 300.0),
+        ("2", 120.0),
+    ],
 )
 def test_idle_timeout_coercion(minutes: object, seconds: float) -> None:
     """<= 0 or non-numeric idle timeouts fall back to 5 minutes."""

@@ -103,7 +103,7 @@ async def test_e2e_sigterm_lets_running_turn_finish_and_exits_0(stack: Stack) ->
 
 
 async def test_e2e_sidecar_json_is_private_and_names_the_port(stack: Stack) -> None:
-    """sidecar.json holds port, pid and a token, mode 0600."""
+    """sidecar.json holds port, pid and a token, mode 0600; the home is 0700, its databases 0600."""
     stack.write_config(idle_minutes=10)
     await stack.start_relay()
     await stack.start_sidecar()
@@ -113,3 +113,7 @@ async def test_e2e_sidecar_json_is_private_and_names_the_port(stack: Stack) -> N
     assert info["pid"] > 0
     assert len(info["token"]) >= 32
     assert path.stat().st_mode & 0o777 == 0o600
+    # message content is readable by this user only (SPEC 8.1)
+    assert stack.home.stat().st_mode & 0o777 == 0o700
+    for name in ("state.db", "state.db-wal", "state.db-shm"):
+        assert (stack.home / name).stat().st_mode & 0o777 == 0o600, name

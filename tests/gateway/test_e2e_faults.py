@@ -25,6 +25,7 @@ CHATS = 5
 
 async def wait_answered(stack: Stack, expected: list[str], timeout: float = 60.0) -> Counter[str]:
     """Poll the outbox until every expected reply is there (bounded); the reply counts."""
+
     async def loop() -> Counter[str]:
         while True:
             counts = Counter(await stack.replies(chat_id=None))
@@ -39,8 +40,9 @@ async def wait_answered(stack: Stack, expected: list[str], timeout: float = 60.0
         missing = [e for e in expected if counts[e] == 0]
         sc = stack.sidecar.output if stack.sidecar else ""
         relay = stack.relay.output if stack.relay else ""
-        raise AssertionError(f"{len(missing)} never answered, e.g. {missing[:3]}\n"
-                             f"sidecar:\n{sc}\nrelay:\n{relay}") from None
+        raise AssertionError(
+            f"{len(missing)} never answered, e.g. {missing[:3]}\nsidecar:\n{sc}\nrelay:\n{relay}"
+        ) from None
 
 
 async def post_all(stack: Stack, trial: int) -> list[str]:

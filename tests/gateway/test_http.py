@@ -22,21 +22,28 @@ from relay.protocol.token import mint_token
 async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
     """A cron-only sidecar (no relay) armed by an external waker, on a fake clock."""
     (tmp_path / "config.yaml").write_text(
-        "gateway: {scale_to_zero: {external_waker: true, idle_timeout_minutes: 1}}\n")
-    env = {"HERMES_SCALE_TO_ZERO": "1", "GATEWAY_RELAY_WAKE_URL": "http://x/wake",
-           "HERMES_WAKE_SECRET": "w4ke", "GATEWAY_RELAY_ID": "gw",
-           "GATEWAY_RELAY_SECRET": "rs"}
+        "gateway: {scale_to_zero: {external_waker: true, idle_timeout_minutes: 1}}\n"
+    )
+    env = {
+        "HERMES_SCALE_TO_ZERO": "1",
+        "GATEWAY_RELAY_WAKE_URL": "http://x/wake",
+        "HERMES_WAKE_SECRET": "w4ke",
+        "GATEWAY_RELAY_ID": "gw",
+        "GATEWAY_RELAY_SECRET": "rs",
+    }
     sc = Sidecar(load_config(tmp_path, env), port=0, clock=FakeClock(wall=1.8e9), env=env)
     await sc.start()
     yield sc
     await sc.shutdown()
 
 
-async def _get(sc: Sidecar, path: str, headers: dict[str, str] | None = None,
-               method: str = "GET") -> tuple[int, dict]:
-    async with aiohttp.ClientSession() as s, s.request(
-        method, f"http://127.0.0.1:{sc.port}{path}", headers=headers or {}
-    ) as r:
+async def _get(
+    sc: Sidecar, path: str, headers: dict[str, str] | None = None, method: str = "GET"
+) -> tuple[int, dict]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.request(method, f"http://127.0.0.1:{sc.port}{path}", headers=headers or {}) as r,
+    ):
         return r.status, await r.json()
 
 
@@ -78,9 +85,20 @@ async def test_status_metrics_and_presence(sidecar: Sidecar) -> None:
     """/status has every field; /metrics is Prometheus text; /presence is 409 when dormant."""
     status, doc = await _get(sidecar, "/status")
     assert status == 200
-    assert set(doc) >= {"state", "armed", "arm_blockers", "last_inbound_at", "idle_for_s",
-                        "idle_timeout_s", "cooldown_until", "running_turns", "next_job_due_at",
-                        "jobs_may_run_late", "drift_alerts", "relay"}
+    assert set(doc) >= {
+        "state",
+        "armed",
+        "arm_blockers",
+        "last_inbound_at",
+        "idle_for_s",
+        "idle_timeout_s",
+        "cooldown_until",
+        "running_turns",
+        "next_job_due_at",
+        "jobs_may_run_late",
+        "drift_alerts",
+        "relay",
+    }
     assert (doc["state"], doc["armed"], doc["idle_timeout_s"]) == ("cron-only", True, 60.0)
     await _dormant(sidecar)
     status, doc = await _get(sidecar, "/status")
@@ -147,9 +165,14 @@ async def test_fly_api_suspends_only_after_cooldown_dormant(tmp_path: Path) -> N
     await web.UnixSite(runner, sock).start()
     (tmp_path / "config.yaml").write_text(
         "gateway: {scale_to_zero: {external_waker: true, idle_timeout_minutes: 1, "
-        "cooldown_seconds: 30, suspend: fly-api}}\n")
-    env = {"HERMES_SCALE_TO_ZERO": "1", "GATEWAY_RELAY_WAKE_URL": "http://x/wake",
-           "FLY_APP_NAME": "a", "FLY_MACHINE_ID": "m"}
+        "cooldown_seconds: 30, suspend: fly-api}}\n"
+    )
+    env = {
+        "HERMES_SCALE_TO_ZERO": "1",
+        "GATEWAY_RELAY_WAKE_URL": "http://x/wake",
+        "FLY_APP_NAME": "a",
+        "FLY_MACHINE_ID": "m",
+    }
     clock = FakeClock()
     sc = Sidecar(load_config(tmp_path, env), port=0, clock=clock, env=env)
     sc.fly_api_socket = sock
@@ -167,3 +190,21 @@ async def test_fly_api_suspends_only_after_cooldown_dormant(tmp_path: Path) -> N
     finally:
         await sc.shutdown()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["Bearer w4kë", "Bearer " + "Z3c6wrI6YWJj", "Bearer \u00ff\u00fe"],
+    ids=["non-ascii", "superscript-exp", "latin1-bytes"],
+)
+async def test_wake_with_a_garbage_bearer_is_401_never_500(sidecar: Sidecar, header: str) -> None:
+    """A non-ASCII bearer or a token whose exp is '²' gets 401 and changes nothing."""
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(
+            f"http://127.0.0.1:{sidecar.port}/wake",
+            headers={"Authorization": header.encode().decode("latin-1")},
+        ) as r,
+    ):
+        assert r.status == 401
+    assert sidecar.last_poke_at is None

@@ -29,8 +29,10 @@ class RawConnector:
         self.descriptor = descriptor
         self.acked: list[str] = []
         self.sends: list[dict[str, Any]] = []
-        self.outbound_result: Callable[[dict[str, Any]], dict[str, Any]] = (
-            lambda _f: {"success": True, "message_id": "m"})
+        self.outbound_result: Callable[[dict[str, Any]], dict[str, Any]] = lambda _f: {
+            "success": True,
+            "message_id": "m",
+        }
         self.changed = asyncio.Event()
         app = web.Application()
         app.router.add_get("/relay", self._ws)
@@ -53,8 +55,7 @@ class RawConnector:
             for line in msg.data.splitlines():
                 frame = json.loads(line)
                 if frame["type"] == "hello":
-                    await ws.send_str(json.dumps(F.descriptor(frame["platform"],
-                                                              **self.descriptor)) + "\n")
+                    await ws.send_str(json.dumps(F.descriptor(frame["platform"], **self.descriptor)) + "\n")
                     if self.first_message:
                         await ws.send_str(self.first_message)
                         self.first_message = ""
@@ -65,18 +66,30 @@ class RawConnector:
                     await ws.send_str(json.dumps(F.going_idle_ack()) + "\n")
                 elif frame["type"] == "outbound":
                     self.sends.append(frame)
-                    await ws.send_str(json.dumps(F.outbound_result(
-                        frame["requestId"], self.outbound_result(frame))) + "\n")
+                    await ws.send_str(
+                        json.dumps(F.outbound_result(frame["requestId"], self.outbound_result(frame))) + "\n"
+                    )
                 self.changed.set()
         return ws
 
 
 def inbound(bid: str, chat_id: Any, message_id: Any, text: str = "hi") -> str:
     """One inbound frame line, ASCII-escaped (so a lone surrogate travels as ``\\ud800``)."""
-    return json.dumps({"type": "inbound", "bufferId": bid, "event": {
-        "text": text, "message_type": "text", "message_id": message_id,
-        "source": {"platform": "relay", "chat_id": chat_id, "user_id": "u1",
-                   "profile": None}}}) + "\n"
+    return (
+        json.dumps(
+            {
+                "type": "inbound",
+                "bufferId": bid,
+                "event": {
+                    "text": text,
+                    "message_type": "text",
+                    "message_id": message_id,
+                    "source": {"platform": "relay", "chat_id": chat_id, "user_id": "u1", "profile": None},
+                },
+            }
+        )
+        + "\n"
+    )
 
 
 async def first_id(sc: Sidecar) -> int:
@@ -110,8 +123,9 @@ async def start(tmp_path: Path, llm: FakeLLM) -> AsyncIterator[Callable[[RawConn
 async def test_poison_frame_is_quarantined_and_its_batch_still_answered(start: Any) -> None:
     """valid_a + an inbound with a lone surrogate + valid_b in one WS message: all three are
     acked, a and b answered, the bad one kept as rejected and counted."""
-    message = (inbound("a", "c1", "1", "first") + inbound("bad", "\ud800", "2")
-               + inbound("b", "c2", "3", "second"))
+    message = (
+        inbound("a", "c1", "1", "first") + inbound("bad", "\ud800", "2") + inbound("b", "c2", "3", "second")
+    )
     conn = RawConnector(message)
     sc = await start(conn)
     await conn.wait_until(lambda: len(conn.sends) == 2 and len(conn.acked) == 3)
@@ -124,11 +138,21 @@ async def test_poison_frame_is_quarantined_and_its_batch_still_answered(start: A
 
 async def test_bad_shapes_and_unknown_types_with_a_buffer_id_are_acked_not_stuck(start: Any) -> None:
     """No event object, no chat id, an unknown type with a bufferId: each acked, quarantined."""
-    message = (json.dumps({"type": "inbound", "bufferId": "no-event"}) + "\n"
-               + json.dumps({"type": "inbound", "bufferId": "no-chat",
-                             "event": {"text": "x", "source": {"platform": "relay"}}}) + "\n"
-               + json.dumps({"type": "mystery", "bufferId": "odd"}) + "\n"
-               + inbound("fine", "c1", "9", "ok"))
+    message = (
+        json.dumps({"type": "inbound", "bufferId": "no-event"})
+        + "\n"
+        + json.dumps(
+            {
+                "type": "inbound",
+                "bufferId": "no-chat",
+                "event": {"text": "x", "source": {"platform": "relay"}},
+            }
+        )
+        + "\n"
+        + json.dumps({"type": "mystery", "bufferId": "odd"})
+        + "\n"
+        + inbound("fine", "c1", "9", "ok")
+    )
     conn = RawConnector(message)
     sc = await start(conn)
     await conn.wait_until(lambda: len(conn.acked) == 4 and len(conn.sends) == 1)
@@ -145,8 +169,7 @@ async def test_two_messages_without_message_id_are_both_answered(start: Any) -> 
     assert [s["action"]["content"] for s in conn.sends] == ["echo: one", "echo: two"]
 
 
-async def test_a_resent_frame_without_message_id_is_acked_again_not_answered_twice(
-        start: Any) -> None:
+async def test_a_resent_frame_without_message_id_is_acked_again_not_answered_twice(start: Any) -> None:
     """The same bufferId twice (a resend): acked both times, answered once."""
     conn = RawConnector(inbound("x1", "c1", None, "one") + inbound("x1", "c1", None, "one"))
     await start(conn)
@@ -172,8 +195,11 @@ async def test_reply_carries_identity_metadata_and_the_chunk_key(start: Any) -> 
 async def test_a_declined_reply_is_never_resent(start: Any) -> None:
     """An egress_declined result is definite: one attempt, the turn fails, nothing resent."""
     conn = RawConnector(inbound("d1", "c1", "6", "nope"))
-    conn.outbound_result = lambda _f: {"success": False, "code": "egress_declined",
-                                       "error": "egress declined: not announced"}
+    conn.outbound_result = lambda _f: {
+        "success": False,
+        "code": "egress_declined",
+        "error": "egress declined: not announced",
+    }
     sc = await start(conn)
     await conn.wait_until(lambda: len(conn.sends) == 1)
     for _ in range(50):
@@ -187,8 +213,9 @@ async def test_a_declined_reply_is_never_resent(start: Any) -> None:
 
 
 @pytest.mark.parametrize("garbage", ["lots", 1e400, [1]], ids=["text", "inf", "list"])
-async def test_garbage_usage_gets_the_apology_and_a_failed_turn(start: Any, llm: FakeLLM,
-                                                                garbage: Any) -> None:
+async def test_garbage_usage_gets_the_apology_and_a_failed_turn(
+    start: Any, llm: FakeLLM, garbage: Any
+) -> None:
     """usage.prompt_tokens "lots", 1e400 or [1]: the user gets the apology, the turn fails."""
     llm.usage = {"prompt_tokens": "PLACEHOLDER", "completion_tokens": 1}
     llm.usage["prompt_tokens"] = garbage
@@ -207,12 +234,14 @@ async def test_garbage_usage_gets_the_apology_and_a_failed_turn(start: Any, llm:
 
 
 async def test_a_provider_echoing_the_key_leaves_no_key_in_state_or_log(
-        tmp_path: Path, llm: FakeLLM, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, llm: FakeLLM, caplog: pytest.LogCaptureFixture
+) -> None:
     """A 401 body that echoes the API key: inbox.error, tasks.error and the log hold no key."""
     key = "k3y-Value-0123456789"
     (tmp_path / "config.yaml").write_text(
         f"model: {{default: m, provider: fake}}\n"
-        f"providers: {{fake: {{base_url: '{llm.base_url}', api_key_env: FAKE_KEY}}}}\n")
+        f"providers: {{fake: {{base_url: '{llm.base_url}', api_key_env: FAKE_KEY}}}}\n"
+    )
     llm.status = 401
     llm.error_body = {"error": f"invalid api key {key}", "echo": f"Authorization: Bearer {key}"}
     conn = RawConnector(inbound("s1", "c1", "8", "leak?"))

@@ -36,16 +36,19 @@ from tests.fake_llm import FakeLLM, provider_config
     ],
     ids=lambda v: v.value if hasattr(v, "value") else str(v),
 )
-def test_turn_table_moves_each_legal_step(state: TurnState, event: TurnEvent,
-                                          after: TurnState) -> None:
+def test_turn_table_moves_each_legal_step(state: TurnState, event: TurnEvent, after: TurnState) -> None:
     """Each row of the table gives its next state."""
     assert transition(state, event) is after
 
 
 @pytest.mark.parametrize(
     ("state", "event"),
-    [(TurnState.DELIVERED, TurnEvent.START), (TurnState.ANSWERED, TurnEvent.START),
-     (TurnState.UNDELIVERED, TurnEvent.DELIVER), (TurnState.RECEIVED, TurnEvent.DELIVER)],
+    [
+        (TurnState.DELIVERED, TurnEvent.START),
+        (TurnState.ANSWERED, TurnEvent.START),
+        (TurnState.UNDELIVERED, TurnEvent.DELIVER),
+        (TurnState.RECEIVED, TurnEvent.DELIVER),
+    ],
     ids=["delivered-start", "answered-start", "undelivered-deliver", "received-deliver"],
 )
 def test_turn_table_refuses_illegal_steps_naming_both(state: TurnState, event: TurnEvent) -> None:
@@ -74,15 +77,22 @@ class Rig:
         self.fail_at: str | None = None  # a key whose send fails (then succeeds)
         self.retries = 0
         self.worker = InboxWorker(
-            inbox=self.inbox, config=load_config(home=home, env={}), http=http, env={},
-            clock=self.clock, send=self.send, chunk_limit=lambda: 5,
-            on_model_retry=self.count_retry)
+            inbox=self.inbox,
+            config=load_config(home=home, env={}),
+            http=http,
+            env={},
+            clock=self.clock,
+            send=self.send,
+            chunk_limit=lambda: 5,
+            on_model_retry=self.count_retry,
+        )
 
     def count_retry(self) -> None:
         self.retries += 1
 
-    async def send(self, item: InboxItem, chunk: str, key: str,
-                   answered_at: float) -> tuple[Sent, str | None]:
+    async def send(
+        self, item: InboxItem, chunk: str, key: str, answered_at: float
+    ) -> tuple[Sent, str | None]:
         if key == self.fail_at:
             self.fail_at = None
             return Sent.INTERRUPTED, "connection lost"
@@ -90,9 +100,16 @@ class Rig:
         return Sent.CONFIRMED, None
 
     async def admit(self, text: str, message_id: str = "m1") -> InboxItem:
-        frame = {"type": "inbound", "bufferId": f"b-{message_id}", "event": {
-            "text": text, "message_type": "text", "message_id": message_id,
-            "source": {"platform": "relay", "chat_id": "c1", "user_id": "u1"}}}
+        frame = {
+            "type": "inbound",
+            "bufferId": f"b-{message_id}",
+            "event": {
+                "text": text,
+                "message_type": "text",
+                "message_id": message_id,
+                "source": {"platform": "relay", "chat_id": "c1", "user_id": "u1"},
+            },
+        }
         admission = await self.inbox.admit([frame], self.clock.wall())
         return admission.new[0]
 
@@ -134,13 +151,18 @@ async def test_answering_turn_after_restart_calls_the_model_again_and_counts_it(
     assert row.model_calls == 2
 
 
-async def test_answered_turn_after_restart_sends_only_unconfirmed_chunks_no_model_call(
-        rig: Rig) -> None:
+async def test_answered_turn_after_restart_sends_only_unconfirmed_chunks_no_model_call(rig: Rig) -> None:
     """An answered turn with 1 of 3 chunks confirmed: chunks 1 and 2 go out; no provider call."""
     item = await rig.admit("x")
-    await rig.force(item.id, turn_state="answered", status="running", outcome="succeeded",
-                    chunks=json.dumps(["one", "two", "three"]), chunks_sent=1,
-                    answered_at=rig.clock.wall())
+    await rig.force(
+        item.id,
+        turn_state="answered",
+        status="running",
+        outcome="succeeded",
+        chunks=json.dumps(["one", "two", "three"]),
+        chunks_sent=1,
+        answered_at=rig.clock.wall(),
+    )
     outcome = await rig.worker.turn(item, None)
     assert outcome.status == "done"
     assert rig.llm.requests == []
@@ -190,8 +212,11 @@ async def test_a_recreated_state_db_never_reuses_inbox_ids(tmp_path: Path) -> No
     for name in ("one.db", "two.db"):
         db = await open_state_db(tmp_path / name)
         store = InboxStore(db)
-        frame = {"type": "inbound", "bufferId": "b", "event": {
-            "text": "x", "message_id": "1", "source": {"platform": "relay", "chat_id": "c"}}}
+        frame = {
+            "type": "inbound",
+            "bufferId": "b",
+            "event": {"text": "x", "message_id": "1", "source": {"platform": "relay", "chat_id": "c"}},
+        }
         firsts.append((await store.admit([frame], 0.0)).new[0].id)
         await db.close()
     assert firsts[0] != firsts[1]

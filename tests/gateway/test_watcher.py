@@ -66,12 +66,16 @@ class Rig:
         self.activity = Activity(self.clock)
         self.t = RelayTransport(
             TransportConfig(url=fake.url, ping_interval_s=None, ack_timeout_s=10.0),
-            on_inbound=self._on_inbound, clock=self.clock, uniform=lambda lo, hi: hi,
+            on_inbound=self._on_inbound,
+            clock=self.clock,
+            uniform=lambda lo, hi: hi,
         )
         self.w = IdleWatcher(
             clock=self.clock,
             settings=ScaleToZero(enabled=True, idle_timeout_s=timeout, cooldown_s=cooldown),
-            activity=self.activity, transport=self.t, blockers=[],
+            activity=self.activity,
+            transport=self.t,
+            blockers=[],
         )
         self.task: asyncio.Task[None] | None = None
 
@@ -161,9 +165,7 @@ async def test_watcher_inbound_resets_idle_clock(rig: Rig, fake: FakeConnector) 
     await rig.until(lambda: rig.w.state is WatchState.DORMANT)
 
 
-async def test_watcher_inbound_while_draining_aborts_and_rehandshakes(
-    rig: Rig, fake: FakeConnector
-) -> None:
+async def test_watcher_inbound_while_draining_aborts_and_rehandshakes(rig: Rig, fake: FakeConnector) -> None:
     """Inbound after going_idle (before the ack): back to live through close + re-handshake."""
     fake.ack_going_idle = False
     await rig.start()
@@ -171,8 +173,11 @@ async def test_watcher_inbound_while_draining_aborts_and_rehandshakes(
     await fake.wait_until(lambda: len(fake.of_type("going_idle")) == 1)
     assert rig.w.state is WatchState.DRAINING
     await fake.send(F.inbound({"text": "late"}, "b9"))
-    await rig.until(lambda: rig.w.state is WatchState.LIVE and rig.t.dial_attempts == 2
-                    and rig.t.state is ConnState.CONNECTED)
+    await rig.until(
+        lambda: (
+            rig.w.state is WatchState.LIVE and rig.t.dial_attempts == 2 and rig.t.state is ConnState.CONNECTED
+        )
+    )
     assert fake.dials == 2
     assert rig.t.backoff_delays == []  # re-handshake at once, not a backoff
 
@@ -207,9 +212,14 @@ async def test_watcher_dormant_stays_dormant_without_a_wake(rig: Rig, fake: Fake
 async def test_sidecar_resume_jump_redials(tmp_path: Path, fake: FakeConnector) -> None:
     """Wall jumps 6 h while monotonic stands still: the next request sees it and re-dials."""
     clock = FakeClock()
-    config = load_config(tmp_path, {"HERMES_SCALE_TO_ZERO": "1",
-                                    "GATEWAY_RELAY_URL": fake.url.replace("ws://", "http://"),
-                                    "GATEWAY_RELAY_WAKE_URL": "http://127.0.0.1:1/wake"})
+    config = load_config(
+        tmp_path,
+        {
+            "HERMES_SCALE_TO_ZERO": "1",
+            "GATEWAY_RELAY_URL": fake.url.replace("ws://", "http://"),
+            "GATEWAY_RELAY_WAKE_URL": "http://127.0.0.1:1/wake",
+        },
+    )
     config.scale_to_zero.idle_timeout_s = 60
     sc = Sidecar(config, host="127.0.0.1", port=0, clock=clock, env={})
     await sc.start()
@@ -217,8 +227,7 @@ async def test_sidecar_resume_jump_redials(tmp_path: Path, fake: FakeConnector) 
         assert sc.transport is not None
         await asyncio.wait_for(sc.transport.wait_until(lambda: sc.transport.connected), 10)
         await clock.advance(60)
-        await asyncio.wait_for(sc.transport.wait_until(
-            lambda: sc.transport.state is ConnState.DORMANT), 10)
+        await asyncio.wait_for(sc.transport.wait_until(lambda: sc.transport.state is ConnState.DORMANT), 10)
         assert sc.watcher.state is WatchState.DORMANT
         clock.jump_wall(6 * 3600)
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.port}/healthz") as r:

@@ -23,13 +23,12 @@ async def _sidecar(tmp_path: Path, llm: FakeLLM) -> tuple[Sidecar, FakeClock]:
     return sc, clock
 
 
-async def test_a_due_occurrence_runs_as_a_task_on_the_jobs_profile(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_a_due_occurrence_runs_as_a_task_on_the_jobs_profile(tmp_path: Path, llm: FakeLLM) -> None:
     sc, clock = await _sidecar(tmp_path, llm)
     try:
-        job = create_job(sc.config, {"schedule": "every 10m", "prompt": "tick",
-                                     "profile": "alpha"}, clock.wall())
+        job = create_job(
+            sc.config, {"schedule": "every 10m", "prompt": "tick", "profile": "alpha"}, clock.wall()
+        )
         await sc.cron_store.add(job)
         sc.on_poke()
         await clock.advance(600)
@@ -54,8 +53,7 @@ async def test_an_unknown_profile_blocks_the_task_and_fails_the_occurrence(
     still serves the next job."""
     sc, clock = await _sidecar(tmp_path, llm)
     try:
-        job = create_job(sc.config, {"schedule": "@daily", "prompt": "p", "profile": "alpha"},
-                         clock.wall())
+        job = create_job(sc.config, {"schedule": "@daily", "prompt": "p", "profile": "alpha"}, clock.wall())
         await sc.cron_store.add(job)
         del sc.config.profiles["alpha"]
         row = await sc.run_job_now(job.id)
@@ -65,8 +63,7 @@ async def test_an_unknown_profile_blocks_the_task_and_fails_the_occurrence(
         [task] = await sc.tasks.all()
         assert (task.status, task.error) == ("blocked", row["error"])
         assert llm.requests == []
-        other = create_job(sc.config, {"schedule": "@daily", "prompt": "still here"},
-                           clock.wall())
+        other = create_job(sc.config, {"schedule": "@daily", "prompt": "still here"}, clock.wall())
         await sc.cron_store.add(other)
         ok = await sc.run_job_now(other.id)
         assert ok is not None

@@ -20,9 +20,13 @@ pytestmark = pytest.mark.timeout(90)
 
 
 def kanban(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "kanban", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "kanban", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
 
 
 async def test_per_profile_cap_runs_one_at_a_time_and_keeps_the_sidecar_awake(
@@ -37,15 +41,23 @@ async def test_per_profile_cap_runs_one_at_a_time_and_keeps_the_sidecar_awake(
     (st.home / "config.yaml").write_text(
         provider_config(llm.base_url)
         + "profiles: {alpha: {}}\nkanban: {max_in_progress_per_profile: 1}\n"
-        + "gateway: {scale_to_zero: {idle_timeout_minutes: 0.02, cooldown_seconds: 1}}\n")
+        + "gateway: {scale_to_zero: {idle_timeout_minutes: 0.02, cooldown_seconds: 1}}\n"
+    )
     await st.start_relay()
     sc = await st.start_sidecar()
     try:
         async with aiohttp.ClientSession() as s:
             for i in range(3):
-                async with s.post(f"{st.relay_base}/ingress/relay", json={
-                    "chat_id": f"c{i}", "user_id": "u1", "text": f"question {i}",
-                    "message_id": f"m{i}", "profile": "alpha"}) as r:
+                async with s.post(
+                    f"{st.relay_base}/ingress/relay",
+                    json={
+                        "chat_id": f"c{i}",
+                        "user_id": "u1",
+                        "text": f"question {i}",
+                        "message_id": f"m{i}",
+                        "profile": "alpha",
+                    },
+                ) as r:
                     assert r.status == 202
         await sc.wait_for_line("task 1 dispatched to alpha")
         code, doc = await st.get(f"{st.base}/status")  # within the first 0.8 s answer
@@ -62,7 +74,8 @@ async def test_per_profile_cap_runs_one_at_a_time_and_keeps_the_sidecar_awake(
         assert tasks["state"] == "dormant"
         listed = json.loads(kanban(st.home, "list", "--json").stdout)
         assert [(t["source"], t["assignee"], t["status"]) for t in listed] == [
-            ("inbound", "alpha", "done")] * 3
+            ("inbound", "alpha", "done")
+        ] * 3
     finally:
         await st.close()
 
@@ -75,20 +88,20 @@ def _after_last(lines: list[str], needle: str) -> int:
     return 0
 
 
-async def test_kanban_commands_hand_work_to_the_running_sidecar(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_kanban_commands_hand_work_to_the_running_sidecar(tmp_path: Path, llm: FakeLLM) -> None:
     """`kanban create` notifies the sidecar, which runs the task at once; `kanban dispatch` is
     handed to it; a task for an unknown profile is blocked and the sidecar keeps running."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.yaml").write_text(provider_config(llm.base_url))
-    proc = await Proc([sys.executable, "-m", "gateway", "run", "--port", str(free_port())],
-                      env={"HERMES_HOME": str(home)}).start()
+    proc = await Proc(
+        [sys.executable, "-m", "gateway", "run", "--port", str(free_port())], env={"HERMES_HOME": str(home)}
+    ).start()
     try:
         await proc.wait_for_line("hermes-sidecar started")
-        made = kanban(home, "create", "--title", "summarise", "--body", "the news",
-                      "--assignee", "default", "--json")
+        made = kanban(
+            home, "create", "--title", "summarise", "--body", "the news", "--assignee", "default", "--json"
+        )
         assert made.returncode == 0, made.stderr
         task_id = json.loads(made.stdout)["id"]
         await proc.wait_for_line(f"task {task_id} done")
@@ -100,8 +113,7 @@ async def test_kanban_commands_hand_work_to_the_running_sidecar(
         assert json.loads(handed.stdout)["spawned"] == []
         await proc.wait_for_line("kanban dispatch handed over")
         rows = {t["id"]: t for t in json.loads(kanban(home, "list", "--json").stdout)}
-        assert (rows[task_id]["status"], rows[task_id]["result"]) == (
-            "done", "echo: summarise\n\nthe news")
+        assert (rows[task_id]["status"], rows[task_id]["result"]) == ("done", "echo: summarise\n\nthe news")
         assert rows[task_id + 1]["status"] == "blocked"
         assert proc.proc is not None
         assert proc.proc.returncode is None  # still serving
@@ -109,9 +121,7 @@ async def test_kanban_commands_hand_work_to_the_running_sidecar(
         await proc.stop()
 
 
-async def test_inbound_for_an_unknown_profile_is_blocked_and_told_why(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_inbound_for_an_unknown_profile_is_blocked_and_told_why(tmp_path: Path, llm: FakeLLM) -> None:
     """A message for profile "ghost": its task is blocked naming the known profiles, the user
     is told once, no provider call is made, and the next message is answered as usual."""
     st = Stack(tmp_path, llm)
@@ -119,19 +129,23 @@ async def test_inbound_for_an_unknown_profile_is_blocked_and_told_why(
     await st.start_relay()
     sc = await st.start_sidecar()
     try:
-        async with aiohttp.ClientSession() as s, s.post(f"{st.relay_base}/ingress/relay", json={
-                "chat_id": "c1", "user_id": "u1", "text": "boo", "message_id": 1,
-                "profile": "ghost"}) as r:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"{st.relay_base}/ingress/relay",
+                json={"chat_id": "c1", "user_id": "u1", "text": "boo", "message_id": 1, "profile": "ghost"},
+            ) as r,
+        ):
             assert r.status == 202
         await sc.wait_for_line("(chat c1) blocked")
         await st.ingress("hello", 2)
         await sc.wait_for_line("turn succeeded")
         assert await st.replies() == [
             "This agent cannot answer yet: unknown profile 'ghost' (known profiles: default).",
-            "echo: hello"]
+            "echo: hello",
+        ]
         assert len(llm.requests) == 1
         listed = json.loads(kanban(st.home, "list", "--json").stdout)
-        assert [(t["assignee"], t["status"]) for t in listed] == [("default", "done"),
-                                                                   ("ghost", "blocked")]
+        assert [(t["assignee"], t["status"]) for t in listed] == [("default", "done"), ("ghost", "blocked")]
     finally:
         await st.close()

@@ -10,14 +10,23 @@ from pathlib import Path
 
 from tests.fake_llm import FakeLLM, provider_config
 
-DISPATCH_KEYS = {"spawned", "skipped_unassigned", "skipped_per_profile_capped",
-                 "skipped_global_cap", "auto_assigned_default"}
+DISPATCH_KEYS = {
+    "spawned",
+    "skipped_unassigned",
+    "skipped_per_profile_capped",
+    "skipped_global_cap",
+    "auto_assigned_default",
+}
 
 
 def kanban(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", "kanban", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "kanban", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
+    )
 
 
 def _create(home: Path, title: str, *extra: str) -> int:
@@ -30,8 +39,8 @@ def _create(home: Path, title: str, *extra: str) -> int:
 
 def test_dry_run_prints_the_decisions_and_changes_nothing(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text(
-        "profiles: {alpha: {}}\n"
-        "kanban: {default_assignee: alpha, max_in_progress_per_profile: 1}\n")
+        "profiles: {alpha: {}}\nkanban: {default_assignee: alpha, max_in_progress_per_profile: 1}\n"
+    )
     first = _create(tmp_path, "first", "--assignee", "alpha", "--priority", "5")
     second = _create(tmp_path, "second")
     before = kanban(tmp_path, "list", "--json").stdout
@@ -49,17 +58,22 @@ def test_dry_run_prints_the_decisions_and_changes_nothing(tmp_path: Path) -> Non
     assert kanban(tmp_path, "list", "--json").stdout == before
 
 
-async def test_dispatch_without_a_sidecar_runs_the_task_here(
-    tmp_path: Path, llm: FakeLLM
-) -> None:
+async def test_dispatch_without_a_sidecar_runs_the_task_here(tmp_path: Path, llm: FakeLLM) -> None:
     """A manual task is one agent turn on its profile: title and body are the prompt, the
     answer lands in the task's result."""
     (tmp_path / "config.yaml").write_text(provider_config(llm.base_url))
     task_id = _create(tmp_path, "summarise", "--body", "the news", "--assignee", "default")
     proc = await asyncio.create_subprocess_exec(  # async: the fake provider shares this loop
-        sys.executable, "-m", "gateway", "kanban", "dispatch", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        env={"HERMES_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+        sys.executable,
+        "-m",
+        "gateway",
+        "kanban",
+        "dispatch",
+        "--json",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={"HERMES_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err
     assert json.loads(out)["spawned"] == [[task_id, "default"]]

@@ -62,8 +62,12 @@ async def test_no_cap_spawns_every_ready_task(store: TaskStore) -> None:
 async def test_per_profile_cap_two(store: TaskStore) -> None:
     ids = await _make(store, 5, 3)
     result, _ = await _tick(store, max_in_progress_per_profile=2)
-    assert result.spawned == [(ids["alpha"][0], "alpha"), (ids["alpha"][1], "alpha"),
-                              (ids["beta"][0], "beta"), (ids["beta"][1], "beta")]
+    assert result.spawned == [
+        (ids["alpha"][0], "alpha"),
+        (ids["alpha"][1], "alpha"),
+        (ids["beta"][0], "beta"),
+        (ids["beta"][1], "beta"),
+    ]
     capped = result.skipped_per_profile_capped
     assert [(a, n) for _, a, n in capped] == [("alpha", 2)] * 3 + [("beta", 2)]
     assert [t for t, _, _ in capped] == ids["alpha"][2:] + ids["beta"][2:]
@@ -152,14 +156,19 @@ def _dump(path: Path) -> list[str]:
 
 
 async def test_dry_run_writes_nothing_and_reports_what_a_real_tick_spawns(
-    tmp_path: Path, store: TaskStore,
+    tmp_path: Path,
+    store: TaskStore,
 ) -> None:
     await _make(store, 5, 3)
     for _ in range(2):
         await store.create(title="unowned", now=NOW + 50)
     await store.create(title="ghost", assignee="ghost", now=NOW + 60)
-    kw = {"max_in_progress_per_profile": 2, "max_in_progress": 3, "default_assignee": "beta",
-          "profiles": ["alpha", "beta"]}
+    kw = {
+        "max_in_progress_per_profile": 2,
+        "max_in_progress": 3,
+        "default_assignee": "beta",
+        "profiles": ["alpha", "beta"],
+    }
     before = _dump(tmp_path / "state.db")
     dry, spawned = await _tick(store, dry_run=True, **kw)
     assert spawned == []
@@ -186,8 +195,9 @@ async def test_two_dispatchers_race_over_500_tasks_and_claim_each_once(tmp_path:
 
         async def run(k: int) -> None:
             while True:
-                result = await dispatch_once(stores[k], spawn_fn=lambda t: None, now=NOW,
-                                             max_in_progress=7, owner=f"host:{k}")
+                result = await dispatch_once(
+                    stores[k], spawn_fn=lambda t: None, now=NOW, max_in_progress=7, owner=f"host:{k}"
+                )
                 claims[k] += [i for i, _ in result.spawned]
                 if not result.spawned and not result.skipped_global_cap:
                     return
@@ -214,8 +224,9 @@ async def test_lapsed_running_tasks_go_back_to_ready_with_an_event(store: TaskSt
     assert live
     await dispatch_once(store, spawn_fn=lambda t: None, now=NOW, owner="nohost-x:1")
     # the "live" one is claimed by another live process on this host (our parent)
-    await store.db.execute("UPDATE tasks SET claim_lock = ? WHERE id = ?",
-                           (f"{socket.gethostname()}:{os.getppid()}", live.id))
+    await store.db.execute(
+        "UPDATE tasks SET claim_lock = ? WHERE id = ?", (f"{socket.gethostname()}:{os.getppid()}", live.id)
+    )
     await store.db.execute("UPDATE tasks SET claim_expires_at = ? WHERE id = ?", (NOW - 1, dead.id))
     assert await store.requeue_lapsed(NOW + 10) == [dead.id]
     row = await store.get(dead.id)
@@ -259,9 +270,17 @@ async def test_two_dispatcher_processes_claim_each_of_500_tasks_once(tmp_path: P
     for i in range(500):
         await store.create(title=f"t{i}", assignee="alpha", now=NOW + i)
     await db.close()
-    procs = [await asyncio.create_subprocess_exec(
-        sys.executable, "-c", RACER, str(path), stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE) for _ in range(2)]
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            RACER,
+            str(path),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(2)
+    ]
     outs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
     for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()

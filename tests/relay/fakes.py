@@ -92,13 +92,18 @@ class FakeConnector:
                 self.frames.append(frame)
                 self._changed.set()
                 if frame["type"] == "hello" and behaviour != "silent":
-                    await ws.send_str(json.dumps(
-                        F.descriptor(frame["platform"], **self.descriptor_overrides)) + "\n")
+                    await ws.send_str(
+                        json.dumps(F.descriptor(frame["platform"], **self.descriptor_overrides)) + "\n"
+                    )
                     if isinstance(behaviour, tuple) and behaviour[0] == "close_after_hello":
                         await ws.close(code=behaviour[1], message=behaviour[2].encode())
                 elif frame["type"] == "outbound" and self.answer_outbound:
-                    await ws.send_str(json.dumps(F.outbound_result(
-                        frame["requestId"], {"success": True, "message_id": "m"})) + "\n")
+                    await ws.send_str(
+                        json.dumps(
+                            F.outbound_result(frame["requestId"], {"success": True, "message_id": "m"})
+                        )
+                        + "\n"
+                    )
                 elif frame["type"] == "going_idle" and self.ack_going_idle:
                     await ws.send_str(json.dumps(F.going_idle_ack()) + "\n")
         self._changed.set()

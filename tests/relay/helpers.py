@@ -104,8 +104,9 @@ class RawGateway:
         self.ws: aiohttp.ClientWebSocketResponse | None = None
         self._buf = ""
 
-    async def connect(self, wake_url: str | None = None, platform: str = "relay",
-                      bot_id: str = "") -> dict[str, Any]:
+    async def connect(
+        self, wake_url: str | None = None, platform: str = "relay", bot_id: str = ""
+    ) -> dict[str, Any]:
         self.ws = await self.session.ws_connect(self.url, headers=self.headers)
         hello: dict[str, Any] = {"type": "hello", "platform": platform, "botId": bot_id}
         if wake_url:

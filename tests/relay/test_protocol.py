@@ -159,8 +159,14 @@ def test_splitter_raises_frame_too_large_for_long_line_and_partial() -> None:
 
 @pytest.mark.parametrize(
     ("line", "kind"),
-    [("not json", "not_json"), ("[1,2]", "not_object"), ('{"a":1}', "no_type"),
-     ('{"type":5}', "no_type"), ('"str"', "not_object"), ("[" * 5000, "not_json")],
+    [
+        ("not json", "not_json"),
+        ("[1,2]", "not_object"),
+        ('{"a":1}', "no_type"),
+        ('{"type":5}', "no_type"),
+        ('"str"', "not_object"),
+        ("[" * 5000, "not_json"),
+    ],
     ids=["garbage", "array", "no-type", "int-type", "string", "deep"],
 )
 def test_decode_line_classifies_bad_frames(line: str, kind: str) -> None:
@@ -193,11 +199,12 @@ json_values = st.recursive(
 )
 
 
-@given(st.text(min_size=1), st.dictionaries(st.text(), json_values, max_size=6),
-       st.integers(min_value=1, max_value=7))
-def test_encode_decode_round_trips_through_any_chunking(
-    type_: str, extra: dict, cut: int
-) -> None:
+@given(
+    st.text(min_size=1),
+    st.dictionaries(st.text(), json_values, max_size=6),
+    st.integers(min_value=1, max_value=7),
+)
+def test_encode_decode_round_trips_through_any_chunking(type_: str, extra: dict, cut: int) -> None:
     """encode -> split at any point -> splitter -> decode gives the frame back."""
     frame = {**extra, "type": type_}
     line = encode_frame(frame)

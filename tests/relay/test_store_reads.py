@@ -21,8 +21,15 @@ async def test_a_cancelled_replay_read_never_freezes_later_reads(tmp_path: Path)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            await store.append(buffer_id=f"b{i}", gateway_id="gw", platform="relay", bot_id="",
-                               chat_id="c", frame=f'{{"type":"inbound","n":{i}}}\n', now=0.0)
+            await store.append(
+                buffer_id=f"b{i}",
+                gateway_id="gw",
+                platform="relay",
+                bot_id="",
+                chat_id="c",
+                frame=f'{{"type":"inbound","n":{i}}}\n',
+                now=0.0,
+            )
             seen = [seq for seq, _ in await store.unacked_after("gw", 0, 2000)]
             assert len(seen) == i + 1, f"entry {i} committed but not seen"
     finally:

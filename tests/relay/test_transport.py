@@ -138,8 +138,13 @@ async def test_transport_two_4401_after_handshake_latch_revoked_after_2_dials(
 
 async def test_transport_4401_expired_three_times_never_latches(fake: FakeConnector) -> None:
     """'expired' is an ordinary reconnect every time."""
-    fake.script = ["accept", ("close", 4401, "expired"), ("close", 4401, "expired"),
-                   ("close", 4401, "expired"), "accept"]
+    fake.script = [
+        "accept",
+        ("close", 4401, "expired"),
+        ("close", 4401, "expired"),
+        ("close", 4401, "expired"),
+        "accept",
+    ]
     h = Harness(fake, gateway_id="gw", secret="s")
     await h.t.start()
     await _connected(h)
@@ -171,13 +176,20 @@ async def test_transport_4401_before_first_handshake_retries_with_backoff(
 
 async def test_transport_sends_hellos_wake_url_and_a_fresh_valid_token(fake: FakeConnector) -> None:
     """One hello per identity in order, with wakeUrl, and a bearer the connector verifies."""
-    h = Harness(fake, gateway_id="gw", secret="s", wake_url="https://me.fly.dev/wake",
-                identities=[("relay", ""), ("telegram", "bot7")])
+    h = Harness(
+        fake,
+        gateway_id="gw",
+        secret="s",
+        wake_url="https://me.fly.dev/wake",
+        identities=[("relay", ""), ("telegram", "bot7")],
+    )
     await h.t.start()
     await _connected(h)
     await fake.wait_until(lambda: len(fake.of_type("hello")) == 2)
     assert [(f["platform"], f["botId"], f["wakeUrl"]) for f in fake.of_type("hello")] == [
-        ("relay", "", "https://me.fly.dev/wake"), ("telegram", "bot7", "https://me.fly.dev/wake")]
+        ("relay", "", "https://me.fly.dev/wake"),
+        ("telegram", "bot7", "https://me.fly.dev/wake"),
+    ]
     token = fake.headers[0]["Authorization"].removeprefix("Bearer ")
     assert verify_token(token, {"gw": "s"}, h.clock.wall()) == "gw"
     assert h.t.supports_wake_at
@@ -290,7 +302,7 @@ async def test_transport_bad_frames_and_raising_handler_leave_reader_running(
     await h.t.start()
     await _connected(h)
     with caplog.at_level(logging.WARNING, logger="relay.transport"):
-        await fake.send("this is not json\n[1,2,3]\n{\"no\":\"type\"}\n{\"type\":\"mystery\"}\n")
+        await fake.send('this is not json\n[1,2,3]\n{"no":"type"}\n{"type":"mystery"}\n')
         await fake.send("not json again\n")
         h.fail_next_batch = True
         await fake.send(F.inbound({"text": "first"}, "b1"))

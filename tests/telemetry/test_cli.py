@@ -9,9 +9,13 @@ from pathlib import Path
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
-                          text=True, env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        env={"HERMES_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
 
 
 def test_routing_report_json_lists_24_hours(tmp_path: Path) -> None:

@@ -24,14 +24,32 @@ async def db(tmp_path: Path) -> AsyncIterator[aiosqlite.Connection]:
     await conn.close()
 
 
-async def _calls(db: aiosqlite.Connection, days_ago: int, reason: str, n: int = 1,
-                 cost: float | None = None, skill: str = "digest") -> None:
+async def _calls(
+    db: aiosqlite.Connection,
+    days_ago: int,
+    reason: str,
+    n: int = 1,
+    cost: float | None = None,
+    skill: str = "digest",
+) -> None:
     for _ in range(n):
         t = NOW - days_ago * DAY
-        await insert_invocations(db, split_run(
-            run_id=None, cron_id="j", skills=[skill], invoked_at=t, completed_at=t + 2,
-            model="m1", provider="a", cost_usd=cost, input_tokens=10, output_tokens=5,
-            end_reason=reason))
+        await insert_invocations(
+            db,
+            split_run(
+                run_id=None,
+                cron_id="j",
+                skills=[skill],
+                invoked_at=t,
+                completed_at=t + 2,
+                model="m1",
+                provider="a",
+                cost_usd=cost,
+                input_tokens=10,
+                output_tokens=5,
+                end_reason=reason,
+            ),
+        )
 
 
 @pytest.mark.parametrize(
@@ -75,11 +93,8 @@ async def test_ema_excludes_null_success_and_cuts_the_window_by_day(
     assert wider["failure_count"] == 1
 
 
-@pytest.mark.parametrize(("window", "alpha"), [(0, 0.3), (-1, 0.3), (14, 0.0), (14, 1.0),
-                                               (14, 1.5)])
-async def test_ema_rejects_bad_window_and_alpha(
-    db: aiosqlite.Connection, window: int, alpha: float
-) -> None:
+@pytest.mark.parametrize(("window", "alpha"), [(0, 0.3), (-1, 0.3), (14, 0.0), (14, 1.0), (14, 1.5)])
+async def test_ema_rejects_bad_window_and_alpha(db: aiosqlite.Connection, window: int, alpha: float) -> None:
     """window_days <= 0 or alpha outside (0, 1) is a ValueError naming the range."""
     with pytest.raises(ValueError, match=r">= 1|\(0, 1\)"):
         await query_skill_ema(db, window_days=window, alpha=alpha, now=NOW)
@@ -95,15 +110,25 @@ async def test_two_skill_run_splits_cost_and_the_daily_view_sums_it(
     db: aiosqlite.Connection,
 ) -> None:
     """A 2-skill run costing $0.10 records $0.05 per row; skill_stats_daily sums to $0.10."""
-    rows = split_run(run_id=7, cron_id="j", skills=["a", "b"], invoked_at=NOW,
-                     completed_at=NOW + 4, model="m1", provider="p", cost_usd=0.10,
-                     input_tokens=100, output_tokens=40, end_reason="succeeded")
+    rows = split_run(
+        run_id=7,
+        cron_id="j",
+        skills=["a", "b"],
+        invoked_at=NOW,
+        completed_at=NOW + 4,
+        model="m1",
+        provider="p",
+        cost_usd=0.10,
+        input_tokens=100,
+        output_tokens=40,
+        end_reason="succeeded",
+    )
     await insert_invocations(db, rows)
-    async with db.execute("SELECT skill_name, estimated_cost_usd, duration_seconds FROM "
-                          "skill_invocations ORDER BY skill_name") as cur:
+    async with db.execute(
+        "SELECT skill_name, estimated_cost_usd, duration_seconds FROM skill_invocations ORDER BY skill_name"
+    ) as cur:
         assert [tuple(r) for r in await cur.fetchall()] == [("a", 0.05, 4.0), ("b", 0.05, 4.0)]
-    async with db.execute("SELECT SUM(total_cost_usd), SUM(invocations) FROM "
-                          "skill_stats_daily") as cur:
+    async with db.execute("SELECT SUM(total_cost_usd), SUM(invocations) FROM skill_stats_daily") as cur:
         total, count = await cur.fetchone()  # type: ignore[misc]
     assert total == pytest.approx(0.10)
     assert count == 2
@@ -111,8 +136,9 @@ async def test_two_skill_run_splits_cost_and_the_daily_view_sums_it(
 
 async def test_rollup_counts_rows_from_any_writer(db: aiosqlite.Connection) -> None:
     """A manual INSERT reaches the daily view through the trigger; an all-NULL day sums to 0."""
-    await db.execute("INSERT INTO skill_invocations (skill_name, invoked_at) VALUES ('x', ?)",
-                     (NOW,))
-    async with db.execute("SELECT invocations, total_cost_usd, total_duration_s, successes, "
-                          "failures FROM skill_stats_daily WHERE skill_name = 'x'") as cur:
+    await db.execute("INSERT INTO skill_invocations (skill_name, invoked_at) VALUES ('x', ?)", (NOW,))
+    async with db.execute(
+        "SELECT invocations, total_cost_usd, total_duration_s, successes, "
+        "failures FROM skill_stats_daily WHERE skill_name = 'x'"
+    ) as cur:
         assert tuple(await cur.fetchone()) == (1, 0.0, 0.0, 0, 0)  # type: ignore[arg-type]

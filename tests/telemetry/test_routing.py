@@ -36,8 +36,19 @@ def test_interactive_at_18_keeps_the_base_model() -> None:
 
 @pytest.mark.parametrize(
     ("hour", "pct"),
-    [(18, 9.4), (19, 8.1), (20, 7.5), (21, 6.8), (22, 6.2), (23, 5.9), (0, 5.5), (1, 5.2),
-     (2, 4.0), (9, 4.0), (17, 4.0)],
+    [
+        (18, 9.4),
+        (19, 8.1),
+        (20, 7.5),
+        (21, 6.8),
+        (22, 6.2),
+        (23, 5.9),
+        (0, 5.5),
+        (1, 5.2),
+        (2, 4.0),
+        (9, 4.0),
+        (17, 4.0),
+    ],
 )
 def test_prior_table(hour: int, pct: float) -> None:
     """The prior error-rate table of SPEC section 6; unlisted hours 4.0 %."""
@@ -77,6 +88,7 @@ def test_learned_hours_override_the_prior_only_with_enough_samples() -> None:
 
 def test_env_overrides_config() -> None:
     """CRON_* env wins over routing.* config."""
-    s = RoutingSettings.from_env({"CRON_STRONG_MODEL": "envm", "CRON_ERROR_THRESHOLD": "9.5"},
-                                 strong_model="cfgm", threshold_pct=6.0)
+    s = RoutingSettings.from_env(
+        {"CRON_STRONG_MODEL": "envm", "CRON_ERROR_THRESHOLD": "9.5"}, strong_model="cfgm", threshold_pct=6.0
+    )
     assert (s.strong_model, s.threshold_pct, s.cheap_model) == ("envm", 9.5, "qwen2.5:7b")

@@ -36,9 +36,16 @@ async def _count(db: aiosqlite.Connection) -> int:
 
 def _record(w: TelemetryWriter, n: int, *, skill: str = "digest") -> None:
     for i in range(n):
-        w.record_skill_invocation(skill_name=skill, invoked_at=1_800_000_000.0 + i,
-                                  completed_at=1_800_000_002.0 + i, model="m1", provider="a",
-                                  estimated_cost_usd=0.01, success=1, end_reason="succeeded")
+        w.record_skill_invocation(
+            skill_name=skill,
+            invoked_at=1_800_000_000.0 + i,
+            completed_at=1_800_000_002.0 + i,
+            model="m1",
+            provider="a",
+            estimated_cost_usd=0.01,
+            success=1,
+            end_reason="succeeded",
+        )
 
 
 async def test_rows_are_written_250ms_after_the_first_queued_one(
@@ -124,10 +131,12 @@ async def test_metrics_export_per_skill_counters_and_cost(tmp_path: Path, llm: F
     sc = Sidecar(load_config(home, {}), port=0, clock=clock, env={})
     await sc.start()
     try:
-        ok = create_job(sc.config, {"schedule": "@daily", "prompt": "p", "skills": ["s1", "s2"]},
-                        clock.wall())
-        broken = create_job(sc.config, {"schedule": "@daily", "prompt": "p", "skills": ["gone"]},
-                            clock.wall())
+        ok = create_job(
+            sc.config, {"schedule": "@daily", "prompt": "p", "skills": ["s1", "s2"]}, clock.wall()
+        )
+        broken = create_job(
+            sc.config, {"schedule": "@daily", "prompt": "p", "skills": ["gone"]}, clock.wall()
+        )
         for job in (ok, broken):
             await sc.cron_store.add(job)
         assert (await sc.run_job_now(ok.id) or {})["status"] == "succeeded"
@@ -135,8 +144,9 @@ async def test_metrics_export_per_skill_counters_and_cost(tmp_path: Path, llm: F
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.port}/metrics") as r:
             text = await r.text()
         for skill in ("s1", "s2"):
-            assert (f'hermes_skill_invocations_total{{model="test-model",outcome="success",'
-                    f'skill="{skill}"}} 1.0') in text
+            assert (
+                f'hermes_skill_invocations_total{{model="test-model",outcome="success",skill="{skill}"}} 1.0'
+            ) in text
             assert f'hermes_skill_cost_usd_total{{model="test-model",skill="{skill}"}} 0.0005' in text
         assert 'hermes_skill_invocations_total{model="",outcome="scaffolding",skill="gone"} 1.0' in text
         assert 'outcome="failure"' not in text
