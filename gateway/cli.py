@@ -64,10 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
             )
     st = sub.add_parser("status", help="print the running sidecar's /status")
     st.add_argument("--json", action="store_true")
-    from gateway import cli_cron, cli_kanban, cli_telemetry
+    from gateway import cli_cron, cli_kanban, cli_sessions, cli_telemetry
 
     cli_cron.add_parsers(sub, _Parser)
     cli_kanban.add_parsers(sub, _Parser)
+    cli_sessions.add_parsers(sub, _Parser)
     cli_telemetry.add_parsers(sub, _Parser)
     return p
 
@@ -85,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "status":
         return _status(args)
-    if args.command in ("cron", "kanban", "telemetry", "routing"):
+    if args.command in ("cron", "kanban", "sessions", "telemetry", "routing"):
         return _manage(args)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     if args.command == "dev":
@@ -177,12 +178,14 @@ async def run_until_signal(sidecar: Any, on_started: Any = None) -> int:
 
 def _manage(args: argparse.Namespace) -> int:
     """Run a management command; ``Exit`` becomes its exit code and one stderr line."""
-    from gateway import cli_cron, cli_kanban, cli_telemetry
+    from gateway import cli_cron, cli_kanban, cli_sessions, cli_telemetry
     from gateway.mgmt import Exit
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     config = load_config()
-    module = {"cron": cli_cron, "kanban": cli_kanban}.get(args.command, cli_telemetry)
+    module = {"cron": cli_cron, "kanban": cli_kanban, "sessions": cli_sessions}.get(
+        args.command, cli_telemetry
+    )
     try:
         code: int = asyncio.run(module.run(args, config))
         return code

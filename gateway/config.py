@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from gateway.conversation.reset import MODES as SESSION_RESET_MODES
+from gateway.conversation.reset import ResetPolicy
 from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag, idle_timeout_s
 from relay.errors import ConfigError, StartupError
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
@@ -28,20 +30,29 @@ log = logging.getLogger("gateway.config")
 
 SUSPEND_MODES = ("autostop", "fly-api", "none")
 DRIFT_POLICIES = ("fail_closed", "use_snapshot", "follow_default")
+PROVIDER_KINDS = ("openai", "hermes")
 
 
 @dataclass(frozen=True)
 class Provider:
+    """``providers.<name>``. ``kind``: ``openai`` (an OpenAI-compatible API: the turn sends the
+    history itself) or ``hermes`` (a hermes-agent API server that keeps the conversation: the
+    turn sends only the new message and ``X-Hermes-Session-Id``, SPEC 8.2)."""
+
     name: str
     base_url: str
     api_key_env: str | None
+    kind: str = "openai"
 
 
 @dataclass(frozen=True)
 class Profile:
+    """``profiles.<name>``; ``system_prompt`` is stripped, None when unset or blank."""
+
     name: str
     model: str | None
     provider: str | None
+    system_prompt: str | None = None
 
 
 @dataclass
@@ -85,11 +96,27 @@ class Config:
     routing_strong_provider: str | None = None
     routing_cheap_model: str | None = None
     routing_error_threshold_pct: float = 6.0
+    history_max_turns: int = 20
+    context_max_tokens: int = 16000
+    session_reset_mode: str = "both"
+    session_reset_idle_minutes: float = 1440.0
+    session_reset_at_hour: int = 4
+    history_retention_days: float = 30.0
     warnings: list[str] = field(default_factory=list)
 
     @property
     def state_db(self) -> Path:
         return self.home / "state.db"
+
+    @property
+    def session_reset(self) -> ResetPolicy:
+        """``agent.session_reset.*`` with ``at_hour`` in ``cron.timezone`` (SPEC 8.2)."""
+        return ResetPolicy(
+            mode=self.session_reset_mode,
+            idle_minutes=self.session_reset_idle_minutes,
+            at_hour=self.session_reset_at_hour,
+            tz=self.cron_timezone,
+        )
 
 
 def hermes_home(env: Mapping[str, str] | None = None) -> Path:
@@ -137,9 +164,11 @@ def _num(minimum: float, strict: bool = False) -> Callable[[Any], float]:
     return check
 
 
-def _int(minimum: int) -> Callable[[Any], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def check(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+            raise ValueError
+        if maximum is not None and v > maximum:
             raise ValueError
         return int(v)
 
@@ -150,6 +179,13 @@ def _str(v: Any) -> str:
     if not isinstance(v, str | int | float) or isinstance(v, bool):
         raise TypeError
     return str(v).strip()
+
+
+def _text(v: Any) -> str | None:
+    """A free text (e.g. a system prompt): a string, stripped; blank is None (unset)."""
+    if not isinstance(v, str):
+        raise TypeError
+    return v.strip() or None
 
 
 def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
@@ -229,13 +265,17 @@ def load_config(
         if base is None:
             continue
         key_env = r.get(f"providers.{name}.api_key_env", None, _str, "an environment name")
-        c.providers[str(name)] = Provider(str(name), base, key_env)
+        kind = r.get(
+            f"providers.{name}.kind", "openai", _choice(PROVIDER_KINDS), "one of " + ", ".join(PROVIDER_KINDS)
+        )
+        c.providers[str(name)] = Provider(str(name), base, key_env, kind)
     profs = raw.get("profiles") if isinstance(raw.get("profiles"), Mapping) else {}
     for name in profs:
         c.profiles[str(name)] = Profile(
             str(name),
             r.get(f"profiles.{name}.model", None, _str, "a model name"),
             r.get(f"profiles.{name}.provider", None, _str, "a provider name"),
+            r.get(f"profiles.{name}.system_prompt", None, _text, "a string"),
         )
     if "default" not in c.profiles:
         # The implicit default profile pins nothing: it always resolves through model.*.
@@ -271,6 +311,21 @@ def load_config(
     c.shutdown_timeout_s = r.get(f"{g}.shutdown_timeout_seconds", 25.0, _num(0), "a number >= 0")
     c.delivery_give_up_hours = r.get(
         "agent.delivery_give_up_hours", 24.0, _num(0, strict=True), "a number of hours > 0"
+    )
+    c.history_max_turns = r.get("agent.history_max_turns", 20, _int(0), "an integer >= 0")
+    c.context_max_tokens = r.get("agent.context_max_tokens", 16000, _int(0), "an integer >= 0")
+    c.session_reset_mode = r.get(
+        "agent.session_reset.mode",
+        "both",
+        _choice(SESSION_RESET_MODES),
+        "one of " + ", ".join(SESSION_RESET_MODES),
+    )
+    c.session_reset_idle_minutes = r.get(
+        "agent.session_reset.idle_minutes", 1440.0, _num(0, strict=True), "a number of minutes > 0"
+    )
+    c.session_reset_at_hour = r.get("agent.session_reset.at_hour", 4, _int(0, 23), "an integer 0-23")
+    c.history_retention_days = r.get(
+        "agent.history_retention_days", 30.0, _num(0, strict=True), "a number of days > 0"
     )
 
     c.cron_timezone = r.get("cron.timezone", "UTC", _tz, "an IANA timezone name")

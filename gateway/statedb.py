@@ -208,6 +208,35 @@ MIGRATIONS = [
     UPDATE inbox SET turn_state = 'delivered' WHERE status = 'done';
     UPDATE inbox SET turn_state = 'undelivered' WHERE status = 'failed';
     """,
+    # 7: conversations (SPEC 8.2, gateway/conversation/store.py). A chat's open session is
+    # its row with ended_at NULL; a message is unique per (inbox row, role), so a replayed turn
+    # never stores its question or answer twice. thread_id is '' when the chat has none.
+    """
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        platform TEXT NOT NULL,
+        bot_id TEXT NOT NULL DEFAULT '',
+        chat_id TEXT NOT NULL,
+        thread_id TEXT NOT NULL DEFAULT '',
+        hermes_session_id TEXT,
+        created_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        ended_at REAL
+    );
+    CREATE INDEX sessions_key ON sessions (platform, bot_id, chat_id, thread_id, ended_at);
+    CREATE TABLE session_messages (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        session_id INTEGER NOT NULL REFERENCES sessions (id),
+        inbox_id INTEGER NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+        content TEXT NOT NULL,
+        at REAL NOT NULL,
+        tokens INTEGER NOT NULL,
+        UNIQUE (inbox_id, role)
+    );
+    CREATE INDEX session_messages_session ON session_messages (session_id, inbox_id);
+    CREATE INDEX session_messages_at ON session_messages (at);
+    """,
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,15 @@ class Completion:
     usage_problem: str | None = None
     """The first ``usage`` field present but unusable (garbage, negative, huge), named with
     its value; such a field is None above. An inbound turn treats it as a failed answer."""
+    hermes_session_id: str | None = None
+    """``kind: hermes`` only (None for ``openai``): the conversation id to use from now on, the
+    response's ``X-Hermes-Session-Id`` when it carries a usable one, else the id that was sent.
+    The caller stores it when it differs from the session's (SPEC 8.2)."""
+
+
+HERMES_SESSION_HEADER = "X-Hermes-Session-Id"
+MAX_HERMES_SESSION_ID = 256
+"""A response's ``X-Hermes-Session-Id`` longer than this (characters) is not taken as an id."""
 
 
 def parse_tokens(value: Any) -> int | None:
@@ -125,6 +135,7 @@ async def complete(
     *,
     env: Mapping[str, str] | None = None,
     timeout_s: float = 120.0,
+    hermes_session_id: str | None = None,
 ) -> Completion:
     """Ask ``target``'s model for one chat completion (``timeout_s``: total seconds).
 
@@ -135,6 +146,13 @@ async def complete(
     ``empty_answer`` (null or blank content); its message is redacted of the key in use and
     of any ``Authorization``/``Bearer``/``api_key``/``sk-`` value. Usage fields that do not
     parse are None on the ``Completion`` (see ``parse_tokens``, ``parse_cost``).
+
+    ``kind: hermes`` providers (a hermes-agent API server that keeps the conversation, SPEC
+    8.2) get the header ``X-Hermes-Session-Id: <hermes_session_id>`` (a new ``uuid4().hex``
+    when it is None or empty); ``Completion.hermes_session_id`` is then the id the response
+    names in the same header (stripped, when non-empty and at most 256 characters), else the
+    one sent. ``messages`` go out as given either way: for ``hermes`` the caller sends only
+    the new user message. ``hermes_session_id`` is ignored for ``openai`` providers.
     """
     env = os.environ if env is None else env
     name = target.provider.name
@@ -143,6 +161,11 @@ async def complete(
     headers = {"Content-Type": "application/json"}
     if key:
         headers["Authorization"] = f"Bearer {key}"
+    sent_id: str | None = None
+    if target.provider.kind == "hermes":
+        sent_id = hermes_session_id or uuid.uuid4().hex
+        headers[HERMES_SESSION_HEADER] = sent_id
+    answered_id: str | None = None
     url = f"{target.provider.base_url}/chat/completions"
     started = time.perf_counter()
     try:
@@ -158,6 +181,8 @@ async def complete(
                     body = redact(raw.decode("utf-8", "replace"), secrets)[:ERROR_BODY_CHARS]
                     raise ProviderError(f"provider {name} answered {resp.status}: {body}", "provider_error")
                 data: Any = await resp.json(content_type=None)
+                if sent_id is not None:
+                    answered_id = _hermes_id(resp.headers.get(HERMES_SESSION_HEADER)) or sent_id
         except TimeoutError:
             raise ProviderError(f"provider {name} timed out after {timeout_s} s", "timeout") from None
         except (aiohttp.ClientError, OSError, ValueError, RecursionError) as exc:
@@ -183,7 +208,16 @@ async def complete(
         duration_s=time.perf_counter() - started,
         answered_model=answered,
         usage_problem=_usage_problem(raw_usage),
+        hermes_session_id=answered_id,
     )
+
+
+def _hermes_id(value: str | None) -> str | None:
+    """A response's session id header: stripped, None when absent, blank or too long."""
+    if value is None:
+        return None
+    value = value.strip()
+    return value if 0 < len(value) <= MAX_HERMES_SESSION_ID else None
 
 
 def _usage_problem(usage: Any) -> str | None:

@@ -3,6 +3,7 @@ and no error message carries the API key."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -267,3 +268,49 @@ async def test_complete_without_key_sends_no_authorization(
     await complete(http, TARGET, MESSAGES, env={})
     sent = mocked.sent()
     assert "Authorization" not in sent["headers"]
+
+
+HERMES = Resolved("default", "asked-model", Provider("agent", "http://llm.test/v1", "LLM_KEY", kind="hermes"))
+
+
+@pytest.mark.parametrize(
+    ("passed", "answered", "expected"),
+    [
+        ("sess-1", None, "sess-1"),
+        ("sess-1", "sess-1", "sess-1"),
+        ("sess-1", " sess-2 ", "sess-2"),
+        ("sess-1", "   ", "sess-1"),
+        ("sess-1", "x" * 300, "sess-1"),
+    ],
+    ids=["no-header-back", "same-back", "server-picks-new", "blank-back", "too-long-back"],
+)
+async def test_complete_hermes_sends_and_reads_session_id(
+    mocked: Mocked, http: aiohttp.ClientSession, passed: str, answered: str | None, expected: str
+) -> None:
+    """kind hermes sends X-Hermes-Session-Id and reports the id the response names, else the sent one."""
+    mocked.post(payload=answer(), headers={} if answered is None else {"X-Hermes-Session-Id": answered})
+    c = await complete(http, HERMES, MESSAGES, env=ENV, hermes_session_id=passed)
+    assert mocked.sent()["headers"]["X-Hermes-Session-Id"] == passed
+    assert c.hermes_session_id == expected
+    assert mocked.sent()["json"] == {"model": "asked-model", "messages": MESSAGES}
+
+
+@pytest.mark.parametrize("passed", [None, ""], ids=["none", "empty"])
+async def test_complete_hermes_without_id_sends_a_new_uuid4_hex(
+    mocked: Mocked, http: aiohttp.ClientSession, passed: str | None
+) -> None:
+    """The first request of a session sends a fresh uuid4 hex and reports it back."""
+    mocked.post(payload=answer())
+    c = await complete(http, HERMES, MESSAGES, env=ENV, hermes_session_id=passed)
+    sent = mocked.sent()["headers"]["X-Hermes-Session-Id"]
+    assert len(sent) == 32
+    assert uuid.UUID(hex=sent).version == 4
+    assert c.hermes_session_id == sent
+
+
+async def test_complete_openai_sends_no_hermes_header(mocked: Mocked, http: aiohttp.ClientSession) -> None:
+    """kind openai ignores the session id: no header and hermes_session_id None."""
+    mocked.post(payload=answer(), headers={"X-Hermes-Session-Id": "ignored"})
+    c = await complete(http, TARGET, MESSAGES, env=ENV, hermes_session_id="sess-1")
+    assert "X-Hermes-Session-Id" not in mocked.sent()["headers"]
+    assert c.hermes_session_id is None
