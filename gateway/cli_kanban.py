@@ -17,6 +17,8 @@ from typing import Any
 import aiohttp
 
 from gateway.config import Config
+from gateway.conversation.chat import Conversation
+from gateway.conversation.store import SessionStore
 from gateway.cron.store import CronStore
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Board
@@ -175,7 +177,13 @@ async def _dispatch(
             return Sent.CONFIRMED, None
 
         worker = InboxWorker(
-            inbox=inbox, config=config, http=http, env=os.environ, clock=clock, send=queue_reply
+            inbox=inbox,
+            config=config,
+            http=http,
+            env=os.environ,
+            clock=clock,
+            send=queue_reply,
+            conversation=Conversation(SessionStore(store.db), config),
         )
         board = Board(
             store,

@@ -2,9 +2,10 @@
 
 ``POST /v1/chat/completions`` answers ``"echo: <last user content>"`` with usage and cost.
 ``hold`` (an Event, when set to one) makes every request wait until it is set; ``requests``
-records each request body; ``status`` forces an error status (with ``error_body``); ``usage``
-is the usage object sent; ``delay`` (seconds) makes every answer slow (a slow provider);
-``max_in_flight`` is the most requests it held at once.
+records each request body and ``headers`` its headers; ``status`` forces an error status (with
+``error_body``); ``usage`` is the usage object sent; ``reply_headers`` are sent back;
+``answer_model`` names another model in the answer; ``delay`` (seconds) makes every answer slow
+(a slow provider); ``max_in_flight`` is the most requests it held at once.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ class FakeLLM:
         self.status = 200
         self.error_body: Any = {"error": "boom"}  # the body of a forced error status
         self.usage: Any = {"prompt_tokens": 10, "completion_tokens": 5, "cost": 0.001}
+        self.headers: list[dict[str, str]] = []  # each request's headers
+        self.reply_headers: dict[str, str] = {}  # e.g. a hermes server's X-Hermes-Session-Id
+        self.answer_model: str | None = None  # answer as this model (a silent substitution)
         self.delay = 0.0
         self.in_flight = 0
         self.max_in_flight = 0
@@ -55,6 +59,7 @@ class FakeLLM:
     async def _complete(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.requests.append(body)
+        self.headers.append(dict(request.headers))
         self.changed.set()
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -70,10 +75,11 @@ class FakeLLM:
         content = body["messages"][-1]["content"]
         return web.json_response(
             {
-                "model": body["model"],
+                "model": self.answer_model or body["model"],
                 "choices": [{"message": {"role": "assistant", "content": f"echo: {content}"}}],
                 "usage": self.usage,
-            }
+            },
+            headers=self.reply_headers,
         )
 
 

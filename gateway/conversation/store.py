@@ -108,6 +108,16 @@ class SessionStore:
         )
         return [Message(role, content, at) for role, content, at in rows]
 
+    async def session_of(self, inbox_id: int) -> int | None:
+        """The session holding an inbox row's user message (None when it has none): where a
+        resumed turn's answer goes."""
+        row = await read_one(
+            self.db,
+            "SELECT session_id FROM session_messages WHERE inbox_id = ? AND role = 'user'",
+            (inbox_id,),
+        )
+        return None if row is None else int(row[0])
+
     async def get(self, session_id: int) -> dict[str, Any] | None:
         """One session as ``list_sessions`` shows it, or None when there is no such id."""
         rows = await self._rows("WHERE s.id = ?", (session_id,))

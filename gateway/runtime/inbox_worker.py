@@ -30,6 +30,7 @@ from gateway.agent.provider import ProviderError, complete, split_message
 from gateway.agent.redact import configured_secrets, redact
 from gateway.agent.resolve import resolve
 from gateway.config import Config
+from gateway.conversation.chat import RESET_REPLY, TEXT_TYPES_REPLY, Conversation, is_reset, usable_text
 from gateway.core.turn import TERMINAL, TurnEvent, TurnState, chunk_key, give_up_due
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Outcome
@@ -43,6 +44,8 @@ log = logging.getLogger("gateway.inbox")
 
 SOCKET_GONE_WAIT_S = 5.0
 """Seconds a send that found a closing socket waits for the transport to notice, per try."""
+HANDLED = frozenset({"succeeded", "reset", "unsupported"})
+"""Turn outcomes that are the agent doing its job (the task is ``done``); others fail it."""
 APOLOGY = "Sorry, the model provider failed for this message; please try again."
 
 
@@ -79,6 +82,7 @@ class InboxWorker:
         chunk_limit: ChunkLimit = lambda: F.DEFAULT_MAX_MESSAGE_LENGTH,
         on_outcome: Callable[[str], None] | None = None,
         on_model_retry: Callable[[], None] | None = None,
+        conversation: Conversation | None = None,
     ) -> None:
         self.inbox = inbox
         self.config = config
@@ -89,6 +93,7 @@ class InboxWorker:
         self.chunk_limit = chunk_limit
         self.on_outcome = on_outcome
         self.on_model_retry = on_model_retry
+        self.conversation = conversation  # None: every turn is a single completion
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._secrets = configured_secrets(config, env)  # kept out of stored errors and logs
 
@@ -107,21 +112,19 @@ class InboxWorker:
                 return Outcome("failed", error=f"inbox item {item.id} not found")
             if row.state in TERMINAL:
                 log.info("inbox %d: turn already %s; not run again", item.id, row.state.value)
-                return _outcome(row.state is TurnState.DELIVERED and row.outcome == "succeeded", row.error)
+                return _outcome(row.state is TurnState.DELIVERED and row.outcome in HANDLED, row.error)
             state, chunks, outcome, error = row.state, row.chunks, row.outcome, row.error
             answered_at = row.answered_at
             if state is not TurnState.ANSWERED:
-                if state is TurnState.ANSWERING and self.on_model_retry is not None:
-                    self.on_model_retry()  # a restart found the model call unfinished
-                await self.inbox.start_answer(item.id, state, self.clock.wall())
-                answer, outcome, error = await self._answer(item, profile)
+                answer, outcome, error, state = await self._reply_for(item, profile, state)
                 chunks = split_message(answer, self.chunk_limit())
                 answered_at = self.clock.wall()
-                await self.inbox.commit_answer(
-                    item.id, TurnState.ANSWERING, chunks, outcome, error, answered_at
-                )
+                await self.inbox.commit_answer(item.id, state, chunks, outcome, error, answered_at)
             assert chunks is not None
             assert answered_at is not None
+            if outcome == "succeeded" and self.conversation is not None:
+                # After the commit, and again on every resume: stored once whatever happens.
+                await self.conversation.remember_answer(item.id, "".join(chunks), answered_at)
             return await self._deliver(
                 item, chunks, row.chunks_sent if row.chunks else 0, outcome or "succeeded", error, answered_at
             )
@@ -138,15 +141,43 @@ class InboxWorker:
             await self.inbox.commit_answer(item.id, TurnState.RECEIVED, chunks, "blocked", error, now)
             await self._deliver(item, chunks, 0, "blocked", error, now)
 
-    async def _answer(self, item: InboxItem, profile: str | None) -> tuple[str, str, str | None]:
+    async def _reply_for(
+        self, item: InboxItem, profile: str | None, state: TurnState
+    ) -> tuple[str, str, str | None, TurnState]:
+        """``(answer, outcome, error, state)`` of a turn not yet answered. A reset command or a
+        message without usable text is answered without a model call (outcome ``reset`` or
+        ``unsupported``, not history); anything else asks the model (state ``answering``)."""
+        text = usable_text(item.event)
+        if text is not None and is_reset(text):
+            if self.conversation is not None:
+                await self.conversation.reset(item, self.clock.wall())
+            return RESET_REPLY, "reset", None, state
+        if text is None:
+            log.info(
+                "inbox %d: %s message without text; no model call",
+                item.id,
+                item.event.get("message_type") or "text",
+            )
+            return TEXT_TYPES_REPLY, "unsupported", None, state
+        if state is TurnState.ANSWERING and self.on_model_retry is not None:
+            self.on_model_retry()  # a restart found the model call unfinished
+        await self.inbox.start_answer(item.id, state, self.clock.wall())
+        answer, outcome, error = await self._answer(item, profile, text)
+        return answer, outcome, error, TurnState.ANSWERING
+
+    async def _answer(self, item: InboxItem, profile: str | None, text: str) -> tuple[str, str, str | None]:
         """``(answer text, outcome, error)``; never raises for a config or provider problem."""
-        text = item.event.get("text")
         try:
             target = resolve(self.config, profile)
             started = self.clock.monotonic()
-            completion = await complete(
-                self.http, target, [{"role": "user", "content": str(text)}], env=self.env
-            )
+            if self.conversation is not None:
+                completion = await self.conversation.ask(
+                    self.http, target, item, text, profile, env=self.env, now=self.clock.wall()
+                )
+            else:
+                completion = await complete(
+                    self.http, target, [{"role": "user", "content": text}], env=self.env
+                )
             log.debug("inbox %d answered in %.3f s", item.id, self.clock.monotonic() - started)
             if completion.usage_problem is not None:
                 # Spend we cannot count is an answer we cannot trust (SPEC 8.1): fail closed.
@@ -193,7 +224,7 @@ class InboxWorker:
             )
             return Outcome("interrupted", error=send_error)
         delivered = result is Sent.CONFIRMED
-        ok = delivered and outcome == "succeeded"
+        ok = delivered and outcome in HANDLED
         await self.inbox.finish(
             item.id,
             TurnState.ANSWERED,

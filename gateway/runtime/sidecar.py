@@ -17,6 +17,8 @@ import aiohttp
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.conversation.chat import Conversation
+from gateway.conversation.store import SessionStore
 from gateway.core.policy import ArmInputs, arm_blockers
 from gateway.core.resume import ResumeDetector
 from gateway.core.watcher import WatchState
@@ -203,6 +205,7 @@ class Sidecar:
             chunk_limit=lambda: t.max_message_length if t is not None else DEFAULT_MAX_MESSAGE_LENGTH,
             on_outcome=lambda label: self.metrics.turns.labels(outcome=label).inc(),
             on_model_retry=self.metrics.model_retries.inc,
+            conversation=Conversation(SessionStore(self.db), self.config),
         )
         self.tasks = TaskStore(self.db)
         self.board = Board(
@@ -235,6 +238,7 @@ class Sidecar:
             async with write_tx(self.db):  # a no-op for items whose task exists
                 await add_inbound_tasks(self.tasks, leftover, self.clock.wall())
         self._tasks.append(asyncio.create_task(self.board.run(), name="dispatch-board"))
+        self._tasks.append(asyncio.create_task(self._retention(), name="history-retention"))
         if self.transport is not None:
             await self.transport.start()
         else:
@@ -312,6 +316,25 @@ class Sidecar:
             if p == platform:
                 return bot_id
         return None
+
+    async def _retention(self) -> None:
+        """Delete conversation messages older than ``agent.history_retention_days``: at start,
+        then once a day (SPEC 8.2)."""
+        sessions = SessionStore(self.db)
+        while True:
+            cutoff = self.clock.wall() - self.config.history_retention_days * 86400.0
+            try:
+                pruned = await sessions.prune(cutoff)
+            except Exception as exc:  # retention is housekeeping: never stop the sidecar for it
+                log.warning("history retention failed: %s", exc)
+            else:
+                if pruned:
+                    log.info(
+                        "history retention: %d message(s) older than %g day(s) deleted",
+                        pruned,
+                        self.config.history_retention_days,
+                    )
+            await self.clock.sleep(86400.0)
 
     async def _on_inbound(self, frames: list[dict[str, Any]]) -> None:
         now = self.clock.wall()

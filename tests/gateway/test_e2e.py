@@ -117,3 +117,35 @@ async def test_e2e_sidecar_json_is_private_and_names_the_port(stack: Stack) -> N
     assert stack.home.stat().st_mode & 0o777 == 0o700
     for name in ("state.db", "state.db-wal", "state.db-shm"):
         assert (stack.home / name).stat().st_mode & 0o777 == 0o600, name
+
+
+async def test_e2e_history_survives_a_restart_and_a_dormant_flip(stack: Stack) -> None:
+    """Real processes: the Ada exchange, a kill -9 and restart, then a message buffered while
+    dormant: every request carries the conversation so far."""
+    stack.write_config(idle_minutes=0.05)
+    await stack.start_relay()
+    sc = await stack.start_sidecar()
+    await stack.ingress("my name is Ada", "a1")
+    await sc.wait_for_line("turn succeeded")
+    sc.kill9()
+    await sc.wait()
+    sc = await stack.start_sidecar()
+    await stack.ingress("what is my name?", "a2")
+    await sc.wait_for_line("turn succeeded")
+    assert [m["content"] for m in stack.llm.requests[-1]["messages"]] == [
+        "my name is Ada",
+        "echo: my name is Ada",
+        "what is my name?",
+    ]
+    mark = len(sc.lines)
+    await sc.wait_for_line("watcher draining -> dormant", start=mark)
+    assert (await stack.ingress("and again?", "a3"))["delivered"] == "buffered"
+    await sc.wait_for_line("turn succeeded", start=mark)
+    assert [m["content"] for m in stack.llm.requests[-1]["messages"]] == [
+        "my name is Ada",
+        "echo: my name is Ada",
+        "what is my name?",
+        "echo: what is my name?",
+        "and again?",
+    ]
+    assert await stack.replies() == ["echo: my name is Ada", "echo: what is my name?", "echo: and again?"]
