@@ -88,6 +88,7 @@ class Config:
     drift_policy: str = "fail_closed"
     cron_max_concurrent: int = 4
     cron_max_daily_usd: float | None = None
+    agent_max_daily_usd: float | None = None
     kanban_default_assignee: str = ""
     kanban_max_in_progress: int | None = 8
     kanban_max_in_progress_per_profile: int | None = None
@@ -334,6 +335,7 @@ def load_config(
     )
     c.cron_max_concurrent = r.get("cron.max_concurrent", 4, _int(1), "an integer >= 1")
     c.cron_max_daily_usd = r.get("cron.max_daily_usd", None, _num(0), "a number >= 0")
+    c.agent_max_daily_usd = r.get("agent.max_daily_usd", None, _num(0), "a number >= 0")
     c.kanban_default_assignee = r.get("kanban.default_assignee", "", _str, "a profile name")
     c.kanban_max_in_progress = r.get("kanban.max_in_progress", 8, _int(1), "an integer >= 1")
     c.kanban_max_in_progress_per_profile = r.get(

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from gateway.agent.spend import TurnReport
 from gateway.telemetry.record import Invocation
 
 
@@ -19,7 +20,27 @@ class Metrics:
             "Inbound frames already stored (re-acked, not handled)",
             registry=r,
         )
-        self.turns = Counter("hermes_turns_total", "Agent turns by outcome", ["outcome"], registry=r)
+        self.turns = Counter(
+            "hermes_turns_total",
+            "Agent turns by source (inbound, cron), profile and outcome",
+            ["source", "profile", "outcome"],
+            registry=r,
+        )
+        self.turn_cost = Counter(
+            "hermes_turn_cost_usd_total", "Spend of agent turns in USD", ["profile", "model"], registry=r
+        )
+        self.provider_latency = Histogram(
+            "hermes_provider_latency_seconds",
+            "Duration of provider calls, seconds",
+            registry=r,
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 120),
+        )
+        self.substitutions = Counter(
+            "hermes_model_substitutions_total",
+            "Turns answered by another model than the one asked",
+            ["asked", "answered"],
+            registry=r,
+        )
         self.pokes = Counter("hermes_wake_pokes_total", "Wake pokes by result", ["result"], registry=r)
         self.transitions = Counter(
             "hermes_watcher_transitions_total",
@@ -57,6 +78,16 @@ class Metrics:
         self.telemetry_dropped = Counter(
             "hermes_telemetry_dropped_rows_total", "Telemetry rows lost to a failed write", registry=r
         )
+
+    def observe_turn(self, report: TurnReport) -> None:
+        """Count one finished turn: outcome, spend, provider latency, substitution."""
+        self.turns.labels(report.source, report.profile, report.outcome).inc()
+        if report.model is not None and report.cost_usd:
+            self.turn_cost.labels(report.profile, report.model).inc(report.cost_usd)
+        if report.latency_s is not None:
+            self.provider_latency.observe(report.latency_s)
+        if report.model is not None and report.substituted_by is not None:
+            self.substitutions.labels(report.model, report.substituted_by).inc()
 
     def observe_skill(self, row: Invocation) -> None:
         """Count one skill invocation (``TelemetryWriter.on_record``); ``success`` NULL is a

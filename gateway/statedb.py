@@ -237,6 +237,27 @@ MIGRATIONS = [
     CREATE INDEX session_messages_session ON session_messages (session_id, inbox_id);
     CREATE INDEX session_messages_at ON session_messages (at);
     """,
+    # 8: spend and substitution across all turns (SPEC 8.2). An inbound turn records what it
+    # asked, what answered and what it cost; a cron run records the answering model too.
+    """
+    ALTER TABLE inbox ADD COLUMN model TEXT;
+    ALTER TABLE inbox ADD COLUMN provider TEXT;
+    ALTER TABLE inbox ADD COLUMN input_tokens INTEGER;
+    ALTER TABLE inbox ADD COLUMN output_tokens INTEGER;
+    ALTER TABLE inbox ADD COLUMN cost_usd REAL;
+    ALTER TABLE inbox ADD COLUMN answered_model TEXT;
+    CREATE INDEX inbox_answered ON inbox (answered_at);
+    ALTER TABLE job_runs ADD COLUMN answered_model TEXT;
+    CREATE TABLE substitution_episodes (
+        asked TEXT PRIMARY KEY,
+        answered TEXT NOT NULL,
+        provider TEXT,
+        opened_at REAL NOT NULL,
+        last_at REAL NOT NULL,
+        turns INTEGER NOT NULL DEFAULT 1
+    );
+    CREATE TABLE agent_budget_alerts (day TEXT PRIMARY KEY, at REAL NOT NULL);
+    """,
 ]
 
 

@@ -13,6 +13,7 @@ import aiohttp
 
 from gateway.agent.provider import ProviderError, complete
 from gateway.agent.resolve import Resolved
+from gateway.agent.spend import SpendLedger
 from gateway.config import Config
 from gateway.cron.drift import Axes, check_drift, current_axes
 from gateway.cron.store import CronStore, Job
@@ -210,7 +211,17 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
         cost_usd=result.cost_usd,
         output=result.text,
         routing_reason=routing_reason,
+        answered_model=result.answered_model,
     )
+    if await SpendLedger(store.db).note_answer(model, result.answered_model, provider.name, clock.wall()):
+        log.warning(
+            "model substitution: cron job %s asked %s/%s and %r answered; the spend is for "
+            "a model nobody chose (alert once per episode)",
+            job.id,
+            provider.name,
+            model,
+            result.answered_model,
+        )
     await telemetry(
         "succeeded", result.model, provider.name, result.cost_usd, (result.input_tokens, result.output_tokens)
     )

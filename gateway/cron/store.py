@@ -261,6 +261,7 @@ class CronStore:
             "cost_usd",
             "routing_reason",
             "output",
+            "answered_model",
         }
         sets = ["status = ?", "finished_at = ?", "lease_until = NULL"]
         params: list[Any] = [status, now]

@@ -66,6 +66,19 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class TurnUsage:
+    """What a model call of a turn used: the model asked and its provider, token counts (None
+    when unknown), cost in USD (None when unknown) and the model the provider says answered."""
+
+    model: str
+    provider: str
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cost_usd: float | None = None
+    answered_model: str | None = None
+
+
+@dataclass(frozen=True)
 class TurnRow:
     """An inbound turn's durable step: state, the committed answer ``chunks`` (None before
     ``answered``), how many were confirmed sent, the outcome label and error, model calls
@@ -264,17 +277,41 @@ class InboxStore:
         )
 
     async def commit_answer(
-        self, item_id: int, state: TurnState, chunks: list[str], outcome: str, error: str | None, now: float
+        self,
+        item_id: int,
+        state: TurnState,
+        chunks: list[str],
+        outcome: str,
+        error: str | None,
+        now: float,
+        usage: TurnUsage | None = None,
     ) -> None:
         """-> ``answered``: the full answer (as the chunks to send) is durable before any send.
-        ``outcome``: ``succeeded`` or why the answer is an apology/refusal."""
+        ``outcome``: ``succeeded`` or why the answer is an apology/refusal; ``usage`` is what
+        the model call used and cost (kept on the row for the day's spend)."""
         nxt = transition(state, TurnEvent.ANSWER)
+        u = usage or TurnUsage("", "")
         await write_one(
             self.db,
             "UPDATE inbox SET status = 'running', turn_state = ?, chunks = ?,"
             " chunks_sent = 0, outcome = ?, error = ?, answered_at = ?,"
-            " started_at = COALESCE(started_at, ?) WHERE id = ?",
-            (nxt.value, json.dumps(chunks), outcome, error, now, now, item_id),
+            " started_at = COALESCE(started_at, ?), model = ?, provider = ?, input_tokens = ?,"
+            " output_tokens = ?, cost_usd = ?, answered_model = ? WHERE id = ?",
+            (
+                nxt.value,
+                json.dumps(chunks),
+                outcome,
+                error,
+                now,
+                now,
+                u.model or None,
+                u.provider or None,
+                u.input_tokens,
+                u.output_tokens,
+                u.cost_usd,
+                u.answered_model,
+                item_id,
+            ),
         )
 
     async def chunk_sent(self, item_id: int, sent: int) -> None:

@@ -26,18 +26,17 @@ from typing import Any
 
 import aiohttp
 
-from gateway.agent.provider import ProviderError, complete, split_message
-from gateway.agent.redact import configured_secrets, redact
-from gateway.agent.resolve import resolve
+from gateway.agent.provider import split_message
+from gateway.agent.spend import SpendLedger, TurnReport
 from gateway.config import Config
-from gateway.conversation.chat import RESET_REPLY, TEXT_TYPES_REPLY, Conversation, is_reset, usable_text
+from gateway.conversation.chat import Conversation
 from gateway.core.turn import TERMINAL, TurnEvent, TurnState, chunk_key, give_up_due
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Outcome
 from gateway.kanban.sources import inbox_ref
+from gateway.runtime.answer import Answer, Answerer
 from relay.client.transport import RelayTransport
 from relay.clock import Clock, wait_with_timeout
-from relay.errors import ConfigError
 from relay.protocol import frames as F
 
 log = logging.getLogger("gateway.inbox")
@@ -46,7 +45,6 @@ SOCKET_GONE_WAIT_S = 5.0
 """Seconds a send that found a closing socket waits for the transport to notice, per try."""
 HANDLED = frozenset({"succeeded", "reset", "unsupported"})
 """Turn outcomes that are the agent doing its job (the task is ``done``); others fail it."""
-APOLOGY = "Sorry, the model provider failed for this message; please try again."
 
 
 class Sent(enum.Enum):
@@ -67,8 +65,9 @@ ChunkLimit = Callable[[], int]
 
 
 class InboxWorker:
-    """Runs inbound turns. ``on_outcome(label)`` counts turns; ``on_model_retry()`` counts a
-    model call repeated because a restart found it unfinished (the sidecar's metrics)."""
+    """Runs inbound turns. ``on_report(TurnReport)`` counts finished turns; ``on_model_retry()``
+    counts a model call repeated because a restart found it unfinished (the sidecar's metrics).
+    ``conversation`` keeps sessions and history; ``ledger`` the spend cap and substitutions."""
 
     def __init__(
         self,
@@ -80,9 +79,10 @@ class InboxWorker:
         clock: Clock,
         send: Send,
         chunk_limit: ChunkLimit = lambda: F.DEFAULT_MAX_MESSAGE_LENGTH,
-        on_outcome: Callable[[str], None] | None = None,
+        on_report: Callable[[TurnReport], None] | None = None,
         on_model_retry: Callable[[], None] | None = None,
         conversation: Conversation | None = None,
+        ledger: SpendLedger | None = None,
     ) -> None:
         self.inbox = inbox
         self.config = config
@@ -91,11 +91,12 @@ class InboxWorker:
         self.clock = clock
         self.send = send
         self.chunk_limit = chunk_limit
-        self.on_outcome = on_outcome
+        self.on_report = on_report
         self.on_model_retry = on_model_retry
-        self.conversation = conversation  # None: every turn is a single completion
+        self.answerer = Answerer(
+            config=config, http=http, env=env, clock=clock, ledger=ledger, conversation=conversation
+        )
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
-        self._secrets = configured_secrets(config, env)  # kept out of stored errors and logs
 
     def _lock(self, item: InboxItem) -> asyncio.Lock:
         return self._locks[f"{item.platform}\x00{item.chat_id}"]
@@ -115,18 +116,35 @@ class InboxWorker:
                 return _outcome(row.state is TurnState.DELIVERED and row.outcome in HANDLED, row.error)
             state, chunks, outcome, error = row.state, row.chunks, row.outcome, row.error
             answered_at = row.answered_at
+            answer: Answer | None = None
             if state is not TurnState.ANSWERED:
-                answer, outcome, error, state = await self._reply_for(item, profile, state)
-                chunks = split_message(answer, self.chunk_limit())
+                answer = await self.answerer.without_model(item)
+                if answer is None:
+                    if state is TurnState.ANSWERING and self.on_model_retry is not None:
+                        self.on_model_retry()  # a restart found the model call unfinished
+                    await self.inbox.start_answer(item.id, state, self.clock.wall())
+                    state = TurnState.ANSWERING
+                    answer = await self.answerer.ask(item, profile)
+                outcome, error = answer.outcome, answer.error
+                chunks = split_message(answer.text, self.chunk_limit())
                 answered_at = self.clock.wall()
-                await self.inbox.commit_answer(item.id, state, chunks, outcome, error, answered_at)
+                await self.inbox.commit_answer(
+                    item.id, state, chunks, outcome, error, answered_at, answer.usage
+                )
             assert chunks is not None
             assert answered_at is not None
-            if outcome == "succeeded" and self.conversation is not None:
+            if outcome == "succeeded" and self.answerer.conversation is not None:
                 # After the commit, and again on every resume: stored once whatever happens.
-                await self.conversation.remember_answer(item.id, "".join(chunks), answered_at)
+                await self.answerer.conversation.remember_answer(item.id, "".join(chunks), answered_at)
+            report = TurnReport("inbound", profile or "default", "", *_spend_of(answer))
             return await self._deliver(
-                item, chunks, row.chunks_sent if row.chunks else 0, outcome or "succeeded", error, answered_at
+                item,
+                chunks,
+                row.chunks_sent if row.chunks else 0,
+                outcome or "succeeded",
+                error,
+                answered_at,
+                report,
             )
 
     async def refuse(self, item: InboxItem, error: str) -> None:
@@ -139,60 +157,7 @@ class InboxWorker:
             chunks = split_message(f"This agent cannot answer yet: {error}.", self.chunk_limit())
             now = self.clock.wall()
             await self.inbox.commit_answer(item.id, TurnState.RECEIVED, chunks, "blocked", error, now)
-            await self._deliver(item, chunks, 0, "blocked", error, now)
-
-    async def _reply_for(
-        self, item: InboxItem, profile: str | None, state: TurnState
-    ) -> tuple[str, str, str | None, TurnState]:
-        """``(answer, outcome, error, state)`` of a turn not yet answered. A reset command or a
-        message without usable text is answered without a model call (outcome ``reset`` or
-        ``unsupported``, not history); anything else asks the model (state ``answering``)."""
-        text = usable_text(item.event)
-        if text is not None and is_reset(text):
-            if self.conversation is not None:
-                await self.conversation.reset(item, self.clock.wall())
-            return RESET_REPLY, "reset", None, state
-        if text is None:
-            log.info(
-                "inbox %d: %s message without text; no model call",
-                item.id,
-                item.event.get("message_type") or "text",
-            )
-            return TEXT_TYPES_REPLY, "unsupported", None, state
-        if state is TurnState.ANSWERING and self.on_model_retry is not None:
-            self.on_model_retry()  # a restart found the model call unfinished
-        await self.inbox.start_answer(item.id, state, self.clock.wall())
-        answer, outcome, error = await self._answer(item, profile, text)
-        return answer, outcome, error, TurnState.ANSWERING
-
-    async def _answer(self, item: InboxItem, profile: str | None, text: str) -> tuple[str, str, str | None]:
-        """``(answer text, outcome, error)``; never raises for a config or provider problem."""
-        try:
-            target = resolve(self.config, profile)
-            started = self.clock.monotonic()
-            if self.conversation is not None:
-                completion = await self.conversation.ask(
-                    self.http, target, item, text, profile, env=self.env, now=self.clock.wall()
-                )
-            else:
-                completion = await complete(
-                    self.http, target, [{"role": "user", "content": text}], env=self.env
-                )
-            log.debug("inbox %d answered in %.3f s", item.id, self.clock.monotonic() - started)
-            if completion.usage_problem is not None:
-                # Spend we cannot count is an answer we cannot trust (SPEC 8.1): fail closed.
-                log.warning("inbox %d: provider answer unusable: %s", item.id, completion.usage_problem)
-                return APOLOGY, "failed", f"provider answer unusable: {completion.usage_problem}"
-            return completion.text, "succeeded", None
-        except ConfigError as exc:
-            return f"This agent cannot answer yet: {exc}.", "config_error", str(exc)
-        except ProviderError as exc:
-            error = redact(str(exc), self._secrets)
-            log.warning("inbox %d: provider failed: %s", item.id, error)
-            return APOLOGY, "failed", error
-        except Exception as exc:  # an answer we cannot use must never strand the turn
-            log.warning("inbox %d: provider answer unusable: %s", item.id, type(exc).__name__)
-            return APOLOGY, "failed", f"provider answer unusable: {type(exc).__name__}"
+            await self._deliver(item, chunks, 0, "blocked", error, now, TurnReport("inbound", "", ""))
 
     async def _deliver(
         self,
@@ -202,8 +167,10 @@ class InboxWorker:
         outcome: str,
         error: str | None,
         answered_at: float,
+        report: TurnReport,
     ) -> Outcome:
-        """Send chunks ``sent..`` (each confirmed before the next), then close the turn."""
+        """Send chunks ``sent..`` (each confirmed before the next), then close the turn;
+        ``report`` (its outcome filled in here) goes to ``on_report``."""
         ref = inbox_ref(item.id)
         send_error: str | None = None
         result = Sent.CONFIRMED
@@ -235,8 +202,8 @@ class InboxWorker:
             now=self.clock.wall(),
         )
         label = outcome if delivered else "reply_failed"
-        if self.on_outcome is not None:
-            self.on_outcome(label)
+        if self.on_report is not None:
+            self.on_report(report._replace(outcome=label))
         reply = "sent" if delivered else f"not sent ({send_error})"
         if outcome == "blocked":
             log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error, reply)
@@ -250,6 +217,13 @@ class InboxWorker:
                 reply,
             )
         return _outcome(ok, error or send_error)
+
+
+def _spend_of(answer: Answer | None) -> tuple[str | None, float | None, float | None, str | None]:
+    """``(model, cost_usd, latency_s, substituted_by)`` of a fresh answer (all None on resume)."""
+    if answer is None or answer.usage is None:
+        return None, None, None, None
+    return answer.usage.model, answer.usage.cost_usd, answer.latency_s, answer.substituted_by
 
 
 def _outcome(ok: bool, error: str | None) -> Outcome:

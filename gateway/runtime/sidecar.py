@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from gateway.agent.spend import SpendLedger, TurnReport
 from gateway.config import Config
 from gateway.conversation.chat import Conversation
 from gateway.conversation.store import SessionStore
@@ -203,7 +204,8 @@ class Sidecar:
                 bot_id_for=self._bot_id_for,
             ),
             chunk_limit=lambda: t.max_message_length if t is not None else DEFAULT_MAX_MESSAGE_LENGTH,
-            on_outcome=lambda label: self.metrics.turns.labels(outcome=label).inc(),
+            on_report=self.metrics.observe_turn,
+            ledger=SpendLedger(self.db),
             on_model_retry=self.metrics.model_retries.inc,
             conversation=Conversation(SessionStore(self.db), self.config),
         )
@@ -392,11 +394,19 @@ class Sidecar:
         if task is None:
             return None
         outcome = await self.board.wait(task.id)
+        profile = job.profile or "default"
         if outcome.status == "blocked":
+            self.metrics.observe_turn(TurnReport("cron", profile, "blocked"))
             return await ctx.store.record(
                 job.id, scheduled_for, "failed", self.clock.wall(), error=outcome.error
             )
-        return json.loads(outcome.result)["run_id"] if outcome.result else None
+        run_id: int | None = json.loads(outcome.result)["run_id"] if outcome.result else None
+        row = None if run_id is None else await ctx.store.run_row(run_id)
+        if row is not None:
+            self.metrics.observe_turn(
+                TurnReport("cron", profile, str(row["status"]), row.get("model"), row.get("cost_usd"))
+            )
+        return run_id
 
     async def _on_interrupt(self, frame: dict[str, Any]) -> None:
         log.info("interrupt_inbound for session %r", frame.get("session_key"))
@@ -490,6 +500,7 @@ class Sidecar:
                 w.state is WatchState.DORMANT and (t is None or not t.supports_wake_at)
             ),
             "drift_alerts": await self.cron_store.drift_episodes(),
+            "substitution_alerts": await SpendLedger(self.db).substitutions(),
             "relay": {
                 "connected": bool(t is not None and t.connected),
                 "dial_attempts": t.dial_attempts if t is not None else 0,

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from gateway.agent.spend import SpendLedger, TurnReport, is_substitution
 from gateway.config import load_config
 from gateway.conversation.chat import Conversation
 from gateway.conversation.store import SessionStore
@@ -30,6 +31,7 @@ class Chat:
         self.fail_next_send = False
         self.n = 0
         self.config_extra = ""
+        self.reports: list[TurnReport] = []
 
     def worker(self, extra: str = "", provider_kind: str = "openai") -> InboxWorker:
         base = provider_config(self.llm.base_url)
@@ -45,6 +47,8 @@ class Chat:
             clock=self.clock,
             send=self.send,
             conversation=Conversation(SessionStore(self.db), config),
+            ledger=SpendLedger(self.db),
+            on_report=self.reports.append,
         )
 
     async def send(self, item: InboxItem, chunk: str, key: str, at: float) -> tuple[Sent, str | None]:
@@ -243,3 +247,63 @@ async def test_a_crash_between_answered_and_the_send_sends_and_stores_it_once(ch
     session_id = await store.session_of(item.id)
     assert session_id is not None
     assert [m.content for m in await store.messages(session_id)] == ["keep me", "echo: keep me"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "answered", "substituted"),
+    [
+        ("gpt-4o-mini", "gpt-4o-mini", False),
+        ("gpt-4o-mini", "gpt-4o-mini-2024-07-18", False),
+        ("claude-3-5-sonnet", "claude-3-5-sonnet-20241022", False),
+        ("m", "M", False),
+        ("gpt-4o-mini", None, False),
+        ("gpt-4o-mini", "gpt-4o", True),
+        ("gpt-4o", "gpt-4o-mini", True),
+        ("openai/gpt-4o", "meta/llama-3", True),
+    ],
+    ids=["same", "dated", "numbered", "case", "unsaid", "other", "suffix-not-version", "router"],
+)
+def test_substitution_rule(asked: str, answered: str | None, substituted: bool) -> None:
+    """Equal or ``<asked>-<version>`` is the same model; anything else is a substitution."""
+    assert is_substitution(asked, answered) is substituted
+
+
+async def test_max_daily_usd_refuses_turns_without_a_call_and_alerts_once_a_day(
+    chat: Chat, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cap $0.0015 at $0.001 a turn: the third message gets the short reply and no provider
+    call, one WARNING for the day; the next UTC day answers again."""
+    w = chat.worker("agent: {max_daily_usd: 0.0015}\n")
+    await chat.say(w, "one")
+    await chat.say(w, "two")
+    reply = await chat.say(w, "three")
+    await chat.say(w, "four")
+    assert "daily spending limit" in reply
+    assert len(chat.llm.requests) == 2
+    assert caplog.text.count("agent.max_daily_usd reached") == 1
+    assert [r.outcome for r in chat.reports][-2:] == ["blocked_budget", "blocked_budget"]
+    chat.clock.jump_wall(86400)
+    assert await chat.say(w, "tomorrow") == "echo: tomorrow"
+
+
+async def test_a_substituted_model_is_recorded_counted_and_alerted_once_per_episode(
+    chat: Chat, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider answers as 'other': recorded on the turn, reported, one alert for the
+    episode; the asked model answering again closes it, and a new one alerts again."""
+    w = chat.worker()
+    chat.llm.answer_model = "other"
+    await chat.say(w, "a")
+    await chat.say(w, "b")
+    episodes = await SpendLedger(chat.db).substitutions()
+    assert [(e["asked"], e["answered"], e["turns"]) for e in episodes] == [("test-model", "other", 2)]
+    assert [r.substituted_by for r in chat.reports] == ["other", "other"]
+    rows = await chat.db.execute_fetchall("SELECT model, answered_model, cost_usd FROM inbox ORDER BY id")
+    assert [tuple(r) for r in rows] == [("test-model", "other", 0.001)] * 2
+    assert caplog.text.count("model substitution") == 1
+    chat.llm.answer_model = None
+    await chat.say(w, "c")
+    assert await SpendLedger(chat.db).substitutions() == []
+    chat.llm.answer_model = "other"
+    await chat.say(w, "d")
+    assert caplog.text.count("model substitution") == 2

@@ -269,3 +269,29 @@ async def test_a_provider_echoing_the_key_leaves_no_key_in_state_or_log(
 async def _iterdump(sc: Sidecar) -> AsyncIterator[str]:
     async for line in sc.db.iterdump():
         yield line
+
+
+async def test_metrics_and_status_show_turns_spend_latency_and_substitutions(
+    start: Any, llm: FakeLLM
+) -> None:
+    """After a substituted turn: /metrics counts the turn by source, profile and outcome, its
+    spend per model, the provider latency and the substitution; /status lists the episode."""
+    llm.answer_model = "cheaper-model"
+    conn = RawConnector(inbound("m1", "c1", "11", "count"))
+    sc = await start(conn)
+    await conn.wait_until(lambda: len(conn.sends) == 1)
+    base = f"http://127.0.0.1:{sc.port}"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(50):  # the turn finishes just after its send is confirmed
+            async with s.get(f"{base}/metrics") as r:
+                text = await r.text()
+            if "hermes_turns_total{" in text:
+                break
+            await asyncio.sleep(0.02)
+        async with s.get(f"{base}/status") as r:
+            status = await r.json()
+    assert 'hermes_turns_total{outcome="succeeded",profile="default",source="inbound"} 1.0' in text
+    assert 'hermes_turn_cost_usd_total{model="test-model",profile="default"} 0.001' in text
+    assert "hermes_provider_latency_seconds_count 1.0" in text
+    assert 'hermes_model_substitutions_total{answered="cheaper-model",asked="test-model"} 1.0' in text
+    assert [a["answered"] for a in status["substitution_alerts"]] == ["cheaper-model"]
