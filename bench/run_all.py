@@ -18,7 +18,15 @@ from typing import Any
 
 from bench.common import emit_rows
 
-SCRIPTS = ("relay_throughput", "wake_latency", "scheduler", "footprint", "telemetry", "turn_commit")
+SCRIPTS = (
+    "relay_throughput",
+    "wake_latency",
+    "scheduler",
+    "footprint",
+    "telemetry",
+    "turn_commit",
+    "history",
+)
 
 
 def run_one(name: str, quick: bool, timeout_s: float) -> list[dict[str, Any]]:

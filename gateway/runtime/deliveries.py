@@ -16,6 +16,7 @@ from gateway.runtime.activity import Activity
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport
 from relay.clock import Clock
+from relay.protocol.frames import NOT_CONNECTED
 
 log = logging.getLogger("gateway.sidecar")
 
@@ -51,7 +52,15 @@ class Deliveries:
                 {"op": "send", "chat_id": chat_id, "content": chunk}, platform=platform
             )
             if not result.get("success"):
-                return bool(result.get("ambiguous"))  # ambiguous: never sent twice
+                if result.get("ambiguous"):
+                    return True  # ambiguous: never sent twice
+                if result.get("error") == NOT_CONNECTED["error"]:
+                    return False  # keep it queued for the reconnect
+                # A definite failure (a decline, an unsupported op): sending it again cannot
+                # help, and keeping it would hold back every delivery queued behind it.
+                log.warning("delivery to %s:%s failed for good and is dropped: %s", platform,
+                            chat_id, result.get("error"))
+                return True
         return True
 
     def on_transport_change(self) -> None:
