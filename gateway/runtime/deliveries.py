@@ -58,8 +58,12 @@ class Deliveries:
                     return False  # keep it queued for the reconnect
                 # A definite failure (a decline, an unsupported op): sending it again cannot
                 # help, and keeping it would hold back every delivery queued behind it.
-                log.warning("delivery to %s:%s failed for good and is dropped: %s", platform,
-                            chat_id, result.get("error"))
+                log.warning(
+                    "delivery to %s:%s failed for good and is dropped: %s",
+                    platform,
+                    chat_id,
+                    result.get("error"),
+                )
                 return True
         return True
 
