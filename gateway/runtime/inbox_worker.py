@@ -157,7 +157,8 @@ class InboxWorker:
             chunks = split_message(f"This agent cannot answer yet: {error}.", self.chunk_limit())
             now = self.clock.wall()
             await self.inbox.commit_answer(item.id, TurnState.RECEIVED, chunks, "blocked", error, now)
-            await self._deliver(item, chunks, 0, "blocked", error, now, TurnReport("inbound", "", ""))
+            report = TurnReport("inbound", item.profile or "default", "")
+            await self._deliver(item, chunks, 0, "blocked", error, now, report)
 
     async def _deliver(
         self,

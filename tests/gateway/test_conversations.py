@@ -13,9 +13,10 @@ import pytest
 from gateway.agent.spend import SpendLedger, TurnReport, is_substitution
 from gateway.config import load_config
 from gateway.conversation.chat import Conversation
-from gateway.conversation.store import SessionStore
+from gateway.conversation.store import SessionKey, SessionStore
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.runtime.inbox_worker import InboxWorker, Sent
+from gateway.runtime.sidecar import Sidecar
 from gateway.statedb import open_state_db
 from relay.clock import FakeClock
 from tests.fake_llm import FakeLLM, provider_config
@@ -307,3 +308,28 @@ async def test_a_substituted_model_is_recorded_counted_and_alerted_once_per_epis
     chat.llm.answer_model = "other"
     await chat.say(w, "d")
     assert caplog.text.count("model substitution") == 2
+
+
+async def test_history_older_than_the_retention_is_deleted_at_start(tmp_path: Path) -> None:
+    """agent.history_retention_days 30: a 31-day-old message is gone once the sidecar started;
+    a day-old one stays."""
+    home = tmp_path / "home"
+    db = await open_state_db(home / "state.db")
+    store = SessionStore(db)
+    clock = FakeClock()
+    now = clock.wall()
+    session = await store.current(SessionKey("relay", "", "c1"), now - 31 * 86400)
+    await store.add_message(session.id, 1, "user", "old", now - 31 * 86400)
+    await store.add_message(session.id, 2, "user", "recent", now - 86400)
+    await db.close()
+    sc = Sidecar(load_config(home, {}), port=0, clock=clock, env={})
+    await sc.start()
+    try:
+        for _ in range(100):  # the retention task runs right after start
+            kept = [m.content for m in await SessionStore(sc.db).messages(session.id)]
+            if kept == ["recent"]:
+                break
+            await clock.settle()
+        assert kept == ["recent"]
+    finally:
+        await sc.shutdown()
