@@ -95,7 +95,9 @@ class Conversation:
         # The context window holds the whole request: the system prompt and the new message
         # always go, history fills what is left, newest exchanges first.
         budget = c.context_max_tokens - estimate_tokens(system or "") - estimate_tokens(text)
-        past = await self.store.messages(session.id)
+        # The newest whole exchanges are all history can use (+2: this turn's own message and
+        # one unanswered message before it).
+        past = await self.store.messages(session.id, newest=2 * c.history_max_turns + 2)
         history = select_history(past, c.history_max_turns, max(0, budget))
         return await complete(http, target, build_request(system, history, text), env=env)
 

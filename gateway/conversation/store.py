@@ -97,16 +97,19 @@ class SessionStore:
         )
         return None if row is None else Session(row[0], key, row[1], row[2], row[3])
 
-    async def messages(self, session_id: int) -> list[Message]:
+    async def messages(self, session_id: int, newest: int | None = None) -> list[Message]:
         """The session's messages in conversation order: by inbox row (arrival), a row's user
-        message before its answer. [] for an unknown id."""
-        rows = await read_all(
-            self.db,
-            "SELECT role, content, at FROM session_messages WHERE session_id = ?"
-            " ORDER BY inbox_id, CASE role WHEN 'user' THEN 0 ELSE 1 END, id",
-            (session_id,),
-        )
-        return [Message(role, content, at) for role, content, at in rows]
+        message before its answer; only the ``newest`` ones when given (read through the
+        ``(session_id, inbox_id)`` index, so a long session costs no more than a short one).
+        [] for an unknown id."""
+        order = "inbox_id DESC, CASE role WHEN 'user' THEN 1 ELSE 0 END, id DESC"
+        sql = f"SELECT role, content, at FROM session_messages WHERE session_id = ? ORDER BY {order}"
+        params: tuple[int, ...] = (session_id,)
+        if newest is not None:
+            sql += " LIMIT ?"
+            params = (session_id, max(0, newest))
+        rows = await read_all(self.db, sql, params)
+        return [Message(role, content, at) for role, content, at in reversed(rows)]
 
     async def session_of(self, inbox_id: int) -> int | None:
         """The session holding an inbox row's user message (None when it has none): where a
