@@ -1,4 +1,4 @@
-"""``hermes-sidecar kanban create|list|dispatch``: the dispatch board from the shell.
+"""``hermes-sidecar kanban create|list|show|dispatch``: the dispatch board from the shell.
 
 ``create`` makes a ``ready`` task and notifies a running sidecar (which dispatches at once).
 ``dispatch --dry-run`` reads the board and prints what a tick would do, writing nothing.
@@ -11,6 +11,7 @@ Bad input exits 2 with one line and writes nothing.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from typing import Any
 
@@ -19,6 +20,7 @@ import aiohttp
 from gateway.config import Config
 from gateway.conversation.chat import Conversation
 from gateway.conversation.store import SessionStore
+from gateway.cron.jobs import unknown_profile
 from gateway.cron.store import CronStore
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Board
@@ -29,6 +31,7 @@ from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context,
 from gateway.runtime.activity import Activity
 from gateway.runtime.inbox_worker import InboxWorker, Sent
 from relay.clock import SystemClock
+from relay.protocol.frames import rfc3339
 
 
 def _priority(text: str) -> int:
@@ -44,27 +47,76 @@ def _status(text: str) -> str:
     return text
 
 
+def _task_id(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"task id {text!r} is not a positive integer (see 'kanban list')"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"task id {text!r} must be a positive integer (see 'kanban list')")
+    return value
+
+
+JSON_HELP = "print one JSON document instead of text"
+
+
 def add_parsers(sub: Any, parser_class: Any) -> None:
     k = sub.add_parser("kanban", help="the dispatch board: tasks per profile")
-    ksub = k.add_subparsers(dest="kanban_cmd", required=True, parser_class=parser_class)
+    ksub = k.add_subparsers(
+        dest="kanban_cmd", required=True, parser_class=parser_class, help="what to do on the board"
+    )
     c = ksub.add_parser("create", help="create a ready task")
-    c.add_argument("--title", required=True)
-    c.add_argument("--body", default="")
-    c.add_argument("--assignee", help="profile name (default: kanban.default_assignee)")
+    c.add_argument("--title", required=True, help="the task's title (non-empty; part of the prompt)")
+    c.add_argument("--body", default="", help="the task's text (the rest of the prompt)")
+    c.add_argument(
+        "--assignee",
+        help="profile name, a key of profiles: in config or default (default: kanban.default_assignee)",
+    )
     c.add_argument("--priority", type=_priority, default=0, help="integer, higher first")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--json", action="store_true", help=JSON_HELP)
     ls = ksub.add_parser("list", help="tasks, newest first")
-    ls.add_argument("--status", type=_status)
-    ls.add_argument("--json", action="store_true")
+    ls.add_argument("--status", type=_status, help="only tasks in this status: " + ", ".join(STATUSES))
+    ls.add_argument("--json", action="store_true", help=JSON_HELP)
+    sh = ksub.add_parser("show", help="one task with its events")
+    sh.add_argument("id", type=_task_id, help="the task id (see 'kanban list')")
+    sh.add_argument("--json", action="store_true", help=JSON_HELP)
     d = ksub.add_parser("dispatch", help="one dispatcher tick")
     d.add_argument("--dry-run", action="store_true", help="report the decisions, write nothing")
-    d.add_argument("--json", action="store_true")
+    d.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 def _task_line(t: Task) -> str:
     return f"#{t.id}  [{t.status}]  {t.assignee or '-'}  p{t.priority}  {t.source}  {t.title}" + (
         f"  ({t.error})" if t.error else ""
     )
+
+
+def _unknown_task(task_id: int) -> str:
+    return f"unknown task id {task_id}; see 'hermes-sidecar kanban list'"
+
+
+def _when(ts: float | None) -> str:
+    return "-" if ts is None else rfc3339(ts)
+
+
+def _show_text(t: Task, events: list[dict[str, Any]]) -> str:
+    lines = [
+        _task_line(t),
+        f"created {_when(t.created_at)}  started {_when(t.started_at)}  finished {_when(t.finished_at)}",
+    ]
+    if t.ref:
+        lines.append(f"ref {t.ref}")
+    if t.body:
+        lines += ["", t.body]
+    if t.result:
+        lines += ["", "result:", t.result]
+    lines += ["", "events:"]
+    lines += [
+        f"  {_when(e['at'])}  {e['kind']:10} {json.dumps(e['payload'], sort_keys=True)}" for e in events
+    ] or ["  none"]
+    return "\n".join(lines)
 
 
 def result_lines(result: DispatchResult, titles: dict[int, str], default: str) -> list[str]:
@@ -115,7 +167,11 @@ async def run(args: argparse.Namespace, config: Config) -> int:
                 f"--assignee {args.assignee!r} is blank; give a profile name or "
                 "omit it (kanban.default_assignee then applies)",
             )
+        if args.assignee is not None and args.assignee.strip() not in config.profiles:
+            raise Exit(2, unknown_profile(config, args.assignee.strip()))
     elif not config.state_db.exists():  # reading an empty board creates nothing
+        if cmd == "show":
+            raise Exit(2, _unknown_task(args.id))
         if cmd == "list":
             emit(args.json, [], "no tasks")
         else:
@@ -141,6 +197,13 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             emit(
                 args.json, [t.to_json() for t in tasks], "\n".join(_task_line(t) for t in tasks) or "no tasks"
             )
+            return 0
+        if cmd == "show":
+            found = await store.get(args.id)
+            if found is None:
+                raise Exit(2, _unknown_task(args.id))
+            events = await store.events(found.id)
+            emit(args.json, {**found.to_json(), "events": events}, _show_text(found, events))
             return 0
         result = await _dispatch(args, config, store, clock)
         named = {

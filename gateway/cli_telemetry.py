@@ -7,10 +7,13 @@ import time
 from typing import Any
 
 from gateway.config import Config
+from gateway.cron.drift import current_axes
 from gateway.mgmt import Exit, emit, open_db
 from gateway.telemetry.ema import query_skill_ema
 from gateway.telemetry.learned import learned_hour_rates
-from gateway.telemetry.routing import RoutingSettings, get_routing_report
+from gateway.telemetry.routing import RoutingSettings, get_routing_report, routing_header
+
+JSON_HELP = "print one JSON document instead of text"
 
 
 def _window(text: str) -> int:
@@ -35,15 +38,23 @@ def _alpha(text: str) -> float:
 
 def add_parsers(sub: Any, parser_class: Any) -> None:
     tel = sub.add_parser("telemetry", help="skill telemetry")
-    tsub = tel.add_subparsers(dest="telemetry_cmd", required=True, parser_class=parser_class)
+    tsub = tel.add_subparsers(
+        dest="telemetry_cmd", required=True, parser_class=parser_class, help="which report"
+    )
     ema = tsub.add_parser("ema", help="EMA success rate, duration and cost per skill and model")
-    ema.add_argument("--window-days", type=_window, default=14)
-    ema.add_argument("--alpha", type=_alpha, default=0.3)
-    ema.add_argument("--json", action="store_true")
+    ema.add_argument(
+        "--window-days", type=_window, default=14, help="days of history to weigh (>= 1, default 14)"
+    )
+    ema.add_argument(
+        "--alpha", type=_alpha, default=0.3, help="EMA weight of the newest day, in (0, 1) (default 0.3)"
+    )
+    ema.add_argument("--json", action="store_true", help=JSON_HELP)
     rt = sub.add_parser("routing", help="time-aware routing")
-    rsub = rt.add_subparsers(dest="routing_cmd", required=True, parser_class=parser_class)
+    rsub = rt.add_subparsers(
+        dest="routing_cmd", required=True, parser_class=parser_class, help="which report"
+    )
     rep = rsub.add_parser("report", help="24-hour forecast of the cron model per hour")
-    rep.add_argument("--json", action="store_true")
+    rep.add_argument("--json", action="store_true", help=JSON_HELP)
 
 
 async def run(args: argparse.Namespace, config: Config) -> int:
@@ -77,16 +88,15 @@ async def run(args: argparse.Namespace, config: Config) -> int:
             cheap_model=config.routing_cheap_model,
             threshold_pct=config.routing_error_threshold_pct,
         )
-        report = get_routing_report(settings, learned)
-        emit(
-            args.json,
-            report,
-            "\n".join(
-                f"{r['hour']}  {r['error_rate']:5.2f}%  {'off ' if r['off_hours'] else 'day '} "
-                f"{r['source']:7}  {r['model']}"
-                for r in report
-            ),
-        )
+        base = current_axes(config, None).model or "<base>"
+        report = get_routing_report(settings, learned, enabled=config.routing_enabled, base_model=base)
+        lines = [routing_header(config.routing_enabled, settings, base)]
+        lines += [
+            f"{r['hour']}  {r['error_rate']:5.2f}%  {'off ' if r['off_hours'] else 'day '} "
+            f"{r['source']:7}  {r['model']}"
+            for r in report
+        ]
+        emit(args.json, report, "\n".join(lines))
         return 0
     raise Exit(2, f"unknown command {args.command!r}")
 

@@ -7,6 +7,7 @@ before validation passed.
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from gateway.config import Config
@@ -16,6 +17,7 @@ from gateway.cron.schedule import next_fire, parse_schedule, timezone
 from gateway.cron.scheduler import first_run_at
 from gateway.cron.store import Job, new_job_id
 from relay.errors import ConfigError
+from relay.protocol.frames import rfc3339
 
 FIELDS = (
     "schedule",
@@ -35,7 +37,12 @@ FIELDS = (
 def validate(config: Config, fields: dict[str, Any], now: float) -> None:
     """Check user-supplied job fields; raises ``ConfigError`` naming the first bad one."""
     if "schedule" in fields:
-        parse_schedule(fields["schedule"], now)
+        sched = parse_schedule(fields["schedule"], now)
+        if sched.kind == "once" and sched.at is not None and sched.at <= now:
+            raise ConfigError(
+                f"schedule {sched.text!r} is {rfc3339(sched.at)}, which is in the past (now "
+                f"{rfc3339(now)}); give a future RFC 3339 time or a delay like 'in 30m'"
+            )
     if fields.get("tz") is not None:
         timezone(fields["tz"])
     if fields.get("catch_up") is not None and fields["catch_up"] not in CATCH_UP:
@@ -52,8 +59,48 @@ def validate(config: Config, fields: dict[str, Any], now: float) -> None:
         raise ConfigError(f"deliver-to {target!r} must be PLATFORM:CHAT_ID")
     profile = fields.get("profile")
     if profile is not None and profile not in config.profiles:
+        raise ConfigError(unknown_profile(config, profile))
+
+
+def unknown_profile(config: Config, name: str) -> str:
+    """The one-line error for a profile that is not configured, naming the known ones."""
+    return (
+        f"unknown profile {name!r}; known profiles: {', '.join(sorted(config.profiles)) or 'default'}"
+        f" (add it under profiles: in {config.home / 'config.yaml'})"
+    )
+
+
+def known_skills(home: Path) -> list[str]:
+    """Names of the skills installed under ``home/skills/<name>/SKILL.md``, sorted."""
+    try:
+        return sorted(d.name for d in (home / "skills").iterdir() if (d / "SKILL.md").is_file())
+    except OSError:
+        return []
+
+
+def check_skills(config: Config, names: list[str] | None) -> None:
+    """Raise ``ConfigError`` for the first skill without ``$HERMES_HOME/skills/NAME/SKILL.md``,
+    listing the installed ones (or saying where skills go when there are none).
+
+    Only user input is checked this way: a skill removed after the job was created fails that
+    run (``skill not found``), it does not make the job unloadable.
+    """
+    for name in names or []:
+        if not name or "/" in name or name in (".", ".."):
+            raise ConfigError(
+                f"skill {name!r} is not a skill name (a directory under {config.home / 'skills'})"
+            )
+        if (config.home / "skills" / name / "SKILL.md").is_file():
+            continue
+        known = known_skills(config.home)
+        where = config.home / "skills" / "<name>" / "SKILL.md"
+        hint = (
+            f"known skills: {', '.join(known)}"
+            if known
+            else f"no skills are installed (each goes in {where})"
+        )
         raise ConfigError(
-            f"unknown profile {profile!r}; known profiles: " + ", ".join(sorted(config.profiles))
+            f"unknown skill {name!r}: {config.home / 'skills' / name / 'SKILL.md'} not found; {hint}"
         )
 
 
@@ -77,17 +124,21 @@ def create_job(config: Config, fields: dict[str, Any], now: float) -> Job:
         catch_up=fields.get("catch_up") or "latest",
         misfire_grace_seconds=fields.get("misfire_grace_seconds"),
     )
-    if job.schedule.lower().startswith("in "):
-        # "in 30m" is relative to now: store the absolute one-shot time.
-        at = parse_schedule(job.schedule, now).at
-        assert at is not None
-        from relay.protocol.frames import rfc3339
-
-        job.schedule = rfc3339(at)
+    job.schedule = _absolute(job.schedule, now)
     job.next_run_at = first_run_at(job)
     snap = snapshot_for(Axes(job.provider, job.model), current_axes(config, job.profile))
     job.provider_snapshot, job.model_snapshot = snap.provider, snap.model
     return job
+
+
+def _absolute(schedule: str, now: float) -> str:
+    """``in 30m`` is relative to ``now``: the absolute one-shot time to store (other forms
+    unchanged), so later re-plans never measure it from another instant."""
+    if not schedule.lower().startswith("in "):
+        return schedule
+    at = parse_schedule(schedule, now).at
+    assert at is not None
+    return rfc3339(at)
 
 
 def update_job(config: Config, job: Job, fields: dict[str, Any], now: float) -> Job:
@@ -100,6 +151,8 @@ def update_job(config: Config, job: Job, fields: dict[str, Any], now: float) -> 
     changes = {k: v for k, v in fields.items() if k in FIELDS and v is not None}
     if "skills" in changes:
         changes["skills"] = list(changes["skills"])
+    if "schedule" in changes:
+        changes["schedule"] = _absolute(changes["schedule"].strip(), now)
     new = replace(job, **changes, updated_at=now)
     if "provider" in changes:
         new.provider_snapshot = None

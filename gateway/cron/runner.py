@@ -174,6 +174,7 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
         )
         await store.finish(run_id, "failed", clock.wall(), error=err, routing_reason=routing_reason)
         await telemetry("config_error")
+        log.warning("cron job %s failed: %s", job.id, err)
         return
     messages = [{"role": "system", "content": t} for t in skills]
     messages.append({"role": "user", "content": job.prompt})

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 PRIOR_ERROR_PCT = {18: 9.4, 19: 8.1, 20: 7.5, 21: 6.8, 22: 6.2, 23: 5.9, 0: 5.5, 1: 5.2}
 DEFAULT_ERROR_PCT = 4.0
-DEFAULT_STRONG_MODEL = "xiaomi/mimo-v2-pro"
 DEFAULT_CHEAP_MODEL = "qwen2.5:7b"
 DEFAULT_THRESHOLD_PCT = 6.0
 MIN_LEARNED_SAMPLES = 30
@@ -37,9 +36,12 @@ class RoutingDecision:
 
 @dataclass(frozen=True)
 class RoutingSettings:
-    """Strong/cheap models and the threshold (percent); env ``CRON_*`` wins over config."""
+    """Strong/cheap models and the threshold (percent); env ``CRON_*`` wins over config.
 
-    strong_model: str = DEFAULT_STRONG_MODEL
+    There is no default strong model: with none configured (``""``) no turn is ever routed.
+    """
+
+    strong_model: str = ""
     strong_provider: str = ""
     cheap_model: str = DEFAULT_CHEAP_MODEL
     threshold_pct: float = DEFAULT_THRESHOLD_PCT
@@ -60,11 +62,23 @@ class RoutingSettings:
         except (KeyError, ValueError):
             thr = threshold_pct if threshold_pct is not None else DEFAULT_THRESHOLD_PCT
         return cls(
-            strong_model=env.get("CRON_STRONG_MODEL") or strong_model or DEFAULT_STRONG_MODEL,
+            strong_model=env.get("CRON_STRONG_MODEL") or strong_model or "",
             strong_provider=env.get("CRON_STRONG_PROVIDER") or strong_provider or "",
             cheap_model=env.get("CRON_CHEAP_MODEL") or cheap_model or DEFAULT_CHEAP_MODEL,
             threshold_pct=thr,
         )
+
+
+def routing_off_reason(enabled: bool, settings: RoutingSettings) -> str | None:
+    """Why routing does not apply (None when it does): it needs ``routing.enabled`` and a
+    strong model **and** its provider (SPEC section 6)."""
+    if not enabled:
+        return "routing.enabled is false"
+    if not settings.strong_model:
+        return "no strong model configured (routing.strong_model or CRON_STRONG_MODEL)"
+    if not settings.strong_provider:
+        return "no strong provider configured (routing.strong_provider or CRON_STRONG_PROVIDER)"
+    return None
 
 
 def is_off_hours(hour: int) -> bool:
@@ -98,6 +112,10 @@ def resolve_time_aware_model(
     off = is_off_hours(h)
     if not is_cron:
         return RoutingDecision(base_model, base_provider, "Interactive turn: base model kept", h, rate, off)
+    if not s.strong_model:
+        return RoutingDecision(
+            base_model, base_provider, "no strong model configured: base model kept", h, rate, off
+        )
     if rate >= s.threshold_pct:
         return RoutingDecision(
             s.strong_model,
@@ -120,13 +138,21 @@ def resolve_time_aware_model(
 
 
 def get_routing_report(
-    settings: RoutingSettings | None = None, learned: Mapping[int, tuple[int, int]] | None = None
+    settings: RoutingSettings | None = None,
+    learned: Mapping[int, tuple[int, int]] | None = None,
+    *,
+    enabled: bool = True,
+    base_model: str = "<base>",
 ) -> list[dict[str, object]]:
-    """A 24-hour forecast: hour label, error rate, off-hours, learned or prior, model."""
+    """A 24-hour forecast: hour label, error rate, off-hours, learned or prior, the model a
+    cron turn of an unpinned job would use, and whether routing is on (``enabled``) with
+    which strong model and provider (null when not configured). With routing off
+    (``routing_off_reason``) every hour shows ``base_model``."""
     s = settings or RoutingSettings()
+    on = routing_off_reason(enabled, s) is None
     out = []
     for h in range(24):
-        d = resolve_time_aware_model("<base>", "", True, h, settings=s, learned=learned)
+        d = resolve_time_aware_model(base_model, "", True, h, settings=s, learned=learned)
         is_learned = learned is not None and learned.get(h, (0, 0))[1] >= MIN_LEARNED_SAMPLES
         out.append(
             {
@@ -134,7 +160,22 @@ def get_routing_report(
                 "error_rate": round(d.error_rate, 3),
                 "off_hours": d.is_off_hours,
                 "source": "learned" if is_learned else "prior",
-                "model": d.model,
+                "model": d.model if on else base_model,
+                "enabled": on,
+                "strong_model": s.strong_model or None,
+                "strong_provider": s.strong_provider or None,
             }
         )
     return out
+
+
+def routing_header(enabled: bool, settings: RoutingSettings, base_model: str) -> str:
+    """The first line of ``routing report``: on (strong model, provider, threshold) or off and why."""
+    reason = routing_off_reason(enabled, settings)
+    if reason is not None:
+        return f"routing is off: {reason}; every cron turn uses its base model ({base_model})"
+    return (
+        f"routing is on: strong model {settings.strong_model} on provider {settings.strong_provider} "
+        f"when the expected error rate is >= {settings.threshold_pct:.1f}%, else the base model "
+        f"({base_model}); pinned models are never routed"
+    )

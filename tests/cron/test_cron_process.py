@@ -68,11 +68,14 @@ async def test_kill9_during_cron_run_marks_it_interrupted_and_next_runs(tmp_path
         (["cron", "add", "--schedule", "0 9 * * *", "--prompt", "p", "--tz", "Mars/Base"], "Mars/Base"),
         (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--misfire-grace", "-5"], "-5"),
         (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--catch-up", "some"], "some"),
+        (["cron", "add", "--schedule", "2020-01-01T00:00:00Z", "--prompt", "p"], "in the past"),
+        (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--skill", "ghost"], "'ghost'"),
+        (["cron", "add", "--schedule", "@daily", "--prompt", "p", "--profile", "ghost"], "'ghost'"),
         (["cron", "show", "nope"], "unknown job id 'nope'"),
         (["cron", "run", "nope"], "unknown job id 'nope'"),
         (["cron", "pause", "nope"], "unknown job id 'nope'"),
     ],
-    ids=["schedule", "timezone", "grace", "catch-up", "show", "run", "pause"],
+    ids=["schedule", "timezone", "grace", "catch-up", "past", "skill", "profile", "show", "run", "pause"],
 )
 def test_cron_cli_bad_input_exits_2_with_one_line_and_writes_nothing(
     tmp_path: Path, args: list[str], needle: str
@@ -94,6 +97,8 @@ def test_cron_cli_round_trip(tmp_path: Path) -> None:
     (home / "config.yaml").write_text(
         "model: {default: m1, provider: a}\nproviders: {a: {base_url: 'http://127.0.0.1:9/v1'}}\n"
     )
+    (home / "skills" / "s1").mkdir(parents=True)  # --skill must name an installed skill
+    (home / "skills" / "s1" / "SKILL.md").write_text("be brief")
     job = json.loads(
         cli(
             home,

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from gateway.kanban.store import TaskStore
+from gateway.statedb import open_state_db
 from tests.fake_llm import FakeLLM, provider_config
 from tests.procs import Proc, free_port
 from tests.stack import Stack
@@ -106,11 +109,21 @@ async def test_kanban_commands_hand_work_to_the_running_sidecar(tmp_path: Path, 
         task_id = json.loads(made.stdout)["id"]
         await proc.wait_for_line(f"task {task_id} done")
         ghost = kanban(home, "create", "--title", "haunt", "--assignee", "ghost")
-        assert ghost.returncode == 0, ghost.stderr
-        await proc.wait_for_line("blocked: unknown profile 'ghost'")
+        assert ghost.returncode == 2  # the CLI refuses an unknown profile up front
+        assert "known profiles: default" in ghost.stderr
+        # A task whose profile is gone by dispatch time (e.g. removed from config) is blocked.
+        db = await open_state_db(home / "state.db")
+        try:
+            made_ghost = await TaskStore(db).create(title="haunt", assignee="ghost", now=time.time())
+            assert made_ghost is not None
+        finally:
+            await db.close()
         handed = kanban(home, "dispatch", "--json")
         assert handed.returncode == 0, handed.stderr
-        assert json.loads(handed.stdout)["spawned"] == []
+        doc = json.loads(handed.stdout)
+        assert doc["spawned"] == []
+        assert [b[:2] for b in doc["blocked"]] == [[made_ghost.id, "ghost"]]
+        await proc.wait_for_line("blocked: unknown profile 'ghost'")
         await proc.wait_for_line("kanban dispatch handed over")
         rows = {t["id"]: t for t in json.loads(kanban(home, "list", "--json").stdout)}
         assert (rows[task_id]["status"], rows[task_id]["result"]) == ("done", "echo: summarise\n\nthe news")

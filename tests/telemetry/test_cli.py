@@ -20,7 +20,7 @@ def cli(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_routing_report_json_lists_24_hours(tmp_path: Path) -> None:
     """The report has 24 rows, 18:00 included, each with its error rate and model."""
-    (tmp_path / "config.yaml").write_text("routing: {strong_model: big, strong_provider: b}\n")
+    (tmp_path / "config.yaml").write_text("routing: {enabled: true, strong_model: big, strong_provider: b}\n")
     r = cli(tmp_path, "routing", "report", "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
