@@ -1,4 +1,5 @@
-"""``hermes-relay``: run the reference connector (``serve``).
+"""``hermes-relay``: run the reference connector (``serve``); register a Telegram webhook
+(``telegram set-webhook``).
 
 Exit codes: 0 after a clean stop (SIGTERM/SIGINT); 2 for bad arguments (one line naming the bad
 value, nothing written); 1 when the connector cannot start (port in use, database that cannot be
@@ -10,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -18,10 +20,12 @@ import sqlite3
 import sys
 import threading
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
+import aiohttp
 from aiohttp import web
 
+from relay.connector import telegram as tg
 from relay.connector.server import Connector
 from relay.errors import ConfigError, StartupError
 from relay.listen import bind_listener
@@ -56,6 +60,43 @@ def parse_gateways(flags: Sequence[str], env_value: str | None) -> dict[str, str
     for item in flags:
         add(item, "--gateway")
     return out
+
+
+def parse_telegram(flags: Sequence[str], env_value: str | None) -> dict[str, str]:
+    """Merge ``RELAY_TELEGRAM="id=token,..."`` and ``--telegram ID=BOT_TOKEN`` (flag wins; split
+    at the first ``=``). Raises ``ConfigError`` naming the item when it has no ``=``, a bad id, or
+    a token without a bot id before ``:``."""
+    out: dict[str, str] = {}
+
+    def add(item: str, where: str) -> None:
+        gid, sep, token = item.strip().partition("=")
+        if not sep or not token or not tg.bot_id_of(token) or ":" not in token:
+            raise ConfigError(f"{where} value for {gid!r} is not ID=BOT_TOKEN (a token like 123456:ABC...)")
+        try:
+            validate_gateway_id(gid)
+            token.encode("ascii")
+        except ConfigError as exc:
+            raise ConfigError(f"{where} value for {gid!r}: {exc}") from None
+        except UnicodeEncodeError:
+            raise ConfigError(f"{where} value for {gid!r}: the bot token is not ASCII") from None
+        out[gid] = token
+
+    for item in (env_value or "").split(","):
+        if item.strip():
+            add(item, "RELAY_TELEGRAM")
+    for item in flags:
+        add(item, "--telegram")
+    return out
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses; any other name or address is public."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _positive_int(text: str) -> int:
@@ -98,19 +139,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES)
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    _telegram_args(s)
+    s.add_argument(
+        "--ingress-token",
+        default=None,
+        help="bearer token /ingress/* and /outbox require (env RELAY_INGRESS_TOKEN)",
+    )
+    s.add_argument(
+        "--insecure-ingress",
+        action="store_true",
+        help="allow a non-loopback bind with gateways configured and no ingress token",
+    )
+    t = sub.add_parser("telegram", help="Telegram helpers")
+    tsub = t.add_subparsers(dest="telegram_command", required=True)
+    w = tsub.add_parser("set-webhook", help="register <url>/telegram/<ID> as the bot's webhook")
+    w.add_argument("--gateway", required=True, metavar="ID", help="the gateway id whose bot to register")
+    w.add_argument("--url", required=True, metavar="PUBLIC_BASE_URL", help="the connector's public base URL")
+    _telegram_args(w)
     return p
 
 
-async def open_connector(db: str, secrets: dict[str, str], max_frame_bytes: int) -> Connector:
-    """``Connector.create`` with start-up errors as ``StartupError`` naming ``--db`` and why."""
+def _telegram_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--telegram",
+        action="append",
+        default=[],
+        metavar="ID=BOT_TOKEN",
+        help="route a Telegram bot's chats to gateway ID (repeatable; also env RELAY_TELEGRAM)",
+    )
+    p.add_argument(
+        "--telegram-webhook-secret",
+        default=None,
+        help="the webhook's X-Telegram-Bot-Api-Secret-Token (env RELAY_TELEGRAM_WEBHOOK_SECRET)",
+    )
+
+
+async def open_connector(db: str, secrets: dict[str, str], max_frame_bytes: int, **options: Any) -> Connector:
+    """``Connector.create`` with start-up errors as ``StartupError`` naming ``--db`` and why.
+    ``options`` are further ``Connector`` keywords (Telegram, ingress token)."""
     try:
-        return await Connector.create(db, secrets=secrets, max_frame_bytes=max_frame_bytes)
+        return await Connector.create(db, secrets=secrets, max_frame_bytes=max_frame_bytes, **options)
     except (OSError, sqlite3.Error) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StartupError(f"--db {db}: cannot open the connector database: {why}") from None
 
 
-async def serve(host: str, port: int, db: str, secrets: dict[str, str], max_frame_bytes: int) -> None:
+async def serve(
+    host: str, port: int, db: str, secrets: dict[str, str], max_frame_bytes: int, **options: Any
+) -> None:
     """Run the connector until SIGTERM/SIGINT.
 
     The port is bound before the database opens, so a busy port fails at once. Raises
@@ -118,7 +194,7 @@ async def serve(host: str, port: int, db: str, secrets: dict[str, str], max_fram
     """
     sock = bind_listener(host, port, "connector HTTP")
     try:
-        connector = await open_connector(db, secrets, max_frame_bytes)
+        connector = await open_connector(db, secrets, max_frame_bytes, **options)
     except BaseException:
         sock.close()
         raise
@@ -142,20 +218,93 @@ async def serve(host: str, port: int, db: str, secrets: dict[str, str], max_fram
         await connector.close()
 
 
+def _error(message: str, code: int) -> int:
+    print(f"hermes-relay: error: {message}", file=sys.stderr)
+    return code
+
+
+def _webhook_secret(args: argparse.Namespace) -> str | None:
+    secret = args.telegram_webhook_secret
+    if secret is None:
+        secret = os.environ.get("RELAY_TELEGRAM_WEBHOOK_SECRET")
+    return secret or None
+
+
+def _api_base() -> str:
+    return os.environ.get("TELEGRAM_API_BASE_URL") or tg.DEFAULT_API_BASE
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        bots = parse_telegram(args.telegram, os.environ.get("RELAY_TELEGRAM"))
+    except ConfigError as exc:
+        return _error(str(exc), 2)
+    secret = _webhook_secret(args)
+    if args.command == "telegram":
+        return set_webhook_command(args.gateway, args.url, bots, secret)
+    try:
         secrets = parse_gateways(args.gateway, os.environ.get("RELAY_GATEWAYS"))
     except ConfigError as exc:
-        print(f"hermes-relay: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc), 2)
+    if bots and secret is None:
+        return _error(
+            "--telegram-webhook-secret (or RELAY_TELEGRAM_WEBHOOK_SECRET) is required when a Telegram bot"
+            " is configured",
+            2,
+        )
+    ingress_token = args.ingress_token
+    if ingress_token is None:
+        ingress_token = os.environ.get("RELAY_INGRESS_TOKEN")
+    ingress_token = ingress_token or None
+    if (
+        (secrets or bots)
+        and ingress_token is None
+        and not is_loopback(args.host)
+        and not args.insecure_ingress
+    ):
+        return _error(
+            f"--host {args.host} is not loopback and gateways are configured: set --ingress-token"
+            " (or RELAY_INGRESS_TOKEN), or pass --insecure-ingress",
+            2,
+        )
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    options: dict[str, Any] = {
+        "telegram": bots,
+        "telegram_webhook_secret": secret,
+        "telegram_api_base": _api_base(),
+        "ingress_token": ingress_token,
+    }
     try:
-        asyncio.run(serve(args.host, args.port, args.db, secrets, args.max_frame_bytes))
+        asyncio.run(serve(args.host, args.port, args.db, secrets, args.max_frame_bytes, **options))
     except StartupError as exc:
         print(f"hermes-relay: error: {exc}", file=sys.stderr)
         _exit_now_if_threads_linger(1)
         return 1
+    return 0
+
+
+def set_webhook_command(gateway_id: str, url: str, bots: dict[str, str], secret: str | None) -> int:
+    """``telegram set-webhook``: ``setWebhook`` with ``<url>/telegram/<ID>``, the secret and
+    ``allowed_updates: ["message"]``; one line; 0 on ok, 1 with Telegram's description, 2 for
+    bad input."""
+    token = bots.get(gateway_id)
+    if token is None:
+        return _error(f"--gateway {gateway_id!r} has no bot token; give --telegram {gateway_id}=BOT_TOKEN", 2)
+    if secret is None:
+        return _error("--telegram-webhook-secret (or RELAY_TELEGRAM_WEBHOOK_SECRET) is required", 2)
+    if not url.startswith(("https://", "http://")):
+        return _error(f"--url {url!r} is not an http(s) URL", 2)
+    hook = f"{url.rstrip('/')}/telegram/{gateway_id}"
+
+    async def run() -> tuple[bool, str]:
+        async with aiohttp.ClientSession() as http:
+            return await tg.set_webhook(http, _api_base(), token, hook, secret)
+
+    ok, detail = asyncio.run(run())
+    if not ok:
+        return _error(f"setWebhook failed: {detail}", 1)
+    print(f"webhook set: {hook}")
     return 0
 
 

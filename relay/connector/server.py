@@ -6,12 +6,15 @@ sender per handshaken socket streams the gateway's unacked entries from the stor
 Second-release extensions (PROTOCOL.md 7): idempotent sends (a known ``idempotencyKey`` gets its
 stored result with ``duplicate: true``), ``buffered`` on a handshake's first descriptor, an
 immediate poke when a gateway flips with unacked entries, and batched ``inbound_ack``.
+SPEC 8.3: Telegram bots (webhook ``POST /telegram/{gateway_id}``, durable Bot API sends through
+``PlatformOutbox``) and the ingress bearer token.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import uuid
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ import aiohttp
 from aiohttp import web
 
 from relay.clock import Clock, SystemClock
+from relay.connector import telegram as tg
 from relay.connector.ingress import (
     IngressError,
     build_event,
@@ -29,7 +33,8 @@ from relay.connector.ingress import (
     check_unicode,
     parse_body,
 )
-from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore
+from relay.connector.platform_outbox import PlatformOutbox
+from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore, PlatformSend
 from relay.connector.wake import WakePoker, hold_presence
 from relay.errors import FrameTooLarge, ProtocolError, TokenError
 from relay.protocol import frames as F
@@ -73,6 +78,10 @@ class Connector:
     is gateway ``"dev"``, or the id its token claims). ``clock`` drives pokes and ``wakeAt``.
     ``max_body_bytes`` caps an ingress body (default: 4 x ``max_frame_bytes``, at least 1 MiB;
     larger -> 413 with a JSON error).
+
+    ``telegram`` maps gateway id -> Bot API token (that bot's chats go to that gateway; the
+    webhook needs ``telegram_webhook_secret``; calls go to ``telegram_api_base``).
+    ``ingress_token``: ``/ingress/*`` and ``/outbox`` need ``Authorization: Bearer <token>``.
     """
 
     def __init__(
@@ -84,6 +93,10 @@ class Connector:
         clock: Clock | None = None,
         poke_rate_s: float = 10.0,
         max_body_bytes: int | None = None,
+        telegram: dict[str, str] | None = None,
+        telegram_webhook_secret: str | None = None,
+        telegram_api_base: str = "https://api.telegram.org",
+        ingress_token: str | None = None,
     ) -> None:
         self.store = store
         self.secrets = dict(secrets or {})
@@ -101,11 +114,25 @@ class Connector:
         self._tasks: set[asyncio.Task[Any]] = set()
         # (gateway id, idempotencyKey) -> the stored result once committed (None: not recorded).
         self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any] | None]] = {}
+        self.ingress_token = ingress_token or None
+        self.telegram_webhook_secret = telegram_webhook_secret or None
+        # gateway id -> (bot id, token)
+        self.telegram_bots = {gid: (tg.bot_id_of(tok), tok) for gid, tok in (telegram or {}).items()}
+        self._updates_inflight: dict[tuple[str, int], asyncio.Future[bool]] = {}
+        self.platform_outbox = PlatformOutbox(
+            store,
+            http=lambda: self.http,
+            clock=self.clock,
+            api_base=telegram_api_base,
+            tokens={bot: tok for bot, tok in self.telegram_bots.values()},
+            on_done=self._platform_done,
+        )
         self.app = web.Application(client_max_size=self.max_body_bytes)
         self.app.router.add_get("/relay", self._ws_handler)
         self.app.router.add_post("/ingress/{platform}/{bot_id}", self._ingress_handler)
         self.app.router.add_post("/ingress/{platform}", self._ingress_handler)
         self.app.router.add_get("/outbox", self._outbox_handler)
+        self.app.router.add_post("/telegram/{gateway_id}", self._telegram_handler)
         self.app.router.add_get("/healthz", self._healthz)
         self.app.on_shutdown.append(self._on_shutdown)
 
@@ -145,6 +172,12 @@ class Connector:
                     poker.schedule_wake_at(rec.wake_at)
                 if await self.store.unacked_count(gid):
                     poker.request()
+        for gid, (bot_id, _token) in self.telegram_bots.items():
+            # SPEC 8.3: a configured bot is routed at start, without waiting for a hello.
+            if self.routes.get((tg.PLATFORM, bot_id)) != gid:
+                self.routes[(tg.PLATFORM, bot_id)] = gid
+                await self.store.remember(gid, tg.PLATFORM, bot_id, None, self.clock.wall())
+        self.platform_outbox.start()
         if not self.secrets:
             log.warning("no gateway configured: unauthenticated dev mode (any socket is accepted)")
 
@@ -152,6 +185,7 @@ class Connector:
         """Stop pokes, close sockets and flush the store."""
         for poker in self.pokers.values():
             poker.cancel()
+        await self.platform_outbox.close()
         await self._on_shutdown(self.app)
         for t in list(self._tasks):
             t.cancel()
@@ -362,6 +396,19 @@ class Connector:
         if key is not None:
             await self._outbound_keyed(s, rid, key, platform, bot_id, action)
             return
+        if self.platform_outbox.handles(platform, bot_id):
+            # Listed in the outbox and queued for the platform in one transaction (send order =
+            # frame order); the worker answers the gateway when the platform confirms.
+            committed = self.store.record_outbound(
+                gateway_id=s.gateway_id,
+                platform=platform,
+                bot_id=bot_id,
+                action=action,
+                now=self.clock.wall(),
+                platform_send=(uuid.uuid4().hex, rid),
+            )
+            self._spawn(self._platform_queued(s, rid, bot_id, committed))
+            return
         result = _result_for(action)
         committed = self.store.record_outbound(
             gateway_id=s.gateway_id,
@@ -398,6 +445,9 @@ class Connector:
             log.info("gateway %s: duplicate outbound (idempotencyKey %r) not sent again", s.gateway_id, key)
             self._spawn(self._reply(s, rid, {**stored, "duplicate": True}))
             return
+        if self.platform_outbox.handles(platform, bot_id):
+            await self._platform_keyed(s, rid, key, slot, settled, platform, bot_id, action)
+            return
         result = _result_for(action)
         committed = self.store.record_outbound(
             gateway_id=s.gateway_id,
@@ -409,6 +459,93 @@ class Connector:
             result=result,
         )
         self._spawn(self._commit_keyed(s, rid, slot, settled, result, committed))
+
+    async def _platform_queued(
+        self, s: _Session, rid: str, bot_id: str, committed: asyncio.Future[None]
+    ) -> bool:
+        """Wake the bot's worker once a platform send is committed; answer a store failure."""
+        try:
+            await committed
+        except Exception as exc:
+            await self._reply(s, rid, {"success": False, "error": f"connector store failed: {exc}"})
+            return False
+        self.platform_outbox.poke(bot_id)
+        return True
+
+    async def _platform_keyed(
+        self,
+        s: _Session,
+        rid: str,
+        key: str,
+        slot: tuple[str, str],
+        settled: asyncio.Future[dict[str, Any] | None],
+        platform: str,
+        bot_id: str,
+        action: dict[str, Any],
+    ) -> None:
+        """A keyed platform send: the key is stored with the queued send; a resend of a key whose
+        send is still queued (also across a restart) waits for that send's result."""
+        try:
+            queued = await self.store.platform_send_by_key(s.gateway_id, key)
+        except Exception as exc:
+            self._settle(slot, settled, None)
+            self._spawn(self._reply(s, rid, {"success": False, "error": f"connector store failed: {exc}"}))
+            return
+        if queued is not None:
+            log.info("gateway %s: idempotencyKey %r is already queued; not sent again", s.gateway_id, key)
+            self._spawn(self._platform_duplicate(s, rid, slot, settled, queued))
+            return
+        send_id = uuid.uuid4().hex
+        committed = self.store.record_outbound(
+            gateway_id=s.gateway_id,
+            platform=platform,
+            bot_id=bot_id,
+            action=action,
+            now=self.clock.wall(),
+            idempotency_key=key,
+            platform_send=(send_id, rid),
+        )
+        self._spawn(self._platform_keyed_settle(s, rid, bot_id, slot, settled, send_id, committed))
+
+    async def _platform_keyed_settle(
+        self,
+        s: _Session,
+        rid: str,
+        bot_id: str,
+        slot: tuple[str, str],
+        settled: asyncio.Future[dict[str, Any] | None],
+        send_id: str,
+        committed: asyncio.Future[None],
+    ) -> None:
+        result: dict[str, Any] | None = None
+        try:
+            if await self._platform_queued(s, rid, bot_id, committed):
+                result = await self.platform_outbox.wait_for(send_id)
+        finally:
+            self._settle(slot, settled, result)
+
+    async def _platform_duplicate(
+        self,
+        s: _Session,
+        rid: str,
+        slot: tuple[str, str],
+        settled: asyncio.Future[dict[str, Any] | None],
+        queued: PlatformSend,
+    ) -> None:
+        result: dict[str, Any] | None = queued.result
+        try:
+            if result is None:
+                result = await self.platform_outbox.wait_for(queued.send_id)
+        finally:
+            self._settle(slot, settled, result)
+        await self._reply(s, rid, {**result, "duplicate": True})
+
+    async def _platform_done(self, send: PlatformSend, result: dict[str, Any]) -> None:
+        """A platform send has its final result (committed): answer its ``requestId`` on the
+        gateway's current socket, if it has one (a keyed resend gets it later otherwise)."""
+        s = self.sessions.get(send.gateway_id)
+        if send.request_id and s is not None:
+            await self._reply(s, send.request_id, result)
 
     def _settle(
         self,
@@ -496,7 +633,15 @@ class Connector:
 
     # --- HTTP ingress and outbox -----------------------------------------------------------
 
-    async def ingest(self, platform: str, bot_id: str, body: Any) -> dict[str, str]:
+    async def ingest(
+        self,
+        platform: str,
+        bot_id: str,
+        body: Any,
+        *,
+        gateway_id: str | None = None,
+        telegram_update: tuple[str, int] | None = None,
+    ) -> dict[str, str]:
         """Persist one chat message for whichever gateway fronts ``(platform, bot_id)``.
 
         Returns ``{delivered: live|buffered, buffer_id}`` after the durable commit. Raises
@@ -505,7 +650,7 @@ class Connector:
         """
         event = build_event(platform, body)
         check_unicode("bot_id (URL path)", bot_id)
-        gid = self.routes.get((platform, bot_id))
+        gid = gateway_id or self.routes.get((platform, bot_id))
         if gid is None:
             raise IngressError(404, f"no gateway ever fronted platform {platform!r} bot {bot_id!r}")
         buffer_id = uuid.uuid4().hex
@@ -523,6 +668,7 @@ class Connector:
                 chat_id=event["source"]["chat_id"],
                 frame=line,
                 now=self.clock.wall(),
+                telegram_update=telegram_update,
             )
         except Exception as exc:
             log.error("ingress for gateway %s not stored: %s", gid, exc)
@@ -539,6 +685,8 @@ class Connector:
         bad input (never a 5xx, never a traceback in the log)."""
         platform = request.match_info["platform"]
         bot_id = request.match_info.get("bot_id", "")
+        if not self._ingress_authorized(request):
+            return _unauthorized()
         try:
             try:
                 raw = await request.read()
@@ -552,7 +700,77 @@ class Connector:
             return web.json_response({"error": str(exc)}, status=exc.status)
         return web.json_response(out, status=202)
 
+    def _ingress_authorized(self, request: web.Request) -> bool:
+        """``Authorization: Bearer <ingress token>`` (constant-time); always true without one."""
+        if self.ingress_token is None:
+            return True
+        header = request.headers.get("Authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and _same(given.strip(), self.ingress_token)
+
+    async def _telegram_handler(self, request: web.Request) -> web.Response:
+        """``POST /telegram/{gateway_id}``: a Bot API webhook Update (SPEC 8.3). 401 without the
+        secret header, 404 for a gateway with no bot, 400 for a bad body (nothing stored); a
+        non-message update or a repeated ``update_id`` -> 200 and nothing (more) stored."""
+        gid = request.match_info["gateway_id"]
+        given = request.headers.get(tg.SECRET_HEADER)
+        secret = self.telegram_webhook_secret
+        if secret is None or given is None or not _same(given, secret):
+            return web.json_response({"error": f"missing or wrong {tg.SECRET_HEADER} header"}, status=401)
+        bot = self.telegram_bots.get(gid)
+        if bot is None:
+            return web.json_response(
+                {"error": f"no telegram bot is configured for gateway {gid!r}"}, status=404
+            )
+        try:
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise IngressError(
+                    413, f"body is larger than the limit of {self.max_body_bytes} bytes"
+                ) from None
+            update_id, body = tg.ingress_body(parse_body(raw))
+            if body is None:
+                return web.json_response({"ok": True, "ignored": "not a message update"})
+            out = await self._ingest_update(gid, bot[0], update_id, body)
+        except IngressError as exc:
+            log.debug("telegram webhook for %s refused (%d): %s", gid, exc.status, exc)
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        return web.json_response({"ok": True, **out})
+
+    async def _ingest_update(
+        self, gid: str, bot_id: str, update_id: int, body: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Store one webhook message once per ``(bot, update_id)``: a repeat that arrives while
+        the first is being stored waits for it (and is stored itself if the first failed)."""
+        slot = (bot_id, update_id)
+        while (pending := self._updates_inflight.get(slot)) is not None:
+            if await asyncio.shield(pending):
+                return {"duplicate": True}
+        mine: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._updates_inflight[slot] = mine
+        stored = False
+        try:
+            try:
+                seen = await self.store.update_seen(bot_id, update_id)
+            except Exception as exc:
+                log.error("telegram update %s not checked: %s", update_id, exc)
+                raise IngressError(503, "connector store unavailable; nothing was stored") from None
+            if seen:
+                stored = True
+                return {"duplicate": True}
+            out = await self.ingest(
+                tg.PLATFORM, bot_id, body, gateway_id=gid, telegram_update=(bot_id, update_id)
+            )
+            stored = True
+            return dict(out)
+        finally:
+            del self._updates_inflight[slot]
+            mine.set_result(stored)
+
     async def _outbox_handler(self, request: web.Request) -> web.Response:
+        if not self._ingress_authorized(request):
+            return _unauthorized()
         chat_id = request.query.get("chat_id")
         rows = await self.store.outbox(chat_id)
         for r in rows:
@@ -561,6 +779,19 @@ class Connector:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "gateways_live": sorted(self.sessions)})
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of header text (aiohttp keeps undecodable bytes as surrogates)."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
+    )
+
+
+def _unauthorized() -> web.Response:
+    return web.json_response(
+        {"error": "unauthorized: Authorization: Bearer <ingress token> required"}, status=401
+    )
 
 
 def _result_for(action: dict[str, Any]) -> dict[str, Any]:

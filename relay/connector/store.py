@@ -75,6 +75,33 @@ MIGRATIONS = [
     );
     CREATE INDEX idempotency_age ON idempotency (created_at);
     """,
+    # 3: SPEC 8.3, durable platform sends (Telegram Bot API calls) and seen webhook update ids.
+    """
+    CREATE TABLE platform_sends (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        send_id TEXT NOT NULL UNIQUE,
+        gateway_id TEXT NOT NULL,
+        platform TEXT NOT NULL,
+        bot_id TEXT NOT NULL,
+        request_id TEXT,
+        idempotency_key TEXT,
+        action TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        last_error TEXT,
+        done_at REAL,
+        result TEXT
+    );
+    CREATE INDEX platform_sends_pending ON platform_sends (platform, bot_id, seq) WHERE done_at IS NULL;
+    CREATE INDEX platform_sends_key ON platform_sends (gateway_id, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE TABLE telegram_updates (
+        bot_id TEXT NOT NULL,
+        update_id INTEGER NOT NULL,
+        created_at REAL NOT NULL,
+        PRIMARY KEY (bot_id, update_id)
+    );
+    """,
 ]
 
 IDEMPOTENCY_KEEP_S = 7 * 86400.0
@@ -87,6 +114,12 @@ _APPEND = (
 _ACK = "UPDATE buffer SET acked_at = ? WHERE buffer_id = ? AND gateway_id = ? AND acked_at IS NULL"
 _OUTBOX = "INSERT INTO outbox (at, gateway_id, platform, bot_id, chat_id, action) VALUES (?, ?, ?, ?, ?, ?)"
 _KEY = "INSERT INTO idempotency (gateway_id, idempotency_key, result, created_at) VALUES (?, ?, ?, ?)"
+
+_SEEN_UPDATE = "INSERT OR IGNORE INTO telegram_updates (bot_id, update_id, created_at) VALUES (?, ?, ?)"
+_PLATFORM_SEND = (
+    "INSERT INTO platform_sends (send_id, gateway_id, platform, bot_id, request_id, idempotency_key,"
+    " action, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 
 Statement = tuple[str, tuple[Any, ...]]
 _Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
@@ -105,6 +138,47 @@ def _check_header(path: str) -> None:
         header = f.read(len(SQLITE_HEADER))
     if header and header != SQLITE_HEADER:
         raise sqlite3.DatabaseError("file is not a database")
+
+
+@dataclass(frozen=True)
+class PlatformSend:
+    """One queued platform call (a Telegram ``sendMessage``/``sendChatAction``/``editMessageText``)."""
+
+    seq: int
+    send_id: str
+    gateway_id: str
+    platform: str
+    bot_id: str
+    request_id: str | None
+    idempotency_key: str | None
+    action: dict[str, Any]
+    created_at: float
+    attempts: int
+    done: bool
+    result: dict[str, Any] | None
+
+
+_SEND_COLS = (
+    "seq, send_id, gateway_id, platform, bot_id, request_id, idempotency_key, action, created_at,"
+    " attempts, done_at, result"
+)
+
+
+def _platform_send(r: Any) -> PlatformSend:
+    return PlatformSend(
+        seq=int(r[0]),
+        send_id=str(r[1]),
+        gateway_id=str(r[2]),
+        platform=str(r[3]),
+        bot_id=str(r[4]),
+        request_id=r[5],
+        idempotency_key=r[6],
+        action=json.loads(r[7]),
+        created_at=float(r[8]),
+        attempts=int(r[9]),
+        done=r[10] is not None,
+        result=None if r[11] is None else json.loads(r[11]),
+    )
 
 
 @dataclass(frozen=True)
@@ -222,13 +296,26 @@ class BufferStore:
         chat_id: str,
         frame: str,
         now: float,
+        telegram_update: tuple[str, int] | None = None,
     ) -> None:
-        """Persist one encoded ``inbound`` line; returns after a durable (FULL) commit."""
-        fut = self._enqueue(
-            _APPEND, (buffer_id, gateway_id, platform, bot_id, chat_id, frame, now), wait=True
+        """Persist one encoded ``inbound`` line; returns after a durable (FULL) commit.
+
+        ``telegram_update`` (bot id, update id) is marked seen in the same transaction."""
+        statements: tuple[Statement, ...] = (
+            (_APPEND, (buffer_id, gateway_id, platform, bot_id, chat_id, frame, now)),
         )
+        if telegram_update is not None:
+            statements += ((_SEEN_UPDATE, (*telegram_update, now)),)
+        fut = self._enqueue_job(statements, wait=True)
         assert fut is not None
         await fut
+
+    async def update_seen(self, bot_id: str, update_id: int) -> bool:
+        """Whether a webhook ``update_id`` of a Telegram bot was stored already (committed)."""
+        row = await read_one(
+            self._r, "SELECT 1 FROM telegram_updates WHERE bot_id = ? AND update_id = ?", (bot_id, update_id)
+        )
+        return row is not None
 
     def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
         """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
@@ -343,6 +430,7 @@ class BufferStore:
         now: float,
         idempotency_key: str | None = None,
         result: dict[str, Any] | None = None,
+        platform_send: tuple[str, str | None] | None = None,
     ) -> asyncio.Future[None]:
         """Queue an outbox row (send order = call order); the future resolves on commit.
 
@@ -365,7 +453,26 @@ class BufferStore:
                 ),
             ),
         )
-        if idempotency_key is not None:
+        if platform_send is not None:
+            # Queued for the platform worker: (send_id, request_id); the key waits with the send
+            # and moves to ``idempotency`` with its final result (``finish_platform_send``).
+            send_id, request_id = platform_send
+            statements += (
+                (
+                    _PLATFORM_SEND,
+                    (
+                        send_id,
+                        gateway_id,
+                        platform,
+                        bot_id,
+                        request_id,
+                        idempotency_key,
+                        json.dumps(action, ensure_ascii=False),
+                        now,
+                    ),
+                ),
+            )
+        elif idempotency_key is not None:
             if result is None:
                 raise ValueError("record_outbound with an idempotency_key needs its result")
             statements += (
@@ -386,6 +493,65 @@ class BufferStore:
             return None
         stored = json.loads(row[0])
         return stored if isinstance(stored, dict) else None
+
+    # --- platform sends ---------------------------------------------------------------------
+
+    async def pending_platform_sends(
+        self, platform: str, bot_id: str, limit: int = 100
+    ) -> list[PlatformSend]:
+        """The oldest unfinished platform sends of one bot, in queue order."""
+        rows = await read_all(
+            self._r,
+            f"SELECT {_SEND_COLS} FROM platform_sends WHERE platform = ? AND bot_id = ? AND done_at IS NULL"
+            " ORDER BY seq LIMIT ?",
+            (platform, bot_id, limit),
+        )
+        return [_platform_send(r) for r in rows]
+
+    async def platform_send_by_key(self, gateway_id: str, key: str) -> PlatformSend | None:
+        """The platform send queued with ``idempotency_key`` ``key`` by ``gateway_id`` (if any)."""
+        row = await read_one(
+            self._r,
+            f"SELECT {_SEND_COLS} FROM platform_sends WHERE gateway_id = ? AND idempotency_key = ?"
+            " ORDER BY seq DESC LIMIT 1",
+            (gateway_id, key),
+        )
+        return None if row is None else _platform_send(row)
+
+    async def platform_sends(self) -> list[PlatformSend]:
+        """Every platform send (for tests and inspection), in queue order."""
+        rows = await read_all(self._r, f"SELECT {_SEND_COLS} FROM platform_sends ORDER BY seq")
+        return [_platform_send(r) for r in rows]
+
+    def note_platform_attempt(self, send_id: str, error: str) -> None:
+        """Count a failed attempt of a platform send (queued; committed with the next group)."""
+        self._enqueue(
+            "UPDATE platform_sends SET attempts = attempts + 1, last_error = ? WHERE send_id = ?",
+            (error, send_id),
+            wait=False,
+        )
+
+    async def finish_platform_send(self, send: PlatformSend, result: dict[str, Any], now: float) -> None:
+        """Mark a platform send done with its final ``result``; its idempotency key (if any) is
+        stored with that result in the same transaction. Awaits the commit."""
+        text = json.dumps(result, ensure_ascii=False)
+        statements: tuple[Statement, ...] = (
+            (
+                "UPDATE platform_sends SET done_at = ?, result = ? WHERE send_id = ?",
+                (now, text, send.send_id),
+            ),
+        )
+        if send.idempotency_key is not None:
+            statements += (
+                (
+                    "INSERT OR REPLACE INTO idempotency (gateway_id, idempotency_key, result, created_at)"
+                    " VALUES (?, ?, ?, ?)",
+                    (send.gateway_id, send.idempotency_key, text, now),
+                ),
+            )
+        fut = self._enqueue_job(statements, wait=True)
+        assert fut is not None
+        await fut
 
     async def prune_idempotency(self, before: float) -> None:
         """Forget idempotency keys stored before ``before`` (Unix seconds); awaits the commit."""
