@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -51,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_)
         s.add_argument("--host", default="127.0.0.1")
         s.add_argument("--port", type=_port, default=default_port)
+        s.add_argument(
+            "--metrics-port",
+            type=_port,
+            default=None,
+            help="internal port serving /metrics (default $METRICS_PORT, else "
+            + ("9091" if name == "run" else "the sidecar port + 2")
+            + "; 0 = off)",
+        )
         s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
         if name == "dev":
             s.add_argument(
@@ -64,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
             )
     st = sub.add_parser("status", help="print the running sidecar's /status")
     st.add_argument("--json", action="store_true")
+    rl = sub.add_parser("reload", help="make the running sidecar re-read config.yaml (like SIGHUP)")
+    rl.add_argument("--json", action="store_true")
     from gateway import cli_cron, cli_kanban, cli_sessions, cli_telemetry
 
     cli_cron.add_parsers(sub, _Parser)
@@ -71,6 +81,25 @@ def build_parser() -> argparse.ArgumentParser:
     cli_sessions.add_parsers(sub, _Parser)
     cli_telemetry.add_parsers(sub, _Parser)
     return p
+
+
+DEFAULT_METRICS_PORT = 9091
+
+
+def metrics_port_of(args: argparse.Namespace, env: Mapping[str, str]) -> int | None:
+    """The internal port for ``run``/``dev`` (SPEC 8.3): ``--metrics-port``, else
+    ``$METRICS_PORT``, else 9091 (``run``) or the app port + 2 (``dev``); 0 = off -> None.
+    Raises ``argparse.ArgumentTypeError`` for a bad ``$METRICS_PORT``."""
+    value = args.metrics_port
+    if value is None:
+        text = env.get("METRICS_PORT", "").strip()
+        if text:
+            value = _port(text)
+        elif args.command == "dev":
+            value = (args.port or 8080) + 2
+        else:
+            value = DEFAULT_METRICS_PORT
+    return None if value == 0 else int(value)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,8 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"hermes-sidecar: error: PORT: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("run", "dev"):
+        try:
+            args.metrics_port = metrics_port_of(args, os.environ)
+        except argparse.ArgumentTypeError as exc:
+            print(f"hermes-sidecar: error: METRICS_PORT: {exc}", file=sys.stderr)
+            return 2
     if args.command == "status":
         return _status(args)
+    if args.command == "reload":
+        return _reload(args)
     if args.command in ("cron", "kanban", "sessions", "telemetry", "routing"):
         return _manage(args)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
@@ -94,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         code = asyncio.run(run_dev(args))
     else:
-        code = asyncio.run(_run(args.host, args.port))
+        code = asyncio.run(_run(args.host, args.port, metrics_port=args.metrics_port))
     if code != 0:
         _hard_exit(code)
     return code
@@ -122,14 +159,16 @@ def startup_failed(exc: BaseException, secrets: Iterable[str] = ()) -> int:
     return 1
 
 
-async def _run(host: str, port: int, env_overrides: dict[str, str] | None = None) -> int:
+async def _run(
+    host: str, port: int, env_overrides: dict[str, str] | None = None, *, metrics_port: int | None = None
+) -> int:
     """``hermes-sidecar run``: 0 after a graceful stop, 1 (one stderr line) when start-up fails."""
     from gateway.runtime.sidecar import Sidecar
 
     env = {**os.environ, **(env_overrides or {})}
     try:
         config = load_config(env=env, strict=True)
-        sidecar = Sidecar(config, host=host, port=port, env=env)
+        sidecar = Sidecar(config, host=host, port=port, env=env, metrics_port=metrics_port)
     except Exception as exc:  # a config file that cannot be used, or a sidecar that cannot be built
         return startup_failed(exc, _secrets(None, env))
     return await run_until_signal(sidecar)
@@ -151,7 +190,8 @@ START_FAILED_SHUTDOWN_S = 3.0
 
 
 async def run_until_signal(sidecar: Any, on_started: Any = None) -> int:
-    """Start ``sidecar``, serve until SIGTERM/SIGINT, shut down gracefully; return 0.
+    """Start ``sidecar``, serve until SIGTERM/SIGINT, shut down gracefully; return 0. SIGHUP
+    re-reads the config (``sidecar.reload_config``).
 
     When ``sidecar.start()`` raises (a port in use, an unwritable home, ...): one line
     ``hermes-sidecar: error: <cause>`` on stderr, a best-effort ``shutdown()`` bounded by 3 s
@@ -161,6 +201,9 @@ async def run_until_signal(sidecar: Any, on_started: Any = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, sidecar.request_stop)
+    if hasattr(signal, "SIGHUP") and hasattr(sidecar, "reload_config"):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(signal.SIGHUP, sidecar.reload_config)
     try:
         await sidecar.start()
     except Exception as exc:
@@ -195,6 +238,8 @@ def _manage(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    """``hermes-sidecar status``: the running sidecar's ``/status`` (sent with the admin token
+    from sidecar.json), as JSON or as a short operator view."""
     from gateway.mgmt import sidecar_info
 
     config = load_config()
@@ -207,30 +252,93 @@ def _status(args: argparse.Namespace) -> int:
             print(msg, file=sys.stderr)
         return 1
 
-    async def fetch() -> Any:
+    async def fetch() -> tuple[int, Any]:
         async with (
             aiohttp.ClientSession() as s,
-            s.get(f"http://127.0.0.1:{info['port']}/status", timeout=aiohttp.ClientTimeout(total=5)) as r,
+            s.get(
+                f"http://127.0.0.1:{info['port']}/status",
+                headers={"Authorization": f"Bearer {info['token']}"},
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as r,
         ):
-            return await r.json()
+            return r.status, await r.json(content_type=None)
 
     try:
-        doc = asyncio.run(fetch())
-    except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+        code, doc = asyncio.run(fetch())
+    except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
         print(f"sidecar on port {info.get('port')} did not answer: {exc}", file=sys.stderr)
+        return 1
+    if code != 200 or not isinstance(doc, dict):
+        print(f"sidecar on port {info.get('port')} answered {code}: {doc}", file=sys.stderr)
         return 1
     if args.json:
         print(json.dumps(doc))
     else:
-        relay = doc.get("relay", {})
-        print(f"state        {doc['state']}  (armed: {doc['armed']})")
-        if doc.get("arm_blockers"):
-            print("blockers     " + "; ".join(doc["arm_blockers"]))
-        print(f"idle         {doc['idle_for_s']:.0f} s of {doc['idle_timeout_s']:.0f} s")
-        print(f"last inbound {doc['last_inbound_at']}")
-        print(
-            f"relay        connected={relay.get('connected')} "
-            f"dials={relay.get('dial_attempts')} last_close={relay.get('last_close_code')}"
-        )
-        print(f"running      {doc['running_turns']} turn(s)")
+        print(format_status(doc))
     return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    """``hermes-sidecar reload``: ``POST /admin/notify`` (re-plan and re-read the config);
+    0 when the new config was taken, 1 when none runs or the config did not load."""
+    from gateway.mgmt import call_sidecar
+
+    config = load_config()
+    answer = asyncio.run(call_sidecar(config, "/admin/notify", {}))
+    if answer is None:
+        doc: dict[str, Any] = {"error": f"no running sidecar answered ({config.home / 'sidecar.json'})"}
+    elif answer[0] != 200 or not isinstance(answer[1], dict):
+        doc = {"error": f"sidecar answered {answer[0]}: {answer[1]}"}
+    else:
+        doc = {"config_reloaded": bool(answer[1].get("config_reloaded"))}
+        if not doc["config_reloaded"]:
+            doc["error"] = "config did not load; the sidecar keeps the current one (see its log)"
+    if args.json:
+        print(json.dumps(doc))
+    elif "error" in doc:
+        print(f"hermes-sidecar: error: {doc['error']}", file=sys.stderr)
+    else:
+        print("config reloaded")
+    return 1 if "error" in doc else 0
+
+
+def format_status(doc: Mapping[str, Any]) -> str:
+    """The readable ``status`` view: state, idle clock (only while live), cooldown, tasks,
+    next job, drift and substitution alerts, relay."""
+    lines: list[str] = []
+    state = doc.get("state")
+    lines.append(f"state        {state}  (armed: {doc.get('armed')})")
+    if doc.get("arm_blockers"):
+        lines.append("blockers     " + "; ".join(doc["arm_blockers"]))
+    if state == "dormant":
+        lines.append(f"idle         dormant since {doc.get('dormant_since') or 'unknown'}")
+    elif state == "draining":
+        lines.append("idle         draining (going dormant)")
+    else:
+        lines.append(f"idle         {doc.get('idle_for_s', 0):.0f} s of {doc.get('idle_timeout_s', 0):.0f} s")
+    lines.append(f"last inbound {doc.get('last_inbound_at') or 'none yet'}")
+    lines.append(f"cooldown     {'until ' + doc['cooldown_until'] if doc.get('cooldown_until') else 'none'}")
+    lines.append(f"running      {doc.get('running_turns', 0)} turn(s)")
+    tasks = doc.get("tasks") or {}
+    if tasks:
+        lines.append("tasks        " + ", ".join(f"{k} {v}" for k, v in tasks.items()))
+    nxt = doc.get("next_job_due_at")
+    late = " (may run late: the connector cannot wake at a time)" if doc.get("jobs_may_run_late") else ""
+    lines.append(f"next job     {nxt or 'none'}{late}")
+    drift = doc.get("drift_alerts") or []
+    lines.append(f"drift        {len(drift)} open alert(s)")
+    for d in drift:
+        lines.append(f"  job {d.get('job_id')} since {d.get('opened_at')}: {d.get('detail')}")
+    subs = doc.get("substitution_alerts") or []
+    lines.append(f"substitution {len(subs)} open alert(s)")
+    for a in subs:
+        lines.append(
+            f"  asked {a.get('asked')} on {a.get('provider')}, answered {a.get('answered')} "
+            f"({a.get('turns')} turn(s) since {a.get('opened_at')})"
+        )
+    relay = doc.get("relay") or {}
+    lines.append(
+        f"relay        connected={relay.get('connected')} "
+        f"dials={relay.get('dial_attempts')} last_close={relay.get('last_close_code')}"
+    )
+    return "\n".join(lines)

@@ -8,6 +8,8 @@ the same as an empty one; an unreadable or unparseable one is one warning and de
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import logging
 import math
 import os
@@ -31,6 +33,25 @@ log = logging.getLogger("gateway.config")
 SUSPEND_MODES = ("autostop", "fly-api", "none")
 DRIFT_POLICIES = ("fail_closed", "use_snapshot", "follow_default")
 PROVIDER_KINDS = ("openai", "hermes")
+TOP_LEVEL_KEYS = ("model", "providers", "profiles", "gateway", "agent", "cron", "kanban", "routing")
+ENV_PROVIDER = "openai"
+"""The provider ``OPENAI_BASE_URL`` creates when config.yaml names none (SPEC 8.3)."""
+
+RESTART_ONLY = (
+    "home",
+    "relay_url",
+    "relay_identities",
+    "relay_max_frame_bytes",
+    "relay_id",
+    "relay_secret",
+    "wake_url",
+    "cron_max_concurrent",
+    "scale_to_zero.enabled",
+    "scale_to_zero.external_waker",
+    "scale_to_zero.ack_timeout_s",
+)
+"""Settings a reload does not change: they are fixed when the sidecar starts (the relay
+transport, the arm decision, the scheduler's concurrency)."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +129,32 @@ class Config:
     @property
     def state_db(self) -> Path:
         return self.home / "state.db"
+
+    def update_from(self, other: Config) -> list[str]:
+        """Take ``other``'s values in place (a config reload, SPEC 8.3).
+
+        Every component of a running sidecar holds this same object (and the watcher this
+        same ``scale_to_zero``), so mutating it is the one swap all of them see. Settings in
+        ``RESTART_ONLY`` keep their current value; the dotted names of those that differ in
+        ``other`` are returned (they take effect at the next start).
+        """
+        pending: list[str] = []
+        for f in dataclasses.fields(self):
+            if f.name == "scale_to_zero":
+                continue
+            if f.name in RESTART_ONLY:
+                if getattr(self, f.name) != getattr(other, f.name):
+                    pending.append(f.name)
+                continue
+            setattr(self, f.name, getattr(other, f.name))
+        mine, theirs = self.scale_to_zero, other.scale_to_zero
+        for f in dataclasses.fields(mine):
+            if f"scale_to_zero.{f.name}" in RESTART_ONLY:
+                if getattr(mine, f.name) != getattr(theirs, f.name):
+                    pending.append(f"scale_to_zero.{f.name}")
+                continue
+            setattr(mine, f.name, getattr(theirs, f.name))
+        return pending
 
     @property
     def session_reset(self) -> ResetPolicy:
@@ -257,6 +304,7 @@ def load_config(
         unusable(f"is not a mapping (top level is a {type(raw).__name__})")
         raw = {}
     r = _Reader(raw, warnings)
+    _warn_unknown_keys(raw, r)
     c = Config(home=home, warnings=warnings)
     c.model_default = r.get("model.default", None, _str, "a model name")
     c.model_provider = r.get("model.provider", None, _str, "a provider name")
@@ -350,6 +398,18 @@ def load_config(
     return c
 
 
+def _warn_unknown_keys(raw: Mapping[str, Any], r: _Reader) -> None:
+    """One WARNING per unknown top-level key, naming the nearest known key when one is close."""
+    for key in raw:
+        if key in TOP_LEVEL_KEYS:
+            continue
+        near = difflib.get_close_matches(str(key), TOP_LEVEL_KEYS, n=1)
+        hint = f"did you mean {near[0]!r}?" if near else "known keys: " + ", ".join(TOP_LEVEL_KEYS)
+        msg = f"config key {key!r} is unknown and ignored; {hint}"
+        r.warnings.append(msg)
+        log.warning(msg)
+
+
 def _exists(path: Path, unusable: Callable[[str], None]) -> bool:
     """Whether ``path`` exists; a stat error other than "not found" (e.g. no permission to
     search the home folder) is reported through ``unusable``."""
@@ -404,4 +464,31 @@ def _apply_env(c: Config, env: Mapping[str, str], r: _Reader) -> None:
     c.relay_id = gid
     c.relay_secret = env.get("GATEWAY_RELAY_SECRET") or None
     c.wake_url = env.get("GATEWAY_RELAY_WAKE_URL", "").strip() or None
+    fly_app = env.get("FLY_APP_NAME", "").strip()
+    if c.wake_url is None and fly_app:
+        c.wake_url = f"https://{fly_app}.fly.dev/wake"
     c.wake_secret = env.get("HERMES_WAKE_SECRET") or None
+    _apply_env_provider(c, env, r)
+
+
+def _apply_env_provider(c: Config, env: Mapping[str, str], r: _Reader) -> None:
+    """The deploy essentials (SPEC 8.3): ``HERMES_MODEL`` is ``model.default``; with no provider
+    in config.yaml, ``OPENAI_BASE_URL`` makes provider ``openai`` (its key read from
+    ``OPENAI_API_KEY``), which becomes ``model.provider`` unless that is set."""
+    model = env.get("HERMES_MODEL", "").strip()
+    if model:
+        c.model_default = model
+    base = env.get("OPENAI_BASE_URL", "").strip()
+    if not base:
+        return
+    if c.providers:
+        log.info("OPENAI_BASE_URL ignored: config.yaml defines providers (%s)", ", ".join(c.providers))
+        return
+    try:
+        url = _url(base)
+    except (TypeError, ValueError):
+        r.warn("OPENAI_BASE_URL", base, "an http(s) URL", None)
+        return
+    c.providers[ENV_PROVIDER] = Provider(ENV_PROVIDER, url, "OPENAI_API_KEY")
+    if c.model_provider is None:
+        c.model_provider = ENV_PROVIDER

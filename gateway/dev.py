@@ -16,7 +16,7 @@ from aiohttp import web
 
 from gateway.agent.redact import configured_secrets
 from gateway.cli import run_until_signal, startup_failed
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from relay.connector.server import Connector
 from relay.errors import StartupError
 from relay.listen import bind_listener, prepare_home
@@ -37,17 +37,23 @@ async def run_dev(args: argparse.Namespace) -> int:
     env.setdefault("HERMES_SCALE_TO_ZERO", "1")
     env["GATEWAY_RELAY_URL"] = f"http://127.0.0.1:{relay_port}"
     env.setdefault("GATEWAY_RELAY_WAKE_URL", f"http://127.0.0.1:{args.port}/wake")
-    try:
+
+    def load() -> Config:
+        """config.yaml + env with the demo overrides; also what a reload (SIGHUP) reads."""
         config = load_config(env=env, strict=True)
+        if args.idle_timeout_minutes is not None:
+            config.scale_to_zero.idle_timeout_s = max(0.001, args.idle_timeout_minutes) * 60
+        elif not (config.home / "config.yaml").exists():
+            config.scale_to_zero.idle_timeout_s = 30.0
+            config.scale_to_zero.cooldown_s = 10.0
+        return config
+
+    try:
+        config = load()
         prepare_home(config.home)
         listener = bind_listener("127.0.0.1", relay_port, "dev connector")
     except StartupError as exc:
         return startup_failed(exc)
-    if args.idle_timeout_minutes is not None:
-        config.scale_to_zero.idle_timeout_s = max(0.001, args.idle_timeout_minutes) * 60
-    elif not (config.home / "config.yaml").exists():
-        config.scale_to_zero.idle_timeout_s = 30.0
-        config.scale_to_zero.cooldown_s = 10.0
     try:
         connector = await Connector.create(str(config.home / "relay.db"))
     except Exception as exc:  # the connector's database cannot be opened
@@ -76,16 +82,25 @@ async def run_dev(args: argparse.Namespace) -> int:
             '  curl -s -XPOST %s/ingress/relay -d \'{"chat_id":1,"user_id":1,'
             '"message_id":1,"text":"hi"}\'\n'
             "  curl -s %s/outbox\n"
+            "  curl -s %s\n"
             "idle timeout %.0f s: watch /status go live -> dormant; post again to wake it.",
             base,
             relay,
             relay,
+            f"http://127.0.0.1:{sc.metrics_port}/metrics" if sc.metrics_port is not None else "(metrics off)",
             sc.config.scale_to_zero.idle_timeout_s,
         )
 
     try:
         try:
-            sidecar = Sidecar(config, host=args.host, port=args.port, env=env)
+            sidecar = Sidecar(
+                config,
+                host=args.host,
+                port=args.port,
+                env=env,
+                metrics_port=getattr(args, "metrics_port", None),
+                loader=load,
+            )
         except Exception as exc:
             return startup_failed(exc, configured_secrets(config, env))
         return await run_until_signal(sidecar, on_started=banner)

@@ -1,11 +1,17 @@
-"""Prometheus metrics of one sidecar (a registry of its own, so tests can run several)."""
+"""Prometheus metrics of one sidecar (a registry of its own, so tests can run several).
+
+Served on the internal port (``METRICS_PORT``, SPEC 8.3). No ``*_created`` series: they are
+disabled process-wide when this module is imported.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from gateway.agent.spend import TurnReport
 from gateway.telemetry.record import Invocation
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
 class Metrics:
@@ -51,7 +57,10 @@ class Metrics:
         self.state = Gauge("hermes_watcher_state", "1 for the current watcher state", ["state"], registry=r)
         self.running = Gauge("hermes_running_work", "Running turns, jobs and tasks", registry=r)
         self.relay_connected = Gauge("hermes_relay_connected", "1 while the relay socket is up", registry=r)
-        self.relay_dials = Gauge("hermes_relay_dial_attempts", "Relay dial attempts", registry=r)
+        self.relay_dials = Counter(
+            "hermes_relay_dial_attempts", "Relay dial attempts (exported with _total)", registry=r
+        )
+        self._dials_counted = 0
         self.skill_invocations = Counter(
             "hermes_skill_invocations_total",
             "Skill invocations by skill, model and outcome (success, failure, scaffolding)",
@@ -78,6 +87,13 @@ class Metrics:
         self.telemetry_dropped = Counter(
             "hermes_telemetry_dropped_rows_total", "Telemetry rows lost to a failed write", registry=r
         )
+
+    def sync_dial_attempts(self, attempts: int) -> None:
+        """Bring ``hermes_relay_dial_attempts_total`` up to the transport's own dial count (it
+        only grows; a smaller number is ignored, so the series stays monotonic)."""
+        if attempts > self._dials_counted:
+            self.relay_dials.inc(attempts - self._dials_counted)
+            self._dials_counted = attempts
 
     def observe_turn(self, report: TurnReport) -> None:
         """Count one finished turn: outcome, spend, provider latency, substitution."""

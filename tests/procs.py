@@ -22,7 +22,9 @@ class Proc:
 
     def __init__(self, args: Sequence[str], env: dict[str, str] | None = None) -> None:
         self.args = list(args)
-        self.env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+        # METRICS_PORT=0: a sidecar's internal port is off unless a test asks for one, so
+        # concurrent sidecars never fight over the default 9091.
+        self.env = {**os.environ, "METRICS_PORT": "0", **(env or {}), "PYTHONUNBUFFERED": "1"}
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[str] = []
         self._new_line = asyncio.Event()

@@ -12,7 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.core.watcher import WatchState
-from gateway.http.auth import wake_authorized
+from gateway.http.auth import status_authorized, wake_authorized
 from relay.clock import wait_with_timeout
 
 if TYPE_CHECKING:
@@ -33,17 +33,26 @@ async def _resume_check(request: web.Request, handler: Handler) -> web.StreamRes
 
 
 def build_app(sidecar: Sidecar) -> web.Application:
+    """The app port: ``/wake``, ``/healthz``, ``/presence``, ``/status``, ``/admin/*``."""
     app = web.Application(middlewares=[_resume_check])
     app[SIDECAR] = sidecar
     app.router.add_route("GET", "/wake", wake)
     app.router.add_route("POST", "/wake", wake)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/status", status)
-    app.router.add_get("/metrics", metrics)
     app.router.add_get("/presence", presence)
     app.router.add_post("/admin/notify", admin_notify)
     app.router.add_post("/admin/cron/run", admin_cron_run)
     app.router.add_post("/admin/kanban/dispatch", admin_kanban_dispatch)
+    return app
+
+
+def build_internal_app(sidecar: Sidecar) -> web.Application:
+    """The internal port (``METRICS_PORT``, SPEC 8.3): ``GET /metrics``, unauthenticated; it is
+    kept out of the public services, so only the private network (and ``fly proxy``) sees it."""
+    app = web.Application(middlewares=[_resume_check])
+    app[SIDECAR] = sidecar
+    app.router.add_get("/metrics", metrics)
     return app
 
 
@@ -84,7 +93,17 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def status(request: web.Request) -> web.Response:
-    return web.json_response(await request.app[SIDECAR].status())
+    """The status document; from anywhere but loopback it needs the admin token or the wake
+    secret as bearer (else 401, nothing changes)."""
+    sc = request.app[SIDECAR]
+    if not status_authorized(
+        request.remote,
+        request.headers.get("Authorization"),
+        admin_token=sc.admin_token,
+        wake_secret=sc.config.wake_secret,
+    ):
+        return web.json_response({"error": "unauthorized"}, status=401)
+    return web.json_response(await sc.status())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -123,8 +142,9 @@ async def admin_notify(request: web.Request) -> web.Response:
     sc = request.app[SIDECAR]
     if request.headers.get("Authorization") != f"Bearer {sc.admin_token}":
         return web.json_response({"error": "unauthorized"}, status=401)
+    reloaded = sc.reload_config()
     sc.on_poke()
-    return web.json_response({"ok": True})
+    return web.json_response({"ok": True, "config_reloaded": reloaded})
 
 
 async def admin_cron_run(request: web.Request) -> web.Response:

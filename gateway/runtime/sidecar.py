@@ -10,14 +10,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
 from gateway.agent.spend import SpendLedger, TurnReport
-from gateway.config import Config
+from gateway.config import Config, load_config
 from gateway.conversation.chat import Conversation
 from gateway.conversation.store import SessionStore
 from gateway.core.policy import ArmInputs, arm_blockers
@@ -26,7 +26,7 @@ from gateway.core.watcher import WatchState
 from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler
 from gateway.cron.store import CronStore, Job
-from gateway.http.server import build_app
+from gateway.http.server import build_app, build_internal_app
 from gateway.inbox.store import InboxStore
 from gateway.kanban.board import Board
 from gateway.kanban.execute import TaskExecutor
@@ -43,6 +43,7 @@ from gateway.telemetry.writer import TelemetryWriter
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 from relay.clock import Clock, SystemClock
+from relay.errors import StartupError
 from relay.listen import bind_listener, prepare_home
 from relay.protocol.frames import DEFAULT_MAX_MESSAGE_LENGTH, rfc3339
 from relay.sqlite import write_tx
@@ -57,6 +58,14 @@ class Sidecar:
 
     ``host``/``port``: where the HTTP surface listens (port 0 picks a free one; ``self.port``
     then holds it). ``env`` is the environment used for provider keys and Fly ids.
+
+    ``metrics_port``: the internal port serving ``/metrics`` on the same host (SPEC 8.3).
+    ``None`` (the default here) serves none; an int is a port, 0 a free one (``self.metrics_port``
+    then holds it). The CLI maps ``METRICS_PORT=0`` / ``--metrics-port 0`` ("off") to ``None``.
+
+    ``loader``: how a reload (SIGHUP, ``/admin/notify``) reads the config again; default
+    ``load_config(config.home, env, strict=True)``. ``dev`` passes one that re-applies its
+    demo overrides.
     """
 
     def __init__(
@@ -67,10 +76,15 @@ class Sidecar:
         port: int = 8080,
         clock: Clock | None = None,
         env: Mapping[str, str] | None = None,
+        metrics_port: int | None = None,
+        loader: Callable[[], Config] | None = None,
     ) -> None:
         self.config = config
         self.host = host
         self.port = port
+        self.metrics_port = metrics_port
+        self._loader = loader
+        self.dormant_since: float | None = None  # wall time of the last entry into dormant
         self.clock: Clock = clock or SystemClock()
         self.env = dict(os.environ if env is None else env)
         self.metrics = Metrics()
@@ -117,6 +131,7 @@ class Sidecar:
         self._tasks: list[asyncio.Task[Any]] = []
         self._suspend_task: asyncio.Task[None] | None = None
         self._runner: web.AppRunner | None = None
+        self._internal_runner: web.AppRunner | None = None
         self._stop = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._started = False  # the scheduler and the board exist (built in start())
@@ -128,24 +143,31 @@ class Sidecar:
     async def start(self) -> None:
         """Open state, serve HTTP, queue unfinished inbox work, start the relay and watcher.
 
-        Raises ``StartupError`` (before anything else opens) when the port is in use or
-        ``$HERMES_HOME`` cannot be created or written.
+        Raises ``StartupError`` (before anything else opens) when the app port or the internal
+        (metrics) port is in use or ``$HERMES_HOME`` cannot be created or written.
         """
         listener = bind_listener(self.host, self.port, "sidecar HTTP")
+        internal: socket.socket | None = None
         try:
+            if self.metrics_port is not None:
+                internal = bind_listener(self.host, self.metrics_port, "sidecar metrics")
+                self.metrics_port = internal.getsockname()[1]
             prepare_home(self.config.home)
             self.port = listener.getsockname()[1]
-            await self._open(listener)
+            await self._open(listener, internal)
         except BaseException:
             listener.close()
+            if internal is not None:
+                internal.close()
             await self._abort_start()
             raise
         log.info(
-            "hermes-sidecar started on http://%s:%d (state %s, home %s)",
+            "hermes-sidecar started on http://%s:%d (state %s, home %s, metrics %s)",
             self.host,
             self.port,
             self.state_name(),
             self.config.home,
+            f"on port {self.metrics_port}" if self.metrics_port is not None else "off",
         )
 
     async def _abort_start(self) -> None:
@@ -155,19 +177,19 @@ class Sidecar:
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 await self.transport.disconnect()
-        for closer in ("_runner", "telemetry", "http", "db"):
+        for closer in ("_runner", "_internal_runner", "telemetry", "http", "db"):
             obj = getattr(self, closer, None)
             if obj is None:
                 continue
             with contextlib.suppress(Exception):
-                if closer == "_runner":
+                if closer in ("_runner", "_internal_runner"):
                     await obj.cleanup()
                 elif closer == "telemetry":
                     await obj.aclose()
                 else:
                     await obj.close()
 
-    async def _open(self, listener: socket.socket) -> None:
+    async def _open(self, listener: socket.socket, internal: socket.socket | None) -> None:
         self.db = await open_state_db(self.config.state_db)
         self.inbox = InboxStore(self.db)
         self.http = aiohttp.ClientSession()
@@ -233,6 +255,12 @@ class Sidecar:
         self._runner = web.AppRunner(build_app(self), handle_signals=False, access_log=None)
         await self._runner.setup()
         await web.SockSite(self._runner, listener).start()
+        if internal is not None:
+            self._internal_runner = web.AppRunner(
+                build_internal_app(self), handle_signals=False, access_log=None
+            )
+            await self._internal_runner.setup()
+            await web.SockSite(self._internal_runner, internal).start()
         self._write_discovery()
         leftover = await self.inbox.unfinished()
         if leftover:
@@ -278,11 +306,44 @@ class Sidecar:
             self._suspend_task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._internal_runner is not None:
+            await self._internal_runner.cleanup()
         await self.telemetry.aclose()
         await self.http.close()
         await self.db.close()
         self._remove_discovery()
         log.info("shutdown complete")
+
+    # --- config reload -----------------------------------------------------------------------
+
+    def reload_config(self) -> bool:
+        """Re-read config.yaml and the environment (SIGHUP, every ``/admin/notify``, SPEC 8.3).
+
+        The new values are copied into the one ``Config`` object every component holds
+        (``Config.update_from``), so the next turn, job or dispatch sees them. A config that
+        does not load keeps the current one with one WARNING; False then. Settings fixed at
+        start (the relay, the arm decision, cron concurrency) log one WARNING when changed.
+        """
+        try:
+            fresh = (
+                self._loader()
+                if self._loader is not None
+                else load_config(self.config.home, self.env, strict=True)
+            )
+        except StartupError as exc:
+            log.warning("config reload failed, keeping the current config: %s", exc)
+            return False
+        except Exception as exc:  # a loader bug must not take the sidecar down
+            log.warning("config reload failed, keeping the current config: %s: %s", type(exc).__name__, exc)
+            return False
+        pending = self.config.update_from(fresh)
+        if pending:
+            log.warning("config reloaded; changed but only applied at the next start: %s", ", ".join(pending))
+        else:
+            log.info("config reloaded")
+        if self._started:
+            self.board.kick()
+        return True
 
     # --- discovery file --------------------------------------------------------------------
 
@@ -441,6 +502,7 @@ class Sidecar:
             self.on_poke()
 
     def _entered_dormant(self) -> None:
+        self.dormant_since = self.clock.wall()
         self.metrics.transitions.labels(state="dormant").inc()
         if self.config.scale_to_zero.suspend == "fly-api":
             self._suspend_task = asyncio.create_task(self._suspend_after_cooldown())
@@ -465,7 +527,7 @@ class Sidecar:
         for s in ("live", "draining", "dormant"):
             self.metrics.state.labels(state=s).set(1 if w.state.value == s else 0)
         self.metrics.relay_connected.set(1 if t is not None and t.connected else 0)
-        self.metrics.relay_dials.set(t.dial_attempts if t is not None else 0)
+        self.metrics.sync_dial_attempts(t.dial_attempts if t is not None else 0)
 
     def state_name(self) -> str:
         if self.transport is not None and self.transport.state is ConnState.REVOKED:
@@ -491,6 +553,11 @@ class Sidecar:
             "idle_for_s": round(now - self.activity.idle_since, 3),
             "idle_timeout_s": self.config.scale_to_zero.idle_timeout_s,
             "cooldown_until": cooldown,
+            "dormant_since": (
+                rfc3339(self.dormant_since)
+                if w.state is WatchState.DORMANT and self.dormant_since is not None
+                else None
+            ),
             "running_turns": self.board.running,  # every agent turn is a board task
             "tasks": await self.tasks.counts(),
             "next_job_due_at": (

@@ -31,7 +31,7 @@ async def sidecar(tmp_path: Path) -> AsyncIterator[Sidecar]:
         "GATEWAY_RELAY_ID": "gw",
         "GATEWAY_RELAY_SECRET": "rs",
     }
-    sc = Sidecar(load_config(tmp_path, env), port=0, clock=FakeClock(wall=1.8e9), env=env)
+    sc = Sidecar(load_config(tmp_path, env), port=0, clock=FakeClock(wall=1.8e9), env=env, metrics_port=0)
     await sc.start()
     yield sc
     await sc.shutdown()
@@ -103,10 +103,12 @@ async def test_status_metrics_and_presence(sidecar: Sidecar) -> None:
     await _dormant(sidecar)
     status, doc = await _get(sidecar, "/status")
     assert doc["state"] == "dormant"
+    assert doc["dormant_since"] is not None
     assert doc["jobs_may_run_late"] is True
     status, _ = await _get(sidecar, "/presence", {"Authorization": "Bearer w4ke"})
     assert status == 409
-    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sidecar.port}/metrics") as r:
+    url = f"http://127.0.0.1:{sidecar.metrics_port}/metrics"
+    async with aiohttp.ClientSession() as s, s.get(url) as r:
         text = await r.text()
     assert 'hermes_watcher_state{state="dormant"} 1.0' in text
 

@@ -109,7 +109,7 @@ async def start(tmp_path: Path, llm: FakeLLM) -> AsyncIterator[Callable[[RawConn
     async def go(conn: RawConnector) -> Sidecar:
         await conn.server.start_server()
         env = {"GATEWAY_RELAY_URL": f"http://127.0.0.1:{conn.server.port}"}
-        sc = Sidecar(load_config(tmp_path, env), port=0, env=env)
+        sc = Sidecar(load_config(tmp_path, env), port=0, env=env, metrics_port=0)
         await sc.start()
         started.append((conn, sc))
         return sc
@@ -283,7 +283,7 @@ async def test_metrics_and_status_show_turns_spend_latency_and_substitutions(
     base = f"http://127.0.0.1:{sc.port}"
     async with aiohttp.ClientSession() as s:
         for _ in range(50):  # the turn finishes just after its send is confirmed
-            async with s.get(f"{base}/metrics") as r:
+            async with s.get(f"http://127.0.0.1:{sc.metrics_port}/metrics") as r:
                 text = await r.text()
             if "hermes_turns_total{" in text:
                 break

@@ -128,7 +128,7 @@ async def test_metrics_export_per_skill_counters_and_cost(tmp_path: Path, llm: F
         (home / "skills" / name / "SKILL.md").write_text("be brief")
     (home / "config.yaml").write_text(provider_config(llm.base_url))
     clock = FakeClock()
-    sc = Sidecar(load_config(home, {}), port=0, clock=clock, env={})
+    sc = Sidecar(load_config(home, {}), port=0, clock=clock, env={}, metrics_port=0)
     await sc.start()
     try:
         ok = create_job(
@@ -141,7 +141,7 @@ async def test_metrics_export_per_skill_counters_and_cost(tmp_path: Path, llm: F
             await sc.cron_store.add(job)
         assert (await sc.run_job_now(ok.id) or {})["status"] == "succeeded"
         assert (await sc.run_job_now(broken.id) or {})["status"] == "failed"
-        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.port}/metrics") as r:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{sc.metrics_port}/metrics") as r:
             text = await r.text()
         for skill in ("s1", "s2"):
             assert (
