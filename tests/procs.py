@@ -8,7 +8,9 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def free_port() -> int:
@@ -111,3 +113,24 @@ def relay_cmd(port: int, db: str, *extra: str) -> list[str]:
         db,
         *extra,
     ]
+
+
+EXIT_WITHIN_S = 5.0
+"""How soon a start that cannot work must have exited, seconds (SPEC 8.1)."""
+
+
+async def fails_fast(args: list[str], home: Path) -> list[str]:
+    """Run ``python -m gateway <args>`` with ``HERMES_HOME=home``; assert it exits non-zero
+    within 5 s without a traceback; return its output lines."""
+    started = time.monotonic()
+    p = await Proc([sys.executable, "-m", "gateway", *args], env={"HERMES_HOME": str(home)}).start()
+    try:
+        rc = await p.wait(timeout=EXIT_WITHIN_S)
+    except TimeoutError:
+        raise AssertionError(f"still running after {EXIT_WITHIN_S} s:\n{p.output}") from None
+    finally:
+        await p.stop()
+    assert time.monotonic() - started < EXIT_WITHIN_S
+    assert rc != 0, p.output
+    assert not any("Traceback" in line for line in p.lines), p.output
+    return p.lines

@@ -157,6 +157,7 @@ async def admin_cron_run(request: web.Request) -> web.Response:
         job_id = str(body["job_id"])
     except (ValueError, KeyError, TypeError):
         return web.json_response({"error": 'body must be {"job_id": ID}'}, status=400)
+    sc.reload_config()  # a management command: it runs on the config as it is now on disk
     row = await sc.run_job_now(job_id)
     if row is None:
         return web.json_response({"error": f"unknown job id {job_id!r}"}, status=404)
@@ -177,6 +178,7 @@ async def admin_kanban_dispatch(request: web.Request) -> web.Response:
         return web.json_response({"error": 'body must be {"dry_run": true|false}'}, status=400)
     if not sc.board.accepting:
         return web.json_response({"error": "shutting down"}, status=503)
+    sc.reload_config()  # a management command: it runs on the config as it is now on disk
     result = await sc.board.tick(dry_run=body.get("dry_run", False))
     log.info(
         "kanban dispatch handed over%s: %d spawned",

@@ -209,7 +209,8 @@ class InboxWorker:
         if outcome == "blocked":
             log.warning("inbox %d (chat %s) blocked: %s; reply %s", item.id, item.chat_id, error, reply)
         else:
-            log.info(
+            log.log(
+                logging.INFO if ok else logging.WARNING,
                 "turn %s for inbox %d (chat %s): %s; reply %s",
                 outcome,
                 item.id,

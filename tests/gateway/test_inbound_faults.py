@@ -18,6 +18,7 @@ from gateway.config import load_config
 from gateway.runtime.sidecar import Sidecar
 from relay.protocol import frames as F
 from tests.fake_llm import FakeLLM, provider_config
+from tests.wire import inbound
 
 
 class RawConnector:
@@ -71,25 +72,6 @@ class RawConnector:
                     )
                 self.changed.set()
         return ws
-
-
-def inbound(bid: str, chat_id: Any, message_id: Any, text: str = "hi") -> str:
-    """One inbound frame line, ASCII-escaped (so a lone surrogate travels as ``\\ud800``)."""
-    return (
-        json.dumps(
-            {
-                "type": "inbound",
-                "bufferId": bid,
-                "event": {
-                    "text": text,
-                    "message_type": "text",
-                    "message_id": message_id,
-                    "source": {"platform": "relay", "chat_id": chat_id, "user_id": "u1", "profile": None},
-                },
-            }
-        )
-        + "\n"
-    )
 
 
 async def first_id(sc: Sidecar) -> int:

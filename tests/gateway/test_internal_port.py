@@ -23,8 +23,7 @@ from gateway.metrics import Metrics
 from gateway.runtime.sidecar import Sidecar
 from relay.clock import FakeClock
 from relay.errors import StartupError
-from tests.gateway.test_startup import fails_fast
-from tests.procs import free_port
+from tests.procs import fails_fast, free_port
 
 
 @pytest.fixture

@@ -18,11 +18,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from gateway.config import load_config
+from gateway.cron.jobs import create_job
 from gateway.runtime.sidecar import Sidecar
 from relay.protocol import frames as F
 from tests.fake_llm import FakeLLM, provider_config
-from tests.gateway.test_inbound_faults import inbound
 from tests.procs import Proc, free_port
+from tests.wire import inbound
 
 
 class PushConnector:
@@ -286,3 +287,29 @@ async def test_reload_command_asks_the_running_sidecar(tmp_path: Path) -> None:
         assert json.loads(bad.lines[-1])["config_reloaded"] is False
     finally:
         await p.stop()
+
+
+async def test_cron_run_handed_over_sees_the_config_on_disk(tmp_path: Path, llm: FakeLLM) -> None:
+    """model.default changed on disk, then `cron run` handed to the running sidecar: it runs on
+    the new config, as the offline command would (a drift block, never the old model)."""
+    (tmp_path / "config.yaml").write_text(provider_config(llm.base_url, model="before"))
+    sc = Sidecar(load_config(tmp_path, {}), port=0, env={})
+    await sc.start()
+    try:
+        job = create_job(sc.config, {"schedule": "@daily", "prompt": "p"}, sc.clock.wall())
+        await sc.cron_store.add(job)
+        (tmp_path / "config.yaml").write_text(provider_config(llm.base_url, model="after"))
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(
+                f"http://127.0.0.1:{sc.port}/admin/cron/run",
+                headers={"Authorization": f"Bearer {sc.admin_token}"},
+                json={"job_id": job.id},
+            ) as r,
+        ):
+            row = await r.json()
+        assert row["status"] == "blocked_drift"
+        assert llm.requests == []
+        assert sc.config.model_default == "after"
+    finally:
+        await sc.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,9 +13,7 @@ import pytest
 
 from gateway.config import load_config
 from relay.errors import StartupError
-from tests.procs import Proc, free_port
-
-EXIT_WITHIN_S = 5.0
+from tests.procs import fails_fast, free_port
 
 
 @pytest.fixture
@@ -27,23 +24,6 @@ def busy() -> Iterator[tuple[int, socket.socket]]:
     s.listen(1)
     yield s.getsockname()[1], s
     s.close()
-
-
-async def fails_fast(args: list[str], home: Path) -> list[str]:
-    """Run ``python -m gateway <args>`` with ``HERMES_HOME=home``; assert it exits non-zero
-    within 5 s without a traceback; return its output lines."""
-    started = time.monotonic()
-    p = await Proc([sys.executable, "-m", "gateway", *args], env={"HERMES_HOME": str(home)}).start()
-    try:
-        rc = await p.wait(timeout=EXIT_WITHIN_S)
-    except TimeoutError:
-        raise AssertionError(f"still running after {EXIT_WITHIN_S} s:\n{p.output}") from None
-    finally:
-        await p.stop()
-    assert time.monotonic() - started < EXIT_WITHIN_S
-    assert rc != 0, p.output
-    assert not any("Traceback" in line for line in p.lines), p.output
-    return p.lines
 
 
 def one_line_with(lines: list[str], *needles: str) -> str:

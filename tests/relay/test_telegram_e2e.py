@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from tests.fake_llm import FakeLLM
 from tests.procs import Proc
@@ -14,13 +15,16 @@ from tests.relay.telegram_fakes import FakeBotApi, update
 from tests.stack import Stack
 
 
-async def test_webhook_update_is_answered_with_send_message(tmp_path: Path) -> None:
+@pytest.mark.parametrize("dormant", [False, True], ids=["live", "after-a-dormant-flip"])
+async def test_webhook_update_is_answered_with_send_message(tmp_path: Path, dormant: bool) -> None:
+    """An Update posted to the webhook is answered by one sendMessage in that chat, also when
+    the sidecar had gone dormant (the update is buffered, the sidecar poked and woken)."""
     llm = await FakeLLM().start()
     api = await FakeBotApi().start()
     st = Stack(tmp_path, llm)
     try:
         st.extra_config = '  relay_identities: [{platform: telegram, bot_id: "111"}]\n'
-        st.write_config(idle_minutes=10)
+        st.write_config(idle_minutes=0.05 if dormant else 10)
         st.relay = await Proc(
             [
                 *_relay_args(st),
@@ -32,7 +36,9 @@ async def test_webhook_update_is_answered_with_send_message(tmp_path: Path) -> N
             env={"TELEGRAM_API_BASE_URL": api.base},
         ).start()
         await st.relay.wait_for_line("hermes-relay serving on")
-        await st.start_sidecar()
+        sc = await st.start_sidecar()
+        if dormant:
+            await sc.wait_for_line("watcher draining -> dormant")
         async with (
             aiohttp.ClientSession() as s,
             s.post(
@@ -44,8 +50,10 @@ async def test_webhook_update_is_answered_with_send_message(tmp_path: Path) -> N
             assert r.status == 200
         await api.wait_until(lambda: bool(api.of("sendMessage")), timeout=30)
         [sent] = api.of("sendMessage")
-        assert sent["chat_id"] == 4242
-        assert sent["text"]
+        assert str(sent["chat_id"]) == "4242"
+        assert sent["text"] == "echo: what is up?"
+        if dormant:
+            assert any("woken by poke" in line for line in sc.lines)
         assert api.delivered[0][0] == "111:tok"
     finally:
         await st.close()
