@@ -65,7 +65,6 @@ class Answerer:
         self.clock = clock
         self.ledger = ledger
         self.conversation = conversation
-        self._secrets = configured_secrets(config, env)  # kept out of stored errors and logs
 
     async def without_model(self, item: InboxItem) -> Answer | None:
         """The answer of a message that needs no model call, else None (ask the model)."""
@@ -115,7 +114,9 @@ class Answerer:
         try:
             completion = await self._complete(item, profile, text, target)
         except ProviderError as exc:
-            error = redact(str(exc), self._secrets)
+            # Every configured secret (read now: a reload may have changed them) stays out of
+            # stored errors and logs.
+            error = redact(str(exc), configured_secrets(self.config, self.env))
             log.warning("inbox %d: provider failed: %s", item.id, error)
             return Answer(APOLOGY, "failed", error, usage, self.clock.monotonic() - started)
         except Exception as exc:  # an answer we cannot use must never strand the turn

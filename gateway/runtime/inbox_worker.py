@@ -20,8 +20,7 @@ import contextlib
 import enum
 import logging
 import math
-from collections import defaultdict
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -45,6 +44,14 @@ SOCKET_GONE_WAIT_S = 5.0
 """Seconds a send that found a closing socket waits for the transport to notice, per try."""
 HANDLED = frozenset({"succeeded", "reset", "unsupported"})
 """Turn outcomes that are the agent doing its job (the task is ``done``); others fail it."""
+
+
+class _ChatLock:
+    """A chat's turn lock and how many turns hold or wait for it."""
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0
 
 
 class Sent(enum.Enum):
@@ -96,10 +103,24 @@ class InboxWorker:
         self.answerer = Answerer(
             config=config, http=http, env=env, clock=clock, ledger=ledger, conversation=conversation
         )
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: dict[str, _ChatLock] = {}
 
-    def _lock(self, item: InboxItem) -> asyncio.Lock:
-        return self._locks[f"{item.platform}\x00{item.chat_id}"]
+    @contextlib.asynccontextmanager
+    async def _lock(self, item: InboxItem) -> AsyncIterator[None]:
+        """One turn at a time per chat, in arrival order (asyncio.Lock is FIFO); the entry is
+        dropped when nobody holds or waits for it, so the table never outgrows the live chats."""
+        key = f"{item.platform}\x00{item.chat_id}"
+        entry = self._locks.get(key)
+        if entry is None:
+            entry = self._locks[key] = _ChatLock()
+        entry.users += 1
+        try:
+            async with entry.lock:
+                yield
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._locks[key]
 
     async def turn(self, item: InboxItem, profile: str | None) -> Outcome:
         """Run or resume ``item``'s turn on ``profile`` (None: the default); the task's outcome.
