@@ -20,9 +20,27 @@ MAX_DEPTH = 64
 """Deepest nesting (objects/arrays) an ingress body may have."""
 SOURCE_STRINGS = ("user_name", "chat_type", "profile")
 """Optional string fields copied into ``event.source`` (a non-string is a 400)."""
-SOURCE_EXTRAS = ("scope_id", "guild_id", "parent_chat_id", "chat_name", "chat_topic")
-"""Optional fields stock gateways read from ``event.source``: kept (as strings) when they are
-strings or numbers, ignored otherwise."""
+SOURCE_EXTRAS = (
+    "scope_id",
+    "guild_id",
+    "parent_chat_id",
+    "chat_name",
+    "chat_topic",
+    "user_id_alt",
+    "chat_id_alt",
+    "user_display_name",
+    "user_handle",
+    "prospective_thread_id",
+    "auto_thread_initial_name",
+)
+"""Optional ``SessionSource`` fields of the hermes-agent relay-connector contract (section 3,
+"SessionSource fields"): kept (as strings) when they are strings or numbers, ignored otherwise."""
+SOURCE_ALWAYS = ("thread_id", "chat_name", "chat_topic")
+"""Contract section 3: ``thread_id``, ``chat_name`` and ``chat_topic`` are always present on
+``event.source`` (null when unknown), like ``user_name``."""
+SOURCE_RESERVED = ("platform", "chat_id", "user_id")
+"""Source keys an ingress body's ``source`` object cannot override (they come from the path and
+the top-level fields)."""
 
 
 class IngressError(SidecarError):
@@ -45,12 +63,26 @@ def check_action(action: Any) -> str | None:
         "send": ("chat_id", "content"),
         "edit": ("chat_id", "message_id", "content"),
         "typing": ("chat_id",),
+        # follow_up names its chat by ``chat_id`` or by ``session_key`` (resolved by the server)
+        "follow_up": ("content",),
+        "send_media": ("chat_id", "media_kind", "source_url"),
+        "get_chat_info": ("chat_id",),
     }[op]
     missing = [k for k in need if action.get(k) in (None, "")]
     if missing:
         return f"op {op!r} lacks {', '.join(missing)}"
-    if op != "typing" and not isinstance(action.get("content"), str):
+    if op in ("send", "edit", "follow_up") and not isinstance(action.get("content"), str):
         return f"op {op!r} content must be a string"
+    if op == "follow_up" and action.get("chat_id") in (None, "") and not action.get("session_key"):
+        return "op 'follow_up' lacks chat_id or session_key"
+    if op == "send_media":
+        if action.get("media_kind") not in F.MEDIA_KINDS:
+            return f"op 'send_media' media_kind must be one of {', '.join(F.MEDIA_KINDS)}"
+        url = action.get("source_url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return "op 'send_media' source_url must be an http(s) URL"
+        if action.get("content") is not None and not isinstance(action.get("content"), str):
+            return "op 'send_media' content (the caption) must be a string"
     return None
 
 
@@ -169,11 +201,16 @@ def build_event(platform: str, body: Any) -> dict[str, Any]:
         "user_id": user_id,
         "user_name": None,
     }
+    extra = body.get("source")
+    if extra is not None and not isinstance(extra, dict):
+        raise IngressError(400, "field 'source' must be an object")
     for key in SOURCE_STRINGS:
         if body.get(key) is not None:
             if not isinstance(body[key], str):
                 raise IngressError(400, f"field {key!r} must be a string")
             source[key] = body[key]
+    for key in SOURCE_ALWAYS:
+        source.setdefault(key, None)
     thread_id = id_field(body, "thread_id", False)
     if thread_id:
         source["thread_id"] = thread_id
@@ -181,7 +218,24 @@ def build_event(platform: str, body: Any) -> dict[str, Any]:
         value = body.get(key)
         if isinstance(value, str | int | float) and not isinstance(value, bool):
             source[key] = id_field(body, key, False)
+    if body.get("auto_thread_created") is True:
+        source["auto_thread_created"] = True
+    # Any other source field (a contract field this connector does not name, or a newer one)
+    # rides under its own name in an optional ``source`` object; the identity keys do not.
+    for key, value in (extra or {}).items():
+        if key in SOURCE_RESERVED:
+            raise IngressError(400, f"field 'source.{key}' cannot be set; use the top-level field")
+        if value is not None and not isinstance(value, str | int | float | bool):
+            raise IngressError(400, f"field 'source.{key}' must be a string, number, boolean or null")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise IngressError(400, f"field 'source.{key}' must be a finite number")
+        if isinstance(key, str):
+            check_unicode(f"source.{key}", key)
+        source[key] = value
     event: dict[str, Any] = {"text": text, "message_type": message_type, "message_id": message_id}
+    reply_to = id_field(body, "reply_to_message_id", False)
+    if reply_to:
+        event["reply_to_message_id"] = reply_to
     caption = body.get("caption")
     if caption is not None:
         if not isinstance(caption, str):

@@ -8,6 +8,25 @@ stored result with ``duplicate: true``), ``buffered`` on a handshake's first des
 immediate poke when a gateway flips with unacked entries, and batched ``inbound_ack``.
 SPEC 8.3: Telegram bots (webhook ``POST /telegram/{gateway_id}``, durable Bot API sends through
 ``PlatformOutbox``) and the ingress bearer token.
+
+Stock hermes-agent gateways (PROTOCOL.md 7.5; hermes-agent ``relay-connector-contract.md``):
+
+- ``POST /relay/provision`` (contract 3.3, 6.1; body as the gateway's ``_post_provision``
+  sends it: ``{gatewayId?, platform, botId?, gatewayEndpoint?, routeKeys?, instanceId?,
+  wakeUrl?}``) is authenticated like the WS upgrade (``Authorization: Bearer <relay token>``;
+  bad or missing -> 401 JSON), remembers the identity and wake URL in the store (they survive a
+  restart) and answers ``200 {gatewayId, tenant, platform, botId, routeKeys, wakeUrl,
+  instanceId}``. It never returns ``secret`` / ``deliveryKey``: the caller already holds its
+  secret (it signed the bearer with it) and this connector mints none.
+- ``POST /relay/policy`` (contract 7.3) is accepted (same auth, body checked, 200) and kept in
+  memory only: this connector has no relevance gate, so the policy is not enforced.
+- ``/relay/media`` (contract 4, ``send_media`` re-hosts) is not served (404): ``send_media``
+  takes a public http(s) ``source_url`` only.
+- ``outbound`` for an identity the gateway never announced (hello, provision, or a Telegram
+  bot configured for it) -> ``{success: false, code: "egress_declined"}``; nothing recorded.
+- Ops ``follow_up``, ``send_media``, ``get_chat_info`` (contract 4).
+- 4409 damping: a re-dial within ``REPLACE_HOLD_S`` of a replacement, while the newer socket is
+  healthy, is refused with 4409 (each refusal restarts the hold) instead of taking over.
 """
 
 from __future__ import annotations
@@ -17,6 +36,7 @@ import contextlib
 import hmac
 import logging
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +72,14 @@ log = logging.getLogger("relay.connector")
 
 DEV_GATEWAY_ID = "dev"
 REPLAY_PAGE = 2000
+REPLACE_HOLD_S = 10.0
+"""A re-dial this soon after a replacement (or a refusal) of the same gateway id, while the
+newer socket is healthy, is refused with 4409 (PROTOCOL.md 7.5)."""
+FIGHT_LOG_EVERY_S = 60.0
+HEARTBEAT_S = 30.0
+"""WS ping interval on gateway sockets: a half-open socket is closed within 1.5 x this, so the
+4409 hold-down never protects a dead socket for long."""
+CHATS_KEPT = 10_000
 
 
 @dataclass(eq=False)
@@ -63,8 +91,10 @@ class _Session:
     handshaken: bool = False
     flipped: bool = False
     identity: tuple[str, str] = ("relay", "")
+    identities: list[tuple[str, str]] = field(default_factory=list)
     notify: asyncio.Event = field(default_factory=asyncio.Event)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    presence: asyncio.Task[Any] | None = None
 
     @property
     def live(self) -> bool:
@@ -109,6 +139,15 @@ class Connector:
         self.wake_urls: dict[str, str] = {}
         self.pokers: dict[str, WakePoker] = {}
         self.flipped: dict[str, bool] = {}  # mirrors gateways.flipped in the store
+        # gateways whose wake host answered 404 on /presence (until a provision or wakeUrl hello)
+        self.presence_off: set[str] = set()
+        # 4409 damping: gateway id -> monotonic time of the last replacement or refusal
+        self._replaced_at: dict[str, float] = {}
+        self.replacements_total: dict[str, int] = {}  # hermes_relay_replacements_total{gateway}
+        self._fight_logged: dict[str, tuple[float, int]] = {}  # gid -> (logged at, count then)
+        # (gateway id, platform, chat_id) -> what the last inbound said of the chat
+        self.chats: OrderedDict[tuple[str, str, str], dict[str, Any]] = OrderedDict()
+        self.policies: dict[tuple[str, str], dict[str, Any]] = {}  # (gid, platform) -> policy
         self._http: aiohttp.ClientSession | None = None
         self._limiter = LogLimiter()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -134,6 +173,8 @@ class Connector:
         self.app.router.add_get("/outbox", self._outbox_handler)
         self.app.router.add_post("/telegram/{gateway_id}", self._telegram_handler)
         self.app.router.add_get("/healthz", self._healthz)
+        self.app.router.add_post("/relay/provision", self._provision_handler)
+        self.app.router.add_post("/relay/policy", self._policy_handler)
         self.app.on_shutdown.append(self._on_shutdown)
 
     @classmethod
@@ -246,13 +287,16 @@ class Connector:
             raise TokenError("unauthorized", f"unreadable token ({type(exc).__name__})") from None
 
     async def _ws_handler(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, autoping=True)
+        ws = web.WebSocketResponse(max_msg_size=self.max_frame_bytes, autoping=True, heartbeat=HEARTBEAT_S)
         await ws.prepare(request)
         try:
             gateway_id = self._authenticate(request)
         except TokenError as exc:
             log.warning("refused gateway socket: %s", exc)
             await ws.close(code=4401, message=exc.reason.encode())
+            return ws
+        if self._damped(gateway_id):
+            await ws.close(code=4409, message=b"replaced")
             return ws
         session = _Session(gateway_id=gateway_id, ws=ws)
         splitter = NdjsonSplitter(self.max_frame_bytes)
@@ -318,6 +362,10 @@ class Connector:
             return
         wake_url = frame.get("wakeUrl") if isinstance(frame.get("wakeUrl"), str) else None
         gid = s.gateway_id
+        if wake_url:
+            self.presence_off.discard(gid)  # a hello with wakeUrl re-arms presence
+        if (platform, bot_id) not in s.identities:
+            s.identities.append((platform, bot_id))
         previous = self.routes.get((platform, bot_id))
         if previous is not None and previous != gid:
             log.info("identity %s/%r moves from gateway %s to %s", platform, bot_id, previous, gid)
@@ -340,6 +388,7 @@ class Connector:
         self.sessions[gid] = s
         if old is not None and old is not s:
             log.info("gateway %s: newer handshake replaces an older socket (4409)", gid)
+            self._note_fight(gid, refused=False)
             self._spawn(old.ws.close(code=4409, message=b"replaced"))
         self._poker(gid).cancel()
         if self.flipped.get(gid):
@@ -348,15 +397,67 @@ class Connector:
             self.store.clear_flip(gid, self.clock.wall())
         log.info("gateway %s: handshake complete; replaying unacked entries", gid)
         s.tasks.append(self._spawn(self._sender(s)))
+        self._start_presence(s)
+
+    def _start_presence(self, s: _Session) -> None:
+        """Hold ``/presence`` for a live session with a wake URL, unless its host lacks one."""
+        gid = s.gateway_id
         url = self.wake_urls.get(gid)
-        if url:
-            s.tasks.append(
-                self._spawn(
-                    hold_presence(
-                        gid, url, http=self.http, clock=self.clock, auth=lambda: self.auth_headers(gid)
-                    )
-                )
+        if not url or gid in self.presence_off or not s.live:
+            return
+        if s.presence is not None and not s.presence.done():
+            return
+        s.presence = self._spawn(self._presence(gid, url))
+        s.tasks.append(s.presence)
+
+    async def _presence(self, gid: str, url: str) -> None:
+        status = await hold_presence(
+            gid, url, http=self.http, clock=self.clock, auth=lambda: self.auth_headers(gid)
+        )
+        if status == 404 and gid not in self.presence_off:
+            self.presence_off.add(gid)
+            log.warning(
+                "gateway %s: %s has no /presence (404); presence stops until its next provision"
+                " or hello with wakeUrl",
+                gid,
+                url,
             )
+
+    # --- 4409 damping ------------------------------------------------------------------------
+
+    def _damped(self, gid: str) -> bool:
+        """True (and counted) when a new socket for ``gid`` must be refused with 4409: the id
+        was replaced or refused less than ``REPLACE_HOLD_S`` ago and its socket is healthy."""
+        cur = self.sessions.get(gid)
+        last = self._replaced_at.get(gid)
+        now = self.clock.monotonic()
+        if cur is None or not cur.live or last is None or now - last >= REPLACE_HOLD_S:
+            return False
+        self._note_fight(gid, refused=True)
+        return True
+
+    def _note_fight(self, gid: str, *, refused: bool) -> None:
+        """Count a replacement or refusal; one WARNING per minute per gateway while it lasts."""
+        now = self.clock.monotonic()
+        previous = self._replaced_at.get(gid)
+        self._replaced_at[gid] = now
+        total = self.replacements_total[gid] = self.replacements_total.get(gid, 0) + 1
+        if not refused and (previous is None or now - previous >= FIGHT_LOG_EVERY_S):
+            return  # one replacement (a re-dial over a half-open socket) is not a fight
+        logged_at, count_then = self._fight_logged.get(gid, (float("-inf"), 0))
+        if now - logged_at < FIGHT_LOG_EVERY_S:
+            return
+        self._fight_logged[gid] = (now, total)
+        log.warning(
+            "gateway %s: %d socket replacements/refusals (4409) since the last warning"
+            " (hermes_relay_replacements_total{gateway=%r} %d): two processes share this"
+            " gateway id? re-dials within %.0f s of a replacement are refused",
+            gid,
+            total - count_then,
+            gid,
+            total,
+            REPLACE_HOLD_S,
+        )
 
     async def _sender(self, s: _Session) -> None:
         """Stream the gateway's unacked entries in seq order: the backlog, then live ones."""
@@ -391,8 +492,25 @@ class Connector:
             return
         assert isinstance(action, dict)
         fp, fb = frame.get("platform"), frame.get("botId")
-        platform = fp if isinstance(fp, str) else s.identity[0]
-        bot_id = fb if isinstance(fb, str) else s.identity[1]
+        identity = self._egress_identity(
+            s, fp if isinstance(fp, str) else None, fb if isinstance(fb, str) else None
+        )
+        if isinstance(identity, str):
+            log.warning("gateway %s: %s", s.gateway_id, identity)
+            self._spawn(self._reply(s, rid, {"success": False, "code": "egress_declined", "error": identity}))
+            return
+        platform, bot_id = identity
+        op = action["op"]
+        if op == "get_chat_info":
+            self._spawn(self._chat_info(s, rid, platform, bot_id, str(action["chat_id"])))
+            return
+        if op == "follow_up" and action.get("chat_id") in (None, ""):
+            chat = self._follow_up_chat(s.gateway_id, platform, action.get("session_key"))
+            if chat is None:
+                error = f"follow_up: no chat known for session_key {action.get('session_key')!r}"
+                self._spawn(self._reply(s, rid, {"success": False, "error": error}))
+                return
+            action = {**action, "chat_id": chat}
         if key is not None:
             await self._outbound_keyed(s, rid, key, platform, bot_id, action)
             return
@@ -418,6 +536,76 @@ class Connector:
             now=self.clock.wall(),
         )
         self._spawn(self._reply(s, rid, result, committed))
+
+    def _egress_identity(
+        self, s: _Session, platform: str | None, bot_id: str | None
+    ) -> tuple[str, str] | str:
+        """The ``(platform, botId)`` an outbound goes out under, or the ``egress declined: ...``
+        error when the gateway never announced it (hello, provision or a configured Telegram bot:
+        anything routed to it). No platform -> the socket's default identity; a platform
+        without ``botId`` -> the gateway's announced identity on that platform."""
+        gid = s.gateway_id
+        if platform is None:
+            return s.identity
+        mine = [i for i in s.identities if self.routes.get(i) == gid]
+        mine += [i for i, g in self.routes.items() if g == gid and i not in mine]
+        if bot_id is None:
+            found = next((i for i in mine if i[0] == platform), None)
+            if found is not None:
+                return found
+            return f"egress declined: gateway {gid!r} never announced platform {platform!r}"
+        if (platform, bot_id) in mine:
+            return platform, bot_id
+        return f"egress declined: gateway {gid!r} never announced identity {platform}/{bot_id!r}"
+
+    def _follow_up_chat(self, gid: str, platform: str, session_key: Any) -> str | None:
+        """The chat a ``follow_up`` without ``chat_id`` goes to: the most recent chat of this
+        gateway and platform whose id is one ``:``-separated part of ``session_key``."""
+        if not isinstance(session_key, str):
+            return None
+        parts = set(session_key.split(":"))
+        for g, p, chat_id in reversed(self.chats):
+            if g == gid and p == platform and chat_id in parts:
+                return chat_id
+        return None
+
+    def _note_chat(self, gid: str, platform: str, source: dict[str, Any]) -> None:
+        slot = (gid, platform, str(source["chat_id"]))
+        self.chats.pop(slot, None)
+        self.chats[slot] = {"name": source.get("chat_name"), "type": source.get("chat_type")}
+        while len(self.chats) > CHATS_KEPT:
+            self.chats.popitem(last=False)
+
+    async def _chat_info(self, s: _Session, rid: str, platform: str, bot_id: str, chat_id: str) -> None:
+        """``get_chat_info`` (contract 4): Telegram's ``getChat`` for a configured bot, else what
+        the last inbound of that chat said (``chat_name``/``chat_type``); unknown -> failure."""
+        info: dict[str, Any] | None = None
+        if self.platform_outbox.handles(platform, bot_id):
+            token = self.platform_outbox.tokens[bot_id]
+            out = await tg.call(
+                self.http,
+                self.platform_outbox.api_base,
+                token,
+                "getChat",
+                {"chat_id": tg._maybe_int(chat_id)},
+            )
+            if out.kind == "ok":
+                info = tg.chat_info_of(out.result)
+            else:
+                log.info(
+                    "gateway %s: getChat %s failed (%s); using the last inbound",
+                    s.gateway_id,
+                    chat_id,
+                    out.error,
+                )
+        if info is None:
+            known = self.chats.get((s.gateway_id, platform, chat_id))
+            if known is not None:
+                info = {"name": known["name"] or chat_id, "type": known["type"] or "dm"}
+        if info is None:
+            await self._reply(s, rid, {"success": False, "error": f"no chat info known for chat {chat_id!r}"})
+            return
+        await self._reply(s, rid, {"success": True, "chat_info": info, **info})
 
     async def _outbound_keyed(
         self, s: _Session, rid: str, key: str, platform: str, bot_id: str, action: dict[str, Any]
@@ -673,6 +861,7 @@ class Connector:
         except Exception as exc:
             log.error("ingress for gateway %s not stored: %s", gid, exc)
             raise IngressError(503, "connector store unavailable; nothing was stored") from None
+        self._note_chat(gid, platform, event["source"])
         s = self.sessions.get(gid)
         if s is not None and s.live:
             s.notify.set()
@@ -777,6 +966,130 @@ class Connector:
             r["at"] = F.rfc3339(r["at"])
         return web.json_response(rows)
 
+    # --- hermes-agent HTTP routes (contract 3.3, 6.1, 7.3) ------------------------------------
+
+    async def _gateway_request(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:
+        """Authenticate a gateway's HTTP call like its WS upgrade and read its JSON object body:
+        ``(gateway id, body)``, or the 401/400/413 response."""
+        try:
+            gid = self._authenticate(request)
+        except TokenError as exc:
+            return web.json_response(
+                {"error": f"unauthorized: Authorization: Bearer <relay token> required ({exc.reason})"},
+                status=401,
+            )
+        try:
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise IngressError(
+                    413, f"body is larger than the limit of {self.max_body_bytes} bytes"
+                ) from None
+            body = parse_body(raw)
+            if not isinstance(body, dict):
+                raise IngressError(400, "body is not a JSON object")
+            for key, value in body.items():
+                if isinstance(value, str):
+                    check_unicode(key, value)
+        except IngressError as exc:
+            return web.json_response({"error": str(exc)}, status=exc.status)
+        return gid, body
+
+    async def _provision_handler(self, request: web.Request) -> web.Response:
+        """``POST /relay/provision``: register one identity and the wake URL of the
+        authenticated gateway (see the module docstring for the shapes)."""
+        got = await self._gateway_request(request)
+        if isinstance(got, web.Response):
+            return got
+        gid, body = got
+        claimed = body.get("gatewayId")
+        if claimed is not None and not isinstance(claimed, str):
+            return _bad("field 'gatewayId' must be a string")
+        if not self.secrets and claimed and request.headers.get("Authorization") is None:
+            gid = claimed  # unauthenticated dev mode: the body names the gateway
+        if claimed and claimed != gid:
+            return web.json_response(
+                {"error": f"field 'gatewayId' {claimed!r} does not match the token's gateway {gid!r}"},
+                status=403,
+            )
+        platform = body.get("platform")
+        if not isinstance(platform, str) or not platform.strip():
+            return _bad("field 'platform' must be a non-empty string")
+        bot_id = body.get("botId", "")
+        if bot_id is None:
+            bot_id = ""
+        if not isinstance(bot_id, str):
+            return _bad("field 'botId' must be a string")
+        wake_url = body.get("wakeUrl")
+        if wake_url in (None, ""):
+            wake_url = None
+        elif not isinstance(wake_url, str) or not _http_url(wake_url):
+            return _bad("field 'wakeUrl' must be an http(s) URL with a host")
+        route_keys = body.get("routeKeys", [])
+        if route_keys is None:
+            route_keys = []
+        if not isinstance(route_keys, list) or not all(isinstance(k, str) for k in route_keys):
+            return _bad("field 'routeKeys' must be a list of strings")
+        for name in ("gatewayEndpoint", "instanceId"):
+            if body.get(name) is not None and not isinstance(body.get(name), str):
+                return _bad(f"field {name!r} must be a string")
+        previous = self.routes.get((platform, bot_id))
+        if previous is not None and previous != gid:
+            log.info(
+                "identity %s/%r moves from gateway %s to %s (provision)", platform, bot_id, previous, gid
+            )
+        try:
+            await self.store.remember(gid, platform, bot_id, wake_url, self.clock.wall())
+        except Exception as exc:
+            log.error("provision for gateway %s not stored: %s", gid, exc)
+            return web.json_response({"error": "connector store unavailable; nothing was stored"}, status=503)
+        self.routes[(platform, bot_id)] = gid
+        if wake_url:
+            self.wake_urls[gid] = wake_url
+        self.presence_off.discard(gid)  # a provision re-arms presence
+        s = self.sessions.get(gid)
+        if s is not None:
+            self._start_presence(s)
+        log.info(
+            "gateway %s provisioned %s/%r (wake url %s)",
+            gid,
+            platform,
+            bot_id,
+            "set" if wake_url else "unchanged",
+        )
+        out: dict[str, Any] = {
+            "gatewayId": gid,
+            "tenant": gid,
+            "platform": platform,
+            "botId": bot_id,
+            "routeKeys": route_keys,
+            "wakeUrl": self.wake_urls.get(gid),
+        }
+        if isinstance(body.get("instanceId"), str):
+            out["instanceId"] = body["instanceId"]
+        return web.json_response(out)
+
+    async def _policy_handler(self, request: web.Request) -> web.Response:
+        """``POST /relay/policy`` (contract 7.3): checked and kept in memory; not enforced (this
+        connector has no relevance gate). 200 ``{ok: true, enforced: false}``."""
+        got = await self._gateway_request(request)
+        if isinstance(got, web.Response):
+            return got
+        gid, body = got
+        platform = body.get("platform")
+        if not isinstance(platform, str) or not platform.strip():
+            return _bad("field 'platform' must be a non-empty string")
+        for name in ("requireAddress", "allowOtherBots"):
+            if body.get(name) is not None and not isinstance(body.get(name), bool):
+                return _bad(f"field {name!r} must be a boolean")
+        scopes = body.get("freeResponseScopes")
+        if scopes is not None and (
+            not isinstance(scopes, list) or not all(isinstance(x, str) for x in scopes)
+        ):
+            return _bad("field 'freeResponseScopes' must be a list of strings")
+        self.policies[(gid, platform)] = dict(body)
+        return web.json_response({"ok": True, "enforced": False})
+
     async def _healthz(self, _request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "gateways_live": sorted(self.sessions)})
 
@@ -786,6 +1099,20 @@ def _same(given: str, expected: str) -> bool:
     return hmac.compare_digest(
         given.encode("utf-8", "surrogateescape"), expected.encode("utf-8", "surrogateescape")
     )
+
+
+def _bad(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+def _http_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def _unauthorized() -> web.Response:

@@ -80,10 +80,32 @@ def _maybe_int(value: Any) -> Any:
     return value
 
 
+MEDIA_METHODS = {
+    "image": ("sendPhoto", "photo"),
+    "voice": ("sendVoice", "voice"),
+    "audio": ("sendAudio", "audio"),
+    "video": ("sendVideo", "video"),
+    "document": ("sendDocument", "document"),
+}
+"""``send_media.media_kind`` -> (Bot API method, its file field); Telegram fetches the URL."""
+
+
 def api_call_for(action: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The Bot API method and payload of a checked outbound ``action`` (send, edit, typing)."""
+    """The Bot API method and payload of a checked outbound ``action``: send and follow_up ->
+    ``sendMessage``, edit, typing, send_media -> ``sendPhoto``/``sendDocument``/... by
+    ``media_kind`` (caption = ``content``)."""
     op = action["op"]
     chat_id = _maybe_int(action["chat_id"])
+    if op == "send_media":
+        method, file_field = MEDIA_METHODS[action["media_kind"]]
+        media: dict[str, Any] = {"chat_id": chat_id, file_field: action["source_url"]}
+        if action.get("content"):
+            media["caption"] = action["content"]
+        if action.get("reply_to") not in (None, ""):
+            media["reply_to_message_id"] = _maybe_int(action["reply_to"])
+        if action.get("thread_id") not in (None, ""):
+            media["message_thread_id"] = _maybe_int(action["thread_id"])
+        return method, media
     if op == "typing":
         payload: dict[str, Any] = {"chat_id": chat_id, "action": "typing"}
         if action.get("thread_id") not in (None, ""):
@@ -148,8 +170,19 @@ def ingress_body(update: Any) -> tuple[int, dict[str, Any] | None]:
     chat_type = chat.get("type")
     if isinstance(chat_type, str):
         body["chat_type"] = _CHAT_TYPES.get(chat_type, chat_type)
+    if chat.get("is_forum") is True:
+        body["chat_type"] = "forum"  # contract section 3: Telegram chat_type dm/group/forum
+    chat_name = chat_name_of(chat)
+    if chat_name:
+        body["chat_name"] = chat_name
     if message.get("message_thread_id") is not None:
         body["thread_id"] = message["message_thread_id"]
+    reply = message.get("reply_to_message")
+    if isinstance(reply, dict) and reply.get("message_id") is not None:
+        body["reply_to_message_id"] = reply["message_id"]
+    topic = reply.get("forum_topic_created") if isinstance(reply, dict) else None
+    if isinstance(topic, dict) and isinstance(topic.get("name"), str):
+        body["chat_topic"] = topic["name"]
     text = message.get("text")
     if isinstance(text, str) and text:
         body["message_type"] = "text"
@@ -160,6 +193,31 @@ def ingress_body(update: Any) -> tuple[int, dict[str, Any] | None]:
         if caption is not None:
             body["caption"] = caption
     return update_id, body
+
+
+def chat_name_of(chat: dict[str, Any]) -> str | None:
+    """A Telegram chat's display name: its title, else the private chat's first + last name,
+    else its @username."""
+    title = chat.get("title")
+    if isinstance(title, str) and title:
+        return title
+    parts = [chat.get(k) for k in ("first_name", "last_name")]
+    name = " ".join(p for p in parts if isinstance(p, str) and p)
+    if name:
+        return name
+    username = chat.get("username")
+    return username if isinstance(username, str) and username else None
+
+
+def chat_info_of(chat: Any) -> dict[str, Any] | None:
+    """``{name, type}`` of a ``getChat`` result (contract section 4 ``get_chat_info``)."""
+    if not isinstance(chat, dict):
+        return None
+    raw_type = chat.get("type")
+    kind = _CHAT_TYPES.get(raw_type, raw_type) if isinstance(raw_type, str) else "dm"
+    if chat.get("is_forum") is True:
+        kind = "forum"
+    return {"name": chat_name_of(chat) or str(chat.get("id", "")), "type": kind}
 
 
 async def set_webhook(

@@ -129,11 +129,12 @@ async def hold_presence(
     http: aiohttp.ClientSession,
     clock: Clock,
     auth: AuthHeaders,
-) -> None:
+) -> int:
     """Hold ``GET <origin>/presence`` open; reopen with backoff when it drops.
 
-    Returns on a 401 or 409 (the gateway refuses or is dormant); the caller cancels it on a
-    flip or when the socket goes away. Keeps Fly's proxy counting one inbound connection.
+    Returns the status on a 401 or 409 (the gateway refuses or is dormant) or a 404 (the wake
+    host has no ``/presence``: a stock hermes-agent gateway); the caller cancels it on a flip or
+    when the socket goes away. Keeps Fly's proxy counting one inbound connection.
     """
     url = origin_of(wake_url) + "/presence"
     backoff = Backoff(base=1.0, factor=2.0, cap=30.0)
@@ -148,7 +149,9 @@ async def hold_presence(
                         gateway_id,
                         resp.status,
                     )
-                    return
+                    return resp.status
+                if resp.status == 404:
+                    return 404
                 if resp.status == 200:
                     backoff.reset()
                     log.debug("gateway %s: presence held", gateway_id)

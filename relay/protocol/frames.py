@@ -23,7 +23,9 @@ DESCRIPTOR_REQUIRED = (
     "markdown_dialect",
     "len_unit",
 )
-SUPPORTED_OPS = ("send", "edit", "typing")
+SUPPORTED_OPS = ("send", "edit", "typing", "follow_up", "send_media", "get_chat_info")
+MEDIA_KINDS = ("image", "voice", "audio", "video", "document")
+"""``send_media.media_kind`` values (hermes-agent relay-connector contract, section 4)."""
 
 # Local outbound results (PROTOCOL.md section 4): never hang a caller.
 NOT_CONNECTED = {"success": False, "error": "relay transport not connected"}

@@ -540,7 +540,7 @@ async def test_ingress_keeps_thread_id_and_stock_gateway_source_fields(rig: Rig)
     assert (await post(url, {**MSG, "guild_id": [1], "chat_name": True}))[0] == 202
     src = (await raw.recv_type("inbound"))["event"]["source"]
     assert "guild_id" not in src
-    assert "chat_name" not in src
+    assert src["chat_name"] is None  # contract 3: always present, null when unknown
     status, body = await post(url, {**MSG, "thread_id": [1]})
     assert (status, "'thread_id'" in body["error"]) == (400, True)
 

@@ -371,13 +371,17 @@ async def test_idempotency_key_of_a_queued_send_is_honoured_after_a_restart(
     assert len(await connector.store.platform_sends()) == 1
 
 
-async def test_other_platforms_are_still_only_recorded(rig: TgRig, api: FakeBotApi) -> None:
+async def test_an_unannounced_bot_is_declined_not_sent(rig: TgRig, api: FakeBotApi) -> None:
+    """Issue 19: a bot id the gateway never announced is an egress decline (it used to be
+    recorded with success under the wrong identity)."""
     await rig.start()
     g = await rig.gateway()
     frame = outbound("r", {"op": "send", "chat_id": "42", "content": "x"})
-    frame["botId"] = "999"  # no bot configured for it
+    frame["botId"] = "999"  # no bot configured for it, never said in hello
     await g.send(frame)
-    assert (await result_of(g, "r"))["success"] is True
+    result = await result_of(g, "r")
+    assert result["success"] is False
+    assert result["code"] == "egress_declined"
     assert api.calls == []
 
 
