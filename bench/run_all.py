@@ -26,6 +26,7 @@ SCRIPTS = (
     "telemetry",
     "turn_commit",
     "history",
+    "overview",
 )
 
 

@@ -124,6 +124,9 @@ class Config:
     session_reset_idle_minutes: float = 1440.0
     session_reset_at_hour: int = 4
     history_retention_days: float = 30.0
+    ops_history_retention_days: float = 14.0
+    """``gateway.history_retention_days``: days of watcher/relay transitions and wakes kept in
+    state.db for the operator page (SPEC 8.5); not ``agent.history_retention_days`` above."""
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -357,6 +360,9 @@ def load_config(
         f"{s}.suspend", "autostop", _choice(SUSPEND_MODES), "one of " + ", ".join(SUSPEND_MODES)
     )
     z.external_waker = r.get(f"{s}.external_waker", False, _bool, "true or false")
+    c.ops_history_retention_days = r.get(
+        f"{g}.history_retention_days", 14.0, _num(0, strict=True), "a number of days > 0"
+    )
     c.shutdown_timeout_s = r.get(f"{g}.shutdown_timeout_seconds", 25.0, _num(0), "a number >= 0")
     c.delivery_give_up_hours = r.get(
         "agent.delivery_give_up_hours", 24.0, _num(0, strict=True), "a number of hours > 0"

@@ -61,6 +61,33 @@ class Metrics:
             "hermes_relay_dial_attempts", "Relay dial attempts (exported with _total)", registry=r
         )
         self._dials_counted = 0
+        # Operator page metrics (SPEC 8.5).
+        self.wake_latency = Histogram(
+            "hermes_wake_latency_seconds",
+            "Wake latency: poke, due job or resume to the first replayed inbound acked, or to the"
+            " relay connected when nothing was buffered (gateway/ops/wakes.py)",
+            registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.state_transitions = Counter(
+            "hermes_transitions_total",
+            "Idle watcher transitions by state left and state entered (stopped: process start/stop)",
+            ["from", "to"],
+            registry=r,
+        )
+        self.cron_lateness = Histogram(
+            "hermes_cron_lateness_seconds",
+            "Cron run start lateness: started_at - scheduled_for, seconds",
+            registry=r,
+            buckets=(0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 21600, 86400),
+        )
+        self.cron_runs = Counter(
+            "hermes_cron_runs_total",
+            "Cron ledger rows settled since this process started, by status",
+            ["status"],
+            registry=r,
+        )
+        self._cron_runs_counted: dict[str, int] = {}
         self.skill_invocations = Counter(
             "hermes_skill_invocations_total",
             "Skill invocations by skill, model and outcome (success, failure, scaffolding)",
@@ -94,6 +121,16 @@ class Metrics:
         if attempts > self._dials_counted:
             self.relay_dials.inc(attempts - self._dials_counted)
             self._dials_counted = attempts
+
+    def sync_cron_runs(self, settled: dict[str, int]) -> None:
+        """Bring ``hermes_cron_runs_total{status}`` up to the ledger's counts of rows settled
+        since start (``settled``: status -> rows). Counts only grow: a smaller one (rows pruned)
+        is ignored, so each series stays monotonic."""
+        for status, n in settled.items():
+            seen = self._cron_runs_counted.get(status, 0)
+            if n > seen:
+                self.cron_runs.labels(status=status).inc(n - seen)
+                self._cron_runs_counted[status] = n
 
     def observe_turn(self, report: TurnReport) -> None:
         """Count one finished turn: outcome, spend, provider latency, substitution."""

@@ -258,6 +258,30 @@ MIGRATIONS = [
     );
     CREATE TABLE agent_budget_alerts (day TEXT PRIMARY KEY, at REAL NOT NULL);
     """,
+    # 9: the operator page's history (SPEC 8.5, gateway/ops/history.py): watcher and relay
+    # transitions and wakes with their latency, pruned after gateway.history_retention_days;
+    # job_runs by finish time for hermes_cron_runs_total.
+    """
+    CREATE TABLE state_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('watcher', 'relay')),
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        reason TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX state_history_kind_at ON state_history (kind, at);
+    CREATE INDEX state_history_at ON state_history (at);
+    CREATE TABLE wake_history (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at REAL NOT NULL,
+        trigger TEXT NOT NULL,
+        latency_ms REAL,
+        ended_by TEXT NOT NULL
+    );
+    CREATE INDEX wake_history_at ON wake_history (at);
+    CREATE INDEX job_runs_finished ON job_runs (finished_at);
+    """,
 ]
 
 

@@ -47,6 +47,10 @@ class CronContext:
     deliver: Deliver
     telemetry: TelemetryWriter
     """Batched ``skill_invocations`` writer (started by whoever builds the context)."""
+    on_start: Callable[[Job, float, float], None] | None = None
+    """Called with ``(job, scheduled_for, started_at)`` once an occurrence is claimed and starts
+    (the sidecar observes ``hermes_cron_lateness_seconds`` there). Its errors are logged, never
+    raised into the run."""
 
 
 def parse_target(deliver_to: str | None) -> tuple[str, str] | None:
@@ -83,6 +87,11 @@ async def run_occurrence(ctx: CronContext, job: Job, scheduled_for: float) -> in
     run_id = await store.claim(job.id, scheduled_for, now, RUN_LEASE_S)
     if run_id is None:
         return None
+    if ctx.on_start is not None:
+        try:
+            ctx.on_start(job, scheduled_for, now)
+        except Exception as exc:  # an observer's bug must not fail the run
+            log.warning("cron on_start hook failed: %s", exc)
     try:
         await _run_claimed(ctx, job, scheduled_for, run_id, now)
     except BaseException as exc:

@@ -8,11 +8,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import aiohttp_jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.core.watcher import WatchState
 from gateway.http.auth import status_authorized, wake_authorized
+from gateway.ops.page import environment_options, page_context
 from relay.clock import wait_with_timeout
 
 if TYPE_CHECKING:
@@ -48,12 +50,34 @@ def build_app(sidecar: Sidecar) -> web.Application:
 
 
 def build_internal_app(sidecar: Sidecar) -> web.Application:
-    """The internal port (``METRICS_PORT``, SPEC 8.3): ``GET /metrics``, unauthenticated; it is
-    kept out of the public services, so only the private network (and ``fly proxy``) sees it."""
+    """The internal port (``METRICS_PORT``, SPEC 8.3): ``GET /metrics`` and the operator page
+    (SPEC 8.5: ``GET /`` and its JSON twin ``GET /api/overview``), unauthenticated; it is kept
+    out of the public services, so only the private network (and ``fly proxy``) sees it."""
     app = web.Application(middlewares=[_resume_check])
     app[SIDECAR] = sidecar
+    aiohttp_jinja2.setup(app, **environment_options())
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", operator_page)
+    app.router.add_get("/api/overview", api_overview)
     return app
+
+
+PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+"""The operator page loads nothing: no script, no external style, font or image."""
+
+
+async def api_overview(request: web.Request) -> web.Response:
+    """The overview document (``gateway/ops/overview.py``)."""
+    return web.json_response(await request.app[SIDECAR].overview(), headers={"Cache-Control": "no-store"})
+
+
+async def operator_page(request: web.Request) -> web.Response:
+    """The operator page: the overview rendered server-side (``gateway/ops/page.py``)."""
+    doc = await request.app[SIDECAR].overview()
+    resp = aiohttp_jinja2.render_template("overview.html", request, page_context(doc))
+    resp.headers["Content-Security-Policy"] = PAGE_CSP
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
 
 
 def _authorized(request: web.Request) -> bool:
@@ -109,6 +133,7 @@ async def status(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     sc = request.app[SIDECAR]
     sc.refresh_gauges()
+    await sc.ops.sync_cron_runs()
     body = generate_latest(sc.metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -33,6 +33,8 @@ from gateway.kanban.execute import TaskExecutor
 from gateway.kanban.sources import add_inbound_tasks, cron_ref, parse_inbox_ref
 from gateway.kanban.store import TaskStore
 from gateway.metrics import Metrics
+from gateway.ops.overview import build_overview
+from gateway.ops.recorder import OpsRecorder
 from gateway.runtime.activity import Activity
 from gateway.runtime.deliveries import Deliveries
 from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
@@ -177,7 +179,7 @@ class Sidecar:
         if self.transport is not None:
             with contextlib.suppress(Exception):
                 await self.transport.disconnect()
-        for closer in ("_runner", "_internal_runner", "telemetry", "http", "db"):
+        for closer in ("_runner", "_internal_runner", "telemetry", "ops", "http", "db"):
             obj = getattr(self, closer, None)
             if obj is None:
                 continue
@@ -186,12 +188,21 @@ class Sidecar:
                     await obj.cleanup()
                 elif closer == "telemetry":
                     await obj.aclose()
+                elif closer == "ops":
+                    await obj.history.aclose()
                 else:
                     await obj.close()
 
     async def _open(self, listener: socket.socket, internal: socket.socket | None) -> None:
         self.db = await open_state_db(self.config.state_db)
         self.inbox = InboxStore(self.db)
+        # State history for the operator page (SPEC 8.5): hooks queue rows, never block.
+        self.ops = OpsRecorder(self.db, clock=self.clock, metrics=self.metrics, transport=self.transport)
+        self.ops.start(self.watcher.state.value)
+        self.watcher.on_transition.append(self.ops.on_watcher)
+        self.watcher.on_wake.append(self.ops.on_wake)
+        if self.transport is not None:
+            self.transport.listeners.append(self.ops.on_relay)
         self.http = aiohttp.ClientSession()
         self.cron_store = CronStore(self.db)
         self.deliveries = Deliveries(self.cron_store, self.transport, self.clock, self.activity)
@@ -210,6 +221,7 @@ class Sidecar:
             env=self.env,
             deliver=self.deliver,
             telemetry=self.telemetry,
+            on_start=self.ops.on_cron_start,
         )
         t = self.transport
         self.worker = InboxWorker(
@@ -309,6 +321,7 @@ class Sidecar:
         if self._internal_runner is not None:
             await self._internal_runner.cleanup()
         await self.telemetry.aclose()
+        await self.ops.aclose(self.watcher.state.value)
         await self.http.close()
         await self.db.close()
         self._remove_discovery()
@@ -381,10 +394,12 @@ class Sidecar:
         return None
 
     async def _retention(self) -> None:
-        """Delete conversation messages older than ``agent.history_retention_days``: at start,
-        then once a day (SPEC 8.2)."""
+        """Delete conversation messages older than ``agent.history_retention_days`` (SPEC 8.2)
+        and state history older than ``gateway.history_retention_days`` (SPEC 8.5): at start,
+        then once a day."""
         sessions = SessionStore(self.db)
         while True:
+            await self.ops.prune(self.config.ops_history_retention_days)
             cutoff = self.clock.wall() - self.config.history_retention_days * 86400.0
             try:
                 pruned = await sessions.prune(cutoff)
@@ -405,6 +420,7 @@ class Sidecar:
             frames, now, in_tx=lambda items: add_inbound_tasks(self.tasks, items, now)
         )
         new, dupes = admission.new, admission.duplicates
+        self.ops.on_inbound_persisted()  # the transport acks this batch next (wake latency)
         for rejected in admission.rejected:
             self.metrics.rejected.labels(reason=rejected.reason).inc()
             log.warning(
@@ -519,6 +535,11 @@ class Sidecar:
             await suspend_machine(self.env, socket_path=self.fly_api_socket)
 
     # --- status --------------------------------------------------------------------------
+
+    async def overview(self) -> dict[str, Any]:
+        """The operator overview (``GET /api/overview``, the page's data; SPEC 8.5)."""
+        await self.ops.sync_cron_runs()
+        return await build_overview(self.db, self.config, self.env, self.state_name(), self.clock.wall())
 
     def refresh_gauges(self) -> None:
         """Bring the point-in-time gauges of ``/metrics`` up to date."""

@@ -31,6 +31,9 @@ class IdleWatcher:
     ``next_due_wall()`` gives the Unix time of the next due job (or None); ``blockers`` are the
     arm blockers (empty = armed). ``dormant`` is an Event set while dormant (``/presence``
     streams end on it). ``on_dormant``/``on_live`` hooks run on those transitions.
+    ``on_transition(before, after, reason)`` hooks run on every transition and ``on_wake(trigger)``
+    hooks when a wake leaves dormancy (before the transition to live): the operator page's
+    history (``gateway.ops``). A hook that raises is logged and never stops the watcher.
     """
 
     def __init__(
@@ -54,6 +57,8 @@ class IdleWatcher:
         self.dormant = asyncio.Event()
         self.on_dormant: list[Callable[[], None]] = []
         self.on_live: list[Callable[[], None]] = []
+        self.on_transition: list[Callable[[WatchState, WatchState, str], None]] = []
+        self.on_wake: list[Callable[[str], None]] = []
         self.loops = 0  # loop evaluations: a busy loop shows here (tests, bench)
         self._kick = asyncio.Event()
         self._wake_pending: str | None = None
@@ -75,6 +80,11 @@ class IdleWatcher:
         before = self.state
         self.state = transition(self.state, event)
         log.info("watcher %s -> %s: %s", before.value, self.state.value, reason)
+        for observe in self.on_transition:
+            try:
+                observe(before, self.state, reason)
+            except Exception as exc:  # history is an observer: it must never stop the watcher
+                log.warning("watcher transition hook failed: %s", exc)
         if self.state is WatchState.DORMANT:
             self.dormant.set()
             for hook in self.on_dormant:
@@ -117,6 +127,11 @@ class IdleWatcher:
             if self.transport is not None:
                 self.transport.wake(reason)
             self.wakes += 1
+            for started in self.on_wake:
+                try:
+                    started(reason)
+                except Exception as exc:  # never stops a wake
+                    log.warning("watcher wake hook failed: %s", exc)
             self.cooldown_until = self.clock.monotonic() + self.settings.cooldown_s
             self._fire(WatchEvent.WOKEN, f"woken by {reason}; cooldown {self.settings.cooldown_s:.0f} s")
             return True
