@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 from bench.common import emit_rows, pct
+from common.sqlite import write_tx
 from gateway.config import Config
 from gateway.conversation.history import build_request, select_history
 from gateway.conversation.store import SessionKey, SessionStore
 from gateway.core.turn import TurnState
 from gateway.inbox.store import InboxStore
 from gateway.statedb import open_state_db
-from relay.sqlite import write_tx
 
 TEXT = "A message of an ordinary length, about one line of chat. " * 2
 

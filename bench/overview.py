@@ -29,12 +29,12 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
 from bench.common import emit_rows, pct
+from common.clock import FakeClock
+from common.sqlite import write_tx
 from gateway.config import load_config
 from gateway.http.server import api_overview, operator_page
 from gateway.runtime.sidecar import Sidecar
 from gateway.statedb import open_state_db
-from relay.clock import FakeClock
-from relay.sqlite import write_tx
 
 NOW = 1_800_000_000.0
 TRANSITIONS = 10_000

@@ -26,14 +26,14 @@ from typing import Any
 import aiohttp
 
 from bench.common import emit_rows, pct
+from common.clock import SystemClock
+from common.timefmt import rfc3339
 from gateway.config import load_config
 from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler, first_run_at
 from gateway.cron.store import CronStore, Job, new_job_id
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
-from relay.clock import SystemClock
-from relay.protocol.frames import rfc3339
 
 
 async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -> dict[str, Any]:

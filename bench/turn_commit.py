@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 from bench.common import emit_rows
+from common.sqlite import write_one
 from gateway.core.turn import TurnEvent, TurnState
 from gateway.inbox.store import InboxStore
 from gateway.statedb import open_state_db
-from relay.sqlite import write_one
 
 ANSWER = "An answer of a typical length. " * 20  # ~600 characters
 

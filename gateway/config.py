@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from common.errors import ConfigError, StartupError
 from gateway.conversation.reset import MODES as SESSION_RESET_MODES
 from gateway.conversation.reset import ResetPolicy
 from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag, idle_timeout_s
-from relay.errors import ConfigError, StartupError
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
 from relay.protocol.urls import normalise_relay_url

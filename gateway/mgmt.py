@@ -12,12 +12,12 @@ from typing import Any
 import aiohttp
 import aiosqlite
 
+from common.clock import Clock
 from gateway.config import Config
 from gateway.cron.runner import CronContext
 from gateway.cron.store import CronStore
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
-from relay.clock import Clock
 
 
 class Exit(Exception):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from relay.sqlite import migrate, open_db, read_one, write_tx
+from common.sqlite import migrate, open_db, read_one, write_tx
 
 MIGRATIONS = [
     # 1: inbox

@@ -25,10 +25,10 @@ from typing import Any, NoReturn
 import aiohttp
 from aiohttp import web
 
+from common.errors import ConfigError, StartupError
+from common.listen import bind_listener
 from relay.connector import telegram as tg
 from relay.connector.server import Connector
-from relay.errors import ConfigError, StartupError
-from relay.listen import bind_listener
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
 

@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 
+from common.errors import SidecarError
 from gateway.agent.redact import redact
 from gateway.agent.resolve import Resolved
-from relay.errors import SidecarError
 
 
 class ProviderError(SidecarError):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.errors import ConfigError
 from gateway.config import Config, Provider
-from relay.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ from typing import Any, NamedTuple
 
 import aiosqlite
 
-from relay.sqlite import read_all, read_one, write_one, write_tx
+from common.sqlite import read_all, read_one, write_one, write_tx
+from common.timefmt import rfc3339
 
 _VERSION = re.compile(r"^(v?\d[\w.:-]*|latest|preview)$", re.IGNORECASE)
 
@@ -121,13 +122,9 @@ class SpendLedger:
                 "asked": r[0],
                 "answered": r[1],
                 "provider": r[2],
-                "opened_at": _iso(r[3]),
-                "last_at": _iso(r[4]),
+                "opened_at": rfc3339(r[3]),
+                "last_at": rfc3339(r[4]),
                 "turns": r[5],
             }
             for r in rows
         ]
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

@@ -13,9 +13,9 @@ from typing import Any
 
 import aiosqlite
 
+from common.sqlite import read_all, read_one, write_one, write_tx
 from gateway.conversation.history import ROLES, Message, estimate_tokens
 from gateway.conversation.reset import ResetPolicy, needs_reset
-from relay.sqlite import read_all, read_one, write_one, write_tx
 
 __all__ = ["DEFAULT_POLICY", "ResetPolicy", "Session", "SessionKey", "SessionStore"]
 

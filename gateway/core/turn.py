@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import enum
 
-from relay.errors import TransitionError
+from common.errors import TransitionError
 
 
 class TurnState(enum.Enum):

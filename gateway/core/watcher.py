@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 
-from relay.errors import TransitionError
+from common.errors import TransitionError
 
 
 class WatchState(enum.Enum):

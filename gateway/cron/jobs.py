@@ -10,14 +10,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from common.errors import ConfigError
+from common.timefmt import rfc3339
 from gateway.config import Config
 from gateway.cron.drift import Axes, current_axes, snapshot_for
 from gateway.cron.plan import CATCH_UP
 from gateway.cron.schedule import next_fire, parse_schedule, timezone
 from gateway.cron.scheduler import first_run_at
 from gateway.cron.store import Job, new_job_id
-from relay.errors import ConfigError
-from relay.protocol.frames import rfc3339
 
 FIELDS = (
     "schedule",

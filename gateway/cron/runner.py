@@ -11,6 +11,7 @@ from pathlib import Path
 
 import aiohttp
 
+from common.clock import Clock
 from gateway.agent.provider import ProviderError, complete
 from gateway.agent.resolve import Resolved
 from gateway.agent.spend import SpendLedger
@@ -25,7 +26,6 @@ from gateway.telemetry.routing import (
     resolve_time_aware_model,
 )
 from gateway.telemetry.writer import TelemetryWriter
-from relay.clock import Clock
 
 log = logging.getLogger("gateway.cron")
 

@@ -16,8 +16,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from relay.errors import ConfigError
-from relay.protocol.frames import parse_rfc3339
+from common.errors import ConfigError
+from common.timefmt import parse_rfc3339
 
 ACCEPTED_FORMS = (
     "every 30m|2h|1d, a 5-field cron expression, @hourly|@daily|@weekly|@monthly|"

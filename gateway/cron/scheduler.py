@@ -13,13 +13,13 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
+from common.clock import wait_with_timeout
+from common.errors import ConfigError
+from gateway.core.activity import Activity
 from gateway.cron.plan import plan_due
 from gateway.cron.runner import CronContext, run_occurrence
 from gateway.cron.schedule import fires_between, next_fire, parse_schedule, timezone
 from gateway.cron.store import Job
-from gateway.runtime.activity import Activity
-from relay.clock import wait_with_timeout
-from relay.errors import ConfigError
 
 log = logging.getLogger("gateway.cron")
 

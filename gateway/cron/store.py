@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
 
+from common.sqlite import read_all, read_one, write_one, write_tx
+from common.timefmt import rfc3339_or_none
 from gateway.core.lease import OWNER, lapsed
-from relay.sqlite import read_all, read_one, write_one, write_tx
 
 RUN_STATUSES = (
     "running",
@@ -55,7 +55,7 @@ class Job:
     def as_json(self) -> dict[str, Any]:
         d = asdict(self)
         for key in ("created_at", "next_run_at", "updated_at"):
-            d[key] = _iso(d[key])
+            d[key] = rfc3339_or_none(d[key])
         return d
 
 
@@ -64,10 +64,6 @@ _COLS = (
     "model_snapshot, skills, deliver_to, catch_up, misfire_grace_seconds, enabled, "
     "created_at, next_run_at, updated_at"
 )
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
 def _job(r: Any) -> Job:
@@ -330,7 +326,7 @@ class CronStore:
         )
         d = dict(zip(keys, r, strict=True))
         for k in ("scheduled_for", "started_at", "finished_at"):
-            d[k] = _iso(d[k])
+            d[k] = rfc3339_or_none(d[k])
         return d
 
     async def spend_since(self, since: float) -> float:
@@ -359,7 +355,7 @@ class CronStore:
         rows = await read_all(
             self.db, "SELECT job_id, opened_at, detail FROM drift_episodes ORDER BY opened_at"
         )
-        return [{"job_id": r[0], "opened_at": _iso(r[1]), "detail": r[2]} for r in rows]
+        return [{"job_id": r[0], "opened_at": rfc3339_or_none(r[1]), "detail": r[2]} for r in rows]
 
     async def budget_alert_once(self, day: str, now: float) -> bool:
         cur = await self._write(

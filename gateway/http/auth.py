@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 
-from relay.errors import TokenError
+from common.errors import TokenError
 from relay.protocol.token import bearer_of, verify_token
 
 

@@ -1,29 +1,27 @@
-"""aiohttp app of the sidecar. Handlers read state from the ``Sidecar`` and never block on I/O
-they do not own; every request also runs the resume check (a resumed machine is woken by a
-request, so that is where the jump is first visible)."""
+"""aiohttp app of the sidecar. Handlers read state from the sidecar through ``SidecarSurface``
+(``gateway/http/surface.py``: the members they use) and never block on I/O they do not own;
+every request also runs the resume check (a resumed machine is woken by a request, so that is
+where the jump is first visible)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import aiohttp_jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from common.clock import wait_with_timeout
 from gateway.core.watcher import WatchState
 from gateway.http.auth import status_authorized, wake_authorized
+from gateway.http.surface import SidecarSurface
 from gateway.ops.page import environment_options, page_context
-from relay.clock import wait_with_timeout
-
-if TYPE_CHECKING:
-    from gateway.runtime.sidecar import Sidecar
 
 log = logging.getLogger("gateway.http")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-SIDECAR: web.AppKey[Sidecar] = web.AppKey("sidecar")
+SIDECAR: web.AppKey[SidecarSurface] = web.AppKey("sidecar")
 POKE_MERGE_S = 1.0
 PRESENCE_COMMENT_S = 15.0
 
@@ -34,7 +32,7 @@ async def _resume_check(request: web.Request, handler: Handler) -> web.StreamRes
     return await handler(request)
 
 
-def build_app(sidecar: Sidecar) -> web.Application:
+def build_app(sidecar: SidecarSurface) -> web.Application:
     """The app port: ``/wake``, ``/healthz``, ``/presence``, ``/status``, ``/admin/*``."""
     app = web.Application(middlewares=[_resume_check])
     app[SIDECAR] = sidecar
@@ -49,7 +47,7 @@ def build_app(sidecar: Sidecar) -> web.Application:
     return app
 
 
-def build_internal_app(sidecar: Sidecar) -> web.Application:
+def build_internal_app(sidecar: SidecarSurface) -> web.Application:
     """The internal port (``METRICS_PORT``, SPEC 8.3): ``GET /metrics`` and the operator page
     (SPEC 8.5: ``GET /`` and its JSON twin ``GET /api/overview``), unauthenticated; it is kept
     out of the public services, so only the private network (and ``fly proxy``) sees it."""

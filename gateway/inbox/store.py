@@ -20,8 +20,8 @@ from typing import Any
 
 import aiosqlite
 
+from common.sqlite import read_all, read_one, write_one, write_tx
 from gateway.core.turn import TurnEvent, TurnState, transition
-from relay.sqlite import read_all, read_one, write_one, write_tx
 
 _COLS = "id, buffer_id, platform, bot_id, chat_id, message_id, profile, event"
 

@@ -23,11 +23,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from common.clock import Clock
 from gateway.config import Config
+from gateway.core.activity import Activity
 from gateway.kanban.dispatch import DispatchResult, dispatch_once
 from gateway.kanban.store import Task, TaskStore
-from gateway.runtime.activity import Activity
-from relay.clock import Clock
 
 log = logging.getLogger("gateway.kanban")
 

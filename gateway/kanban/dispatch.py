@@ -27,9 +27,9 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from common.sqlite import write_tx
 from gateway.core.lease import OWNER
 from gateway.kanban.store import Task, TaskStore
-from relay.sqlite import write_tx
 
 log = logging.getLogger("gateway.kanban")
 

@@ -14,6 +14,7 @@ import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from common.errors import ConfigError
 from gateway.agent.provider import ProviderError, complete
 from gateway.agent.resolve import resolve
 from gateway.cron.runner import CronContext, run_occurrence
@@ -21,7 +22,6 @@ from gateway.inbox.store import InboxItem, InboxStore
 from gateway.kanban.board import Outcome
 from gateway.kanban.sources import parse_cron_ref, parse_inbox_ref
 from gateway.kanban.store import Task
-from relay.errors import ConfigError
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Any
 
 import aiosqlite
 
+from common.sqlite import read_all, read_one, write_tx
 from gateway.core.lease import lapsed
-from relay.sqlite import read_all, read_one, write_tx
 
 STATUSES = ("todo", "ready", "running", "done", "failed", "blocked")
 SOURCES = ("inbound", "cron", "manual")

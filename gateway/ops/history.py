@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import aiosqlite
 
-from relay.sqlite import write_one, write_tx
+from common.sqlite import write_one, write_tx
 
 log = logging.getLogger("gateway.ops")
 

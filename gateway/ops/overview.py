@@ -37,6 +37,8 @@ from typing import Any
 
 import aiosqlite
 
+from common.sqlite import read_all, read_one
+from common.timefmt import rfc3339, rfc3339_or_none
 from gateway.agent.spend import SpendLedger, utc_day, utc_day_start
 from gateway.config import Config
 from gateway.cron.drift import current_axes
@@ -44,16 +46,10 @@ from gateway.kanban.store import STATUSES
 from gateway.telemetry.ema import query_skill_ema
 from gateway.telemetry.learned import learned_hour_rates
 from gateway.telemetry.routing import RoutingSettings, get_routing_report, routing_header
-from relay.protocol.frames import rfc3339
-from relay.sqlite import read_all, read_one
 
 WINDOW_S = 86400.0
 SPEND_DAYS = 14
 RECENT_RUNS = 5
-
-
-def _iso(ts: float | None) -> str | None:
-    return None if ts is None else rfc3339(ts)
 
 
 async def build_overview(
@@ -124,7 +120,7 @@ async def _jobs(db: aiosqlite.Connection) -> list[dict[str, Any]]:
             "schedule": r[2],
             "tz": r[3],
             "enabled": bool(r[4]),
-            "next_run_at": _iso(r[5]),
+            "next_run_at": rfc3339_or_none(r[5]),
             "recent": recent.get(r[0], []),
         }
         for r in jobs

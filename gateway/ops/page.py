@@ -20,7 +20,7 @@ from typing import Any
 
 import jinja2
 
-from relay.protocol.frames import parse_rfc3339
+from common.timefmt import parse_rfc3339
 
 WIDTH = 1000.0
 WATCHER_STATES = ("live", "draining", "dormant", "stopped")

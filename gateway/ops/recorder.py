@@ -25,6 +25,8 @@ import logging
 
 import aiosqlite
 
+from common.clock import Clock
+from common.sqlite import read_all
 from gateway.core.watcher import WatchState
 from gateway.cron.store import Job
 from gateway.metrics import Metrics
@@ -32,8 +34,6 @@ from gateway.ops.history import HistoryStore
 from gateway.ops.wakes import WakeResult, WakeTracker
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport
-from relay.clock import Clock
-from relay.sqlite import read_all
 
 log = logging.getLogger("gateway.ops")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from relay.clock import Clock
+from common.clock import Clock
 
 REPLAYED = "first replayed inbound acked"
 CONNECTED = "relay connected"

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from common.clock import Clock
+from common.errors import ConfigError
 from gateway.agent.provider import Completion, ProviderError, complete
 from gateway.agent.redact import configured_secrets, redact
 from gateway.agent.resolve import Resolved, resolve
@@ -23,8 +25,6 @@ from gateway.agent.spend import SpendLedger, is_substitution, utc_day
 from gateway.config import Config
 from gateway.conversation.chat import RESET_REPLY, TEXT_TYPES_REPLY, Conversation, is_reset, usable_text
 from gateway.inbox.store import InboxItem, TurnUsage
-from relay.clock import Clock
-from relay.errors import ConfigError
 
 log = logging.getLogger("gateway.inbox")
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from common.clock import Clock
 from gateway.agent.provider import split_message
+from gateway.core.activity import Activity
 from gateway.cron.store import CronStore
-from gateway.runtime.activity import Activity
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport
-from relay.clock import Clock
 from relay.protocol.frames import NOT_CONNECTED
 
 log = logging.getLogger("gateway.sidecar")

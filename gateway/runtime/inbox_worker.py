@@ -25,6 +25,7 @@ from typing import Any
 
 import aiohttp
 
+from common.clock import Clock, wait_with_timeout
 from gateway.agent.provider import split_message
 from gateway.agent.spend import SpendLedger, TurnReport
 from gateway.config import Config
@@ -35,7 +36,6 @@ from gateway.kanban.board import Outcome
 from gateway.kanban.sources import inbox_ref
 from gateway.runtime.answer import Answer, Answerer
 from relay.client.transport import RelayTransport
-from relay.clock import Clock, wait_with_timeout
 from relay.protocol import frames as F
 
 log = logging.getLogger("gateway.inbox")

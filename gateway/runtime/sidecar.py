@@ -16,10 +16,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from common.clock import Clock, SystemClock
+from common.errors import StartupError
+from common.listen import bind_listener, prepare_home
+from common.sqlite import write_tx
+from common.timefmt import rfc3339
 from gateway.agent.spend import SpendLedger, TurnReport
 from gateway.config import Config, load_config
 from gateway.conversation.chat import Conversation
 from gateway.conversation.store import SessionStore
+from gateway.core.activity import Activity
 from gateway.core.policy import ArmInputs, arm_blockers
 from gateway.core.resume import ResumeDetector
 from gateway.core.watcher import WatchState
@@ -35,7 +41,6 @@ from gateway.kanban.store import TaskStore
 from gateway.metrics import Metrics
 from gateway.ops.overview import build_overview
 from gateway.ops.recorder import OpsRecorder
-from gateway.runtime.activity import Activity
 from gateway.runtime.deliveries import Deliveries
 from gateway.runtime.fly import FLY_API_SOCKET, suspend_machine
 from gateway.runtime.inbox_worker import InboxWorker, relay_send
@@ -44,11 +49,7 @@ from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
-from relay.clock import Clock, SystemClock
-from relay.errors import StartupError
-from relay.listen import bind_listener, prepare_home
-from relay.protocol.frames import DEFAULT_MAX_MESSAGE_LENGTH, rfc3339
-from relay.sqlite import write_tx
+from relay.protocol.frames import DEFAULT_MAX_MESSAGE_LENGTH
 
 log = logging.getLogger("gateway.sidecar")
 

@@ -11,13 +11,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from common.clock import Clock, wait_with_timeout
 from gateway.config import ScaleToZero
+from gateway.core.activity import Activity
 from gateway.core.policy import IdleInputs, idle_deadline, is_idle
 from gateway.core.watcher import WatchEvent, WatchState, transition
-from gateway.runtime.activity import Activity
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport
-from relay.clock import Clock, wait_with_timeout
 
 log = logging.getLogger("gateway.watcher")
 

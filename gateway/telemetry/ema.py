@@ -13,7 +13,7 @@ from typing import Any
 
 import aiosqlite
 
-from relay.sqlite import read_all
+from common.sqlite import read_all
 
 
 def half_life_days(alpha: float) -> float:

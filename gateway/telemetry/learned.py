@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import aiosqlite
 
-from relay.sqlite import read_all
+from common.sqlite import read_all
 
 LEARN_WINDOW_S = 14 * 86400.0
 

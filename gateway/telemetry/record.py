@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import aiosqlite
 
-from relay.sqlite import write_tx
+from common.sqlite import write_tx
 
 SCAFFOLDING = frozenset({"skill_not_found", "blocked_drift", "blocked_budget", "config_error"})
 

@@ -18,8 +18,8 @@ from collections.abc import Callable
 
 import aiosqlite
 
+from common.clock import Clock, SystemClock, wait_with_timeout
 from gateway.telemetry.record import Invocation, insert_invocations
-from relay.clock import Clock, SystemClock, wait_with_timeout
 
 log = logging.getLogger("gateway.telemetry")
 

@@ -17,9 +17,9 @@ from typing import Any
 
 import aiohttp
 
+from common.clock import Clock, wait_with_timeout
+from common.errors import FrameTooLarge, ProtocolError
 from relay.client.machine import ConnEvent
-from relay.clock import Clock, wait_with_timeout
-from relay.errors import FrameTooLarge, ProtocolError
 from relay.protocol import frames as F
 from relay.protocol.framing import (
     DEFAULT_MAX_FRAME_BYTES,

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from relay.errors import TransitionError
+from common.errors import TransitionError
 
 
 class ConnState(enum.Enum):

@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import aiohttp
 
+from common.clock import Clock, SystemClock, wait_with_timeout
+from common.errors import ProtocolError
 from relay.client.backoff import Backoff, Uniform
 from relay.client.connection import (
     FrameHandler,
@@ -25,8 +27,6 @@ from relay.client.connection import (
     TransportConfig,
 )
 from relay.client.machine import CloseAction, ConnectionMachine, ConnEvent, ConnState, decide_close
-from relay.clock import Clock, SystemClock, wait_with_timeout
-from relay.errors import ProtocolError
 from relay.protocol import frames as F
 from relay.protocol.framing import (
     LogLimiter,

@@ -11,7 +11,7 @@ import json
 import math
 from typing import Any
 
-from relay.errors import SidecarError
+from common.errors import SidecarError
 from relay.protocol import frames as F
 
 MESSAGE_TYPES = ("text", "photo", "voice", "document", "sticker", "other")

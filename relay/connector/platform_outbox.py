@@ -19,8 +19,8 @@ from typing import Any
 
 import aiohttp
 
+from common.clock import Clock
 from relay.client.backoff import Backoff
-from relay.clock import Clock
 from relay.connector import telegram
 from relay.connector.store import BufferStore, PlatformSend
 

@@ -43,7 +43,8 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from relay.clock import Clock, SystemClock
+from common.clock import Clock, SystemClock
+from common.errors import FrameTooLarge, ProtocolError, TokenError
 from relay.connector import telegram as tg
 from relay.connector.ingress import (
     IngressError,
@@ -56,7 +57,6 @@ from relay.connector.ingress import (
 from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore, PlatformSend
 from relay.connector.wake import WakePoker, hold_presence
-from relay.errors import FrameTooLarge, ProtocolError, TokenError
 from relay.protocol import frames as F
 from relay.protocol.framing import (
     DEFAULT_MAX_FRAME_BYTES,

@@ -21,7 +21,7 @@ from typing import Any
 
 import aiosqlite
 
-from relay.sqlite import migrate, open_db, read_all, read_one
+from common.sqlite import migrate, open_db, read_all, read_one
 
 log = logging.getLogger("relay.store")
 

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 import aiohttp
 
+from common.clock import Clock
 from relay.client.backoff import Backoff
-from relay.clock import Clock
 from relay.protocol.urls import origin_of
 
 log = logging.getLogger("relay.wake")

@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
-from relay.errors import ProtocolError
+from common.errors import ProtocolError
+
+# The wire format of ``wakeAt`` and ``at`` is the project's one RFC 3339 format (re-exported).
+from common.timefmt import parse_rfc3339 as parse_rfc3339
+from common.timefmt import rfc3339 as rfc3339
 
 CONTRACT_VERSION = 1
 DEFAULT_MAX_MESSAGE_LENGTH = 4096
@@ -31,32 +34,6 @@ MEDIA_KINDS = ("image", "voice", "audio", "video", "document")
 NOT_CONNECTED = {"success": False, "error": "relay transport not connected"}
 TIMED_OUT = {"success": False, "error": "relay outbound timed out", "ambiguous": True}
 CONNECTION_LOST = {"success": False, "error": "relay transport connection lost", "ambiguous": True}
-
-
-def rfc3339(ts: float | datetime) -> str:
-    """Format Unix seconds or an aware datetime as RFC 3339 UTC with a ``Z`` (ms precision)."""
-    dt = ts if isinstance(ts, datetime) else datetime.fromtimestamp(ts, UTC)
-    dt = dt.astimezone(UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def parse_rfc3339(text: str) -> float:
-    """Parse an RFC 3339 time with an explicit offset (``Z`` or ``+hh:mm``) to Unix seconds.
-
-    Raises ``ValueError`` naming the text when it has no offset or does not parse.
-    """
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"time {text!r} is not an RFC 3339 string")
-    raw = text.strip()
-    if raw[-1] in "zZ":
-        raw = raw[:-1] + "+00:00"
-    try:
-        dt = datetime.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"time {text!r} is not RFC 3339 (e.g. 2026-01-31T09:00:00Z)") from None
-    if dt.tzinfo is None:
-        raise ValueError(f"time {text!r} has no UTC offset; add Z or +hh:mm")
-    return dt.timestamp()
 
 
 def new_request_id() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from relay.errors import FrameTooLarge, ProtocolError
+from common.errors import FrameTooLarge, ProtocolError
 
 DEFAULT_MAX_FRAME_BYTES = 1_048_576
 """Default limit for one WS message or one NDJSON line, bytes (1 MiB)."""

@@ -12,7 +12,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 
-from relay.errors import ConfigError, TokenError
+from common.errors import ConfigError, TokenError
 
 TOKEN_TTL_S = 300
 """Lifetime of every minted token, seconds (always 300)."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from common.clock import FakeClock
 from gateway.config import Config, load_config
 from gateway.cron.jobs import create_job
 from gateway.cron.runner import CronContext
@@ -15,7 +16,6 @@ from gateway.cron.scheduler import CronScheduler
 from gateway.cron.store import CronStore, Job
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
-from relay.clock import FakeClock
 from tests.fake_llm import FakeLLM
 
 

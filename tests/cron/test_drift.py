@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FakeClock
 from gateway.cron.drift import Axes, check_drift
 from gateway.cron.runner import run_occurrence
 from gateway.cron.store import Job
-from relay.clock import FakeClock
 from tests.cron.rig import CronRig, fake_config
 from tests.fake_llm import FakeLLM
 

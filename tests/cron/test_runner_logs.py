@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FakeClock
 from gateway.config import load_config
 from gateway.cron.runner import run_occurrence
-from relay.clock import FakeClock
 from tests.cron.rig import CronRig, fake_config
 from tests.fake_llm import FakeLLM
 

@@ -7,9 +7,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from common.errors import ConfigError
 from gateway.cron.plan import plan_due
 from gateway.cron.schedule import fires_between, next_fire, parse_schedule, timezone
-from relay.errors import ConfigError
 
 TOR = ZoneInfo("America/Toronto")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FakeClock
 from gateway.core.resume import ResumeDetector
-from relay.clock import FakeClock
 from tests.cron.rig import CronRig, fake_config
 from tests.fake_llm import FakeLLM
 

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FakeClock
+from common.timefmt import parse_rfc3339
 from gateway.config import load_config
 from gateway.core.watcher import WatchState
 from gateway.cron.jobs import create_job
 from gateway.runtime.sidecar import Sidecar
 from relay.client.machine import ConnState
-from relay.clock import FakeClock
-from relay.protocol.frames import parse_rfc3339
 from tests.fake_llm import FakeLLM, provider_config
 from tests.procs import Proc, free_port
 from tests.relay.fakes import FakeConnector

@@ -10,6 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from common.clock import FakeClock
 from gateway.agent.spend import SpendLedger, TurnReport, is_substitution
 from gateway.config import load_config
 from gateway.conversation.chat import Conversation
@@ -18,7 +19,6 @@ from gateway.inbox.store import InboxItem, InboxStore
 from gateway.runtime.inbox_worker import InboxWorker, Sent
 from gateway.runtime.sidecar import Sidecar
 from gateway.statedb import open_state_db
-from relay.clock import FakeClock
 from tests.fake_llm import FakeLLM, provider_config
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, cast
 
+from common.clock import FakeClock
+from gateway.core.activity import Activity
 from gateway.cron.store import CronStore
-from gateway.runtime.activity import Activity
 from gateway.runtime.deliveries import Deliveries
 from gateway.statedb import open_state_db
 from relay.client.transport import RelayTransport
-from relay.clock import FakeClock
 
 
 class _Transport:

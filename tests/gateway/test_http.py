@@ -10,11 +10,11 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from common.clock import FakeClock
 from gateway.config import load_config
 from gateway.core.watcher import WatchState
 from gateway.runtime.fly import suspend_machine
 from gateway.runtime.sidecar import Sidecar
-from relay.clock import FakeClock
 from relay.protocol.token import mint_token
 
 

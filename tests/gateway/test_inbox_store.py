@@ -11,10 +11,10 @@ from typing import Any
 import aiosqlite
 import pytest
 
+from common.errors import TransitionError
 from gateway.core.turn import TurnEvent, TurnState
 from gateway.inbox.store import InboxStore, TurnUsage
 from gateway.statedb import open_state_db
-from relay.errors import TransitionError
 
 
 def frame(bid: str | None, message_id: Any = "1", chat: Any = "c1", **extra: Any) -> dict[str, Any]:

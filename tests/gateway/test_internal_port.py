@@ -14,6 +14,8 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from common.clock import FakeClock
+from common.errors import StartupError
 from gateway.cli import build_parser, main, metrics_port_of
 from gateway.config import load_config
 from gateway.http.auth import is_loopback, status_authorized
@@ -21,8 +23,6 @@ from gateway.http.server import SIDECAR, build_app
 from gateway.http.server import status as status_handler
 from gateway.metrics import Metrics
 from gateway.runtime.sidecar import Sidecar
-from relay.clock import FakeClock
-from relay.errors import StartupError
 from tests.procs import fails_fast, free_port
 
 

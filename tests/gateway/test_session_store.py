@@ -11,10 +11,10 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from common.sqlite import read_all, read_one
 from gateway.conversation.history import Message
 from gateway.conversation.store import ResetPolicy, SessionKey, SessionStore
 from gateway.statedb import open_state_db
-from relay.sqlite import read_all, read_one
 
 KEY = SessionKey("telegram", "bot1", "chat1")
 T0 = 1_714_557_600.0  # 2024-05-01 10:00 UTC

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import StartupError
 from gateway.config import load_config
-from relay.errors import StartupError
 from tests.procs import fails_fast, free_port
 
 
@@ -140,10 +140,10 @@ async def test_startup_run_until_signal_shuts_down_after_failed_start(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failed ``start()`` prints one error line, tries ``shutdown()`` (bounded) and returns 1."""
-    from gateway import cli
-    from gateway.cli import run_until_signal
+    from gateway.cli import run as cli_run
+    from gateway.cli.run import run_until_signal
 
-    monkeypatch.setattr(cli, "START_FAILED_SHUTDOWN_S", 0.2)
+    monkeypatch.setattr(cli_run, "START_FAILED_SHUTDOWN_S", 0.2)
 
     calls: list[str] = []
 

@@ -13,14 +13,14 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
+from common.clock import FakeClock
+from common.errors import TransitionError
 from gateway.config import load_config
 from gateway.core.turn import TurnEvent, TurnState, chunk_key, give_up_due, transition
 from gateway.inbox.store import InboxItem, InboxStore
 from gateway.runtime.inbox_worker import InboxWorker, Sent, relay_send
 from gateway.statedb import open_state_db
 from relay.client.transport import RelayTransport
-from relay.clock import FakeClock
-from relay.errors import TransitionError
 from tests.fake_llm import FakeLLM, provider_config
 
 

@@ -10,17 +10,17 @@ from typing import Any
 import aiohttp
 import pytest
 
+from common.clock import FakeClock
+from common.errors import TransitionError
 from gateway.config import ScaleToZero, load_config
+from gateway.core.activity import Activity
 from gateway.core.policy import IdleInputs, idle_deadline, is_idle
 from gateway.core.resume import ResumeDetector
 from gateway.core.watcher import WatchEvent, WatchState, transition
-from gateway.runtime.activity import Activity
 from gateway.runtime.sidecar import Sidecar
 from gateway.runtime.watcher import IdleWatcher
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
-from relay.clock import FakeClock
-from relay.errors import TransitionError
 from relay.protocol import frames as F
 from tests.relay.fakes import FakeConnector
 

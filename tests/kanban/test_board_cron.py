@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from common.clock import FakeClock
 from gateway.config import load_config
 from gateway.cron.jobs import create_job
 from gateway.runtime.sidecar import Sidecar
-from relay.clock import FakeClock
 from tests.fake_llm import FakeLLM, provider_config
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.clock import FakeClock
+from common.sqlite import write_tx
 from gateway.config import Config, load_config
 from gateway.statedb import open_state_db
-from relay.clock import FakeClock
-from relay.sqlite import write_tx
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC, FakeClock's default wall
 H = 3600.0

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import FakeClock
+from common.sqlite import read_all
 from gateway.config import load_config
 from gateway.core.watcher import WatchState
 from gateway.ops import wakes as W
@@ -19,9 +21,7 @@ from gateway.ops.wakes import WakeResult, WakeTracker
 from gateway.runtime.sidecar import Sidecar
 from gateway.statedb import open_state_db
 from relay.client.machine import ConnState
-from relay.clock import FakeClock
 from relay.protocol import frames as F
-from relay.sqlite import read_all
 from tests.relay.fakes import FakeConnector
 
 

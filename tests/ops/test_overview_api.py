@@ -112,8 +112,8 @@ async def test_metrics_gain_transitions_and_cron_runs(seeded_sidecar: Sidecar) -
 
 
 async def test_empty_state_renders(tmp_path: Any) -> None:
+    from common.clock import FakeClock
     from gateway.config import load_config
-    from relay.clock import FakeClock
 
     sc = Sidecar(load_config(tmp_path, {}), port=0, clock=FakeClock(), env={}, metrics_port=0)
     await sc.start()

@@ -10,9 +10,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from common.clock import FakeClock
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
-from relay.clock import FakeClock
 from relay.connector.server import Connector
 from relay.protocol.token import mint_token, verify_token
 from tests.relay.helpers import Changes, FakeGatewayHttp, RawGateway, post, start_connector

@@ -20,11 +20,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.clock import FakeClock
+from common.clock import FakeClock
+from common.errors import TokenError
 from relay.connector.server import Connector
 from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore
 from relay.connector.wake import WakePoker
-from relay.errors import TokenError
 from relay.protocol import frames as F
 from relay.protocol.token import mint_token, token_gateway_id, verify_token
 from tests.relay.helpers import FakeGatewayHttp, RawGateway, post, start_connector

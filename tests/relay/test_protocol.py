@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.errors import ConfigError, FrameTooLarge, ProtocolError, TokenError
+from common.errors import ConfigError, FrameTooLarge, ProtocolError, TokenError
 from relay.protocol import frames as F
 from relay.protocol.framing import LogLimiter, NdjsonSplitter, decode_line, encode_frame
 from relay.protocol.token import bearer_of, mint_token, validate_gateway_id, verify_token

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from relay.clock import FakeClock
+from common.clock import FakeClock
 from relay.connector.server import Connector
 from relay.protocol.token import mint_token
 from tests.relay.helpers import RawGateway, start_connector

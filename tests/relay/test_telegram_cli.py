@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from common.errors import ConfigError
 from relay.cli import is_loopback, main, parse_telegram
-from relay.errors import ConfigError
 from tests.relay.telegram_fakes import FakeBotApi
 
 

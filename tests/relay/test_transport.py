@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
+from common.clock import FakeClock
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
-from relay.clock import FakeClock
 from relay.protocol import frames as F
 from relay.protocol.token import verify_token
 from tests.relay.fakes import FakeConnector

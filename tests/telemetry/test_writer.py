@@ -11,12 +11,12 @@ import aiohttp
 import aiosqlite
 import pytest
 
+from common.clock import FakeClock
 from gateway.config import load_config
 from gateway.cron.jobs import create_job
 from gateway.runtime.sidecar import Sidecar
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
-from relay.clock import FakeClock
 from tests.fake_llm import FakeLLM, provider_config
 
 

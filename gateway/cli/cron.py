@@ -11,13 +11,13 @@ from typing import Any
 
 import aiohttp
 
+from common.clock import SystemClock
+from common.errors import ConfigError
 from gateway.config import Config
 from gateway.cron.jobs import check_skills, create_job, resume_next, update_job
 from gateway.cron.runner import run_occurrence
 from gateway.cron.store import CronStore, Job
 from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context, open_db
-from relay.clock import SystemClock
-from relay.errors import ConfigError
 
 JSON_HELP = "print one JSON document instead of text"
 

@@ -14,12 +14,12 @@ import os
 
 from aiohttp import web
 
+from common.errors import StartupError
+from common.listen import bind_listener, prepare_home
 from gateway.agent.redact import configured_secrets
-from gateway.cli import run_until_signal, startup_failed
+from gateway.cli.run import run_until_signal, startup_failed
 from gateway.config import Config, load_config
 from relay.connector.server import Connector
-from relay.errors import StartupError
-from relay.listen import bind_listener, prepare_home
 
 log = logging.getLogger("gateway.dev")
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from common.clock import SystemClock
+from common.timefmt import rfc3339
 from gateway.config import Config
 from gateway.conversation.store import SessionStore
 from gateway.mgmt import Exit, emit, notify, open_db
-from relay.clock import SystemClock
-from relay.protocol.frames import rfc3339
 
 LIST_HINT = "see 'hermes-sidecar sessions list'"
 

@@ -12,7 +12,7 @@ import os
 import socket
 from pathlib import Path
 
-from relay.errors import StartupError
+from common.errors import StartupError
 
 
 def bind_listener(host: str, port: int, what: str) -> socket.socket:

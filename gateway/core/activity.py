@@ -10,7 +10,7 @@ import contextlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 
-from relay.clock import Clock
+from common.clock import Clock
 
 
 class Activity:

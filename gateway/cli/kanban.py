@@ -17,9 +17,12 @@ from typing import Any
 
 import aiohttp
 
+from common.clock import SystemClock
+from common.timefmt import rfc3339
 from gateway.config import Config
 from gateway.conversation.chat import Conversation
 from gateway.conversation.store import SessionStore
+from gateway.core.activity import Activity
 from gateway.cron.jobs import unknown_profile
 from gateway.cron.store import CronStore
 from gateway.inbox.store import InboxItem, InboxStore
@@ -28,10 +31,7 @@ from gateway.kanban.dispatch import DispatchResult, as_assignee
 from gateway.kanban.execute import TaskExecutor
 from gateway.kanban.store import STATUSES, Task, TaskStore
 from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context, open_db
-from gateway.runtime.activity import Activity
 from gateway.runtime.inbox_worker import InboxWorker, Sent
-from relay.clock import SystemClock
-from relay.protocol.frames import rfc3339
 
 
 def _priority(text: str) -> int:

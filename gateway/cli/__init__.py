@@ -1,5 +1,9 @@
 """``hermes-sidecar``: ``run`` (the main job), ``dev`` (with the reference connector in-process)
-and ``status``. Bad input exits 2 with one line naming the value and what is allowed."""
+and ``status``. Bad input exits 2 with one line naming the value and what is allowed.
+
+The package: this module parses the command line and dispatches; ``run`` starts a sidecar and
+serves it until a signal; ``dev`` adds the reference connector; ``cron``, ``kanban``,
+``sessions`` and ``telemetry`` are the management commands. No submodule imports this one."""
 
 from __future__ import annotations
 
@@ -9,9 +13,8 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import aiohttp
@@ -74,12 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     rl = sub.add_parser("reload", help="make the running sidecar re-read config.yaml (like SIGHUP)")
     rl.add_argument("--json", action="store_true")
-    from gateway import cli_cron, cli_kanban, cli_sessions, cli_telemetry
+    from gateway.cli import cron, kanban, sessions, telemetry
 
-    cli_cron.add_parsers(sub, _Parser)
-    cli_kanban.add_parsers(sub, _Parser)
-    cli_sessions.add_parsers(sub, _Parser)
-    cli_telemetry.add_parsers(sub, _Parser)
+    cron.add_parsers(sub, _Parser)
+    kanban.add_parsers(sub, _Parser)
+    sessions.add_parsers(sub, _Parser)
+    telemetry.add_parsers(sub, _Parser)
     return p
 
 
@@ -127,10 +130,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _manage(args)
     logging.basicConfig(level=args.log_level, format=LOG_FORMAT)
     if args.command == "dev":
-        from gateway.dev import run_dev
+        from gateway.cli.dev import run_dev
 
         code = asyncio.run(run_dev(args))
     else:
+        from gateway.cli.run import _run
+
         code = asyncio.run(_run(args.host, args.port, metrics_port=args.metrics_port))
     if code != 0:
         _hard_exit(code)
@@ -146,89 +151,14 @@ def _hard_exit(code: int) -> None:
     os._exit(code)
 
 
-def startup_failed(exc: BaseException, secrets: Iterable[str] = ()) -> int:
-    """Print ``hermes-sidecar: error: <cause>`` as one stderr line (redacted of ``secrets``)
-    and return the exit code 1. The cause is the message of a ``SidecarError`` (e.g.
-    ``StartupError``), else ``<ExceptionType>: <message>``."""
-    from gateway.agent.redact import redact
-    from relay.errors import SidecarError
-
-    cause = str(exc) if isinstance(exc, SidecarError) else f"{type(exc).__name__}: {exc}"
-    cause = " ".join(redact(cause, secrets).split()) or type(exc).__name__
-    print(f"hermes-sidecar: error: {cause}", file=sys.stderr, flush=True)
-    return 1
-
-
-async def _run(
-    host: str, port: int, env_overrides: dict[str, str] | None = None, *, metrics_port: int | None = None
-) -> int:
-    """``hermes-sidecar run``: 0 after a graceful stop, 1 (one stderr line) when start-up fails."""
-    from gateway.runtime.sidecar import Sidecar
-
-    env = {**os.environ, **(env_overrides or {})}
-    try:
-        config = load_config(env=env, strict=True)
-        sidecar = Sidecar(config, host=host, port=port, env=env, metrics_port=metrics_port)
-    except Exception as exc:  # a config file that cannot be used, or a sidecar that cannot be built
-        return startup_failed(exc, _secrets(None, env))
-    return await run_until_signal(sidecar)
-
-
-def _secrets(config: Any, env: Any) -> list[str]:
-    """Secret values to keep out of a start-up error line (best effort, never raises)."""
-    from gateway.agent.redact import configured_secrets
-
-    values = [env.get(k) for k in ("GATEWAY_RELAY_SECRET", "HERMES_WAKE_SECRET")] if env else []
-    if config is not None:
-        with contextlib.suppress(Exception):
-            values += configured_secrets(config, env)
-    return [v for v in values if v]
-
-
-START_FAILED_SHUTDOWN_S = 3.0
-"""How long a failed start may spend closing what it opened before the process exits."""
-
-
-async def run_until_signal(sidecar: Any, on_started: Any = None) -> int:
-    """Start ``sidecar``, serve until SIGTERM/SIGINT, shut down gracefully; return 0. SIGHUP
-    re-reads the config (``sidecar.reload_config``).
-
-    When ``sidecar.start()`` raises (a port in use, an unwritable home, ...): one line
-    ``hermes-sidecar: error: <cause>`` on stderr, a best-effort ``shutdown()`` bounded by 3 s
-    (every error suppressed), and 1 is returned; nothing is left serving.
-    """
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, sidecar.request_stop)
-    if hasattr(signal, "SIGHUP") and hasattr(sidecar, "reload_config"):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(signal.SIGHUP, sidecar.reload_config)
-    try:
-        await sidecar.start()
-    except Exception as exc:
-        code = startup_failed(exc, _secrets(getattr(sidecar, "config", None), getattr(sidecar, "env", None)))
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(sidecar.shutdown(), START_FAILED_SHUTDOWN_S)
-        return code
-    if on_started is not None:
-        await on_started(sidecar)
-    await sidecar.serve_forever()
-    logging.getLogger("gateway.sidecar").info("signal received: shutting down")
-    await sidecar.shutdown()
-    return 0
-
-
 def _manage(args: argparse.Namespace) -> int:
     """Run a management command; ``Exit`` becomes its exit code and one stderr line."""
-    from gateway import cli_cron, cli_kanban, cli_sessions, cli_telemetry
+    from gateway.cli import cron, kanban, sessions, telemetry
     from gateway.mgmt import Exit
 
     logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT)
     config = load_config()
-    module = {"cron": cli_cron, "kanban": cli_kanban, "sessions": cli_sessions}.get(
-        args.command, cli_telemetry
-    )
+    module = {"cron": cron, "kanban": kanban, "sessions": sessions}.get(args.command, telemetry)
     try:
         code: int = asyncio.run(module.run(args, config))
         return code
