@@ -6,24 +6,34 @@ One writer task does every write, grouping whatever is queued into one transacti
 precedes a durable commit, and a burst costs one fsync. A queued job may hold several
 statements; they always land in the same transaction (an outbox row and its idempotency key).
 Reads use a second connection and only ever see committed rows (WAL).
+This module owns the schema, the buffer, gateways/identities and the outbox; the writer, the
+platform send queue and the idempotency keys live in ``store_writer``, ``store_platform`` and
+``store_idempotency``, which ``BufferStore`` combines over the one writer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import logging
 import os
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from common.sqlite import migrate, open_db, read_all, read_one
+from relay.connector.store_idempotency import IDEMPOTENCY_KEEP_S, KEY_SQL, IdempotencyStore
+from relay.connector.store_platform import PLATFORM_SEND_SQL, PlatformSend, PlatformSendStore
+from relay.connector.store_writer import ACK_SQL, Statement, StoreWriter
 
-log = logging.getLogger("relay.store")
+__all__ = [
+    "IDEMPOTENCY_KEEP_S",
+    "MIGRATIONS",
+    "BufferStore",
+    "GatewayRecord",
+    "PlatformSend",
+    "Statement",
+    "StoreWriter",
+]
 
 MIGRATIONS = [
     """
@@ -104,25 +114,13 @@ MIGRATIONS = [
     """,
 ]
 
-IDEMPOTENCY_KEEP_S = 7 * 86400.0
-"""How long (seconds) an idempotency key and its result are kept at least (PROTOCOL.md 7.1)."""
-
 _APPEND = (
     "INSERT INTO buffer (buffer_id, gateway_id, platform, bot_id, chat_id, frame, created_at)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-_ACK = "UPDATE buffer SET acked_at = ? WHERE buffer_id = ? AND gateway_id = ? AND acked_at IS NULL"
 _OUTBOX = "INSERT INTO outbox (at, gateway_id, platform, bot_id, chat_id, action) VALUES (?, ?, ?, ?, ?, ?)"
-_KEY = "INSERT INTO idempotency (gateway_id, idempotency_key, result, created_at) VALUES (?, ?, ?, ?)"
 
 _SEEN_UPDATE = "INSERT OR IGNORE INTO telegram_updates (bot_id, update_id, created_at) VALUES (?, ?, ?)"
-_PLATFORM_SEND = (
-    "INSERT INTO platform_sends (send_id, gateway_id, platform, bot_id, request_id, idempotency_key,"
-    " action, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-Statement = tuple[str, tuple[Any, ...]]
-_Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
 
 
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -141,47 +139,6 @@ def _check_header(path: str) -> None:
 
 
 @dataclass(frozen=True)
-class PlatformSend:
-    """One queued platform call (a Telegram ``sendMessage``/``sendChatAction``/``editMessageText``)."""
-
-    seq: int
-    send_id: str
-    gateway_id: str
-    platform: str
-    bot_id: str
-    request_id: str | None
-    idempotency_key: str | None
-    action: dict[str, Any]
-    created_at: float
-    attempts: int
-    done: bool
-    result: dict[str, Any] | None
-
-
-_SEND_COLS = (
-    "seq, send_id, gateway_id, platform, bot_id, request_id, idempotency_key, action, created_at,"
-    " attempts, done_at, result"
-)
-
-
-def _platform_send(r: Any) -> PlatformSend:
-    return PlatformSend(
-        seq=int(r[0]),
-        send_id=str(r[1]),
-        gateway_id=str(r[2]),
-        platform=str(r[3]),
-        bot_id=str(r[4]),
-        request_id=r[5],
-        idempotency_key=r[6],
-        action=json.loads(r[7]),
-        created_at=float(r[8]),
-        attempts=int(r[9]),
-        done=r[10] is not None,
-        result=None if r[11] is None else json.loads(r[11]),
-    )
-
-
-@dataclass(frozen=True)
 class GatewayRecord:
     """What the connector remembers of one gateway id across restarts."""
 
@@ -191,22 +148,13 @@ class GatewayRecord:
     wake_at: float | None  # Unix seconds of a pending wakeAt poke
 
 
-class BufferStore:
+class BufferStore(PlatformSendStore, IdempotencyStore):
     """Durable connector state. Open with ``await BufferStore.open(path)``; ``close()`` flushes.
 
     Writes (``append``, ``ack``, ``record_outbound``, ``set_flip``, ``remember``,
     ``prune_idempotency``) go through the group-commit writer; the awaitable ones return after
     their transaction committed, and a failed transaction raises its ``sqlite3.Error`` there.
     """
-
-    def __init__(self, wdb: aiosqlite.Connection, rdb: aiosqlite.Connection) -> None:
-        self._w = wdb
-        self._r = rdb
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name="relay-store-writer")
-        # Acks received but not yet committed: reads treat them as acked already, so a replay
-        # never resends an acked entry and needs no flush (and no fsync) first.
-        self._acking: set[str] = set()
 
     @classmethod
     async def open(cls, path: str) -> BufferStore:
@@ -224,65 +172,6 @@ class BufferStore:
             await wdb.close()
             raise
         return cls(wdb, rdb)
-
-    async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.flush()
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
-        await self._w.close()
-        await self._r.close()
-
-    # --- writer ----------------------------------------------------------------------------
-
-    def _enqueue(self, sql: str, params: tuple[Any, ...], wait: bool) -> asyncio.Future[None] | None:
-        return self._enqueue_job(((sql, params),), wait)
-
-    def _enqueue_job(self, statements: tuple[Statement, ...], wait: bool) -> asyncio.Future[None] | None:
-        """Queue statements that must commit together (one queue item is never split)."""
-        fut = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.put_nowait((statements, fut))
-        return fut
-
-    async def _write_loop(self) -> None:
-        while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 5000:
-                batch.append(self._queue.get_nowait())
-            ops = [st for statements, _ in batch for st in statements]
-            try:
-                await self._w.execute("BEGIN")
-                # Consecutive ops with the same SQL become one executemany (order is kept).
-                i = 0
-                while i < len(ops):
-                    j = i
-                    while j < len(ops) and ops[j][0] == ops[i][0]:
-                        j += 1
-                    if ops[i][0]:
-                        await self._w.executemany(ops[i][0], [op[1] for op in ops[i:j]])
-                    i = j
-                await self._w.execute("COMMIT")
-            except Exception as exc:
-                log.error("connector store write failed: %s", exc)
-                with contextlib.suppress(Exception):
-                    await self._w.execute("ROLLBACK")
-                for _, fut in batch:
-                    if fut is not None and not fut.done():
-                        fut.set_exception(exc)
-                continue
-            for sql, params in ops:
-                if sql is _ACK:
-                    self._acking.discard(params[1])
-            for _, fut in batch:
-                if fut is not None and not fut.done():
-                    fut.set_result(None)
-
-    async def flush(self) -> None:
-        """Return once everything queued before this call has committed."""
-        fut = self._enqueue("", (), wait=True)
-        assert fut is not None
-        await fut
 
     # --- buffer ----------------------------------------------------------------------------
 
@@ -320,7 +209,7 @@ class BufferStore:
     def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
         """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
         self._acking.add(buffer_id)
-        self._enqueue(_ACK, (now, buffer_id, gateway_id), wait=False)
+        self._enqueue(ACK_SQL, (now, buffer_id, gateway_id), wait=False)
 
     async def unacked_after(self, gateway_id: str, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``.
@@ -459,7 +348,7 @@ class BufferStore:
             send_id, request_id = platform_send
             statements += (
                 (
-                    _PLATFORM_SEND,
+                    PLATFORM_SEND_SQL,
                     (
                         send_id,
                         gateway_id,
@@ -476,88 +365,11 @@ class BufferStore:
             if result is None:
                 raise ValueError("record_outbound with an idempotency_key needs its result")
             statements += (
-                (_KEY, (gateway_id, idempotency_key, json.dumps(result, ensure_ascii=False), now)),
+                (KEY_SQL, (gateway_id, idempotency_key, json.dumps(result, ensure_ascii=False), now)),
             )
         fut = self._enqueue_job(statements, wait=True)
         assert fut is not None
         return fut
-
-    async def idempotent_result(self, gateway_id: str, key: str) -> dict[str, Any] | None:
-        """The committed result stored for ``(gateway_id, key)``, or None for an unknown key."""
-        row = await read_one(
-            self._r,
-            "SELECT result FROM idempotency WHERE gateway_id = ? AND idempotency_key = ?",
-            (gateway_id, key),
-        )
-        if row is None:
-            return None
-        stored = json.loads(row[0])
-        return stored if isinstance(stored, dict) else None
-
-    # --- platform sends ---------------------------------------------------------------------
-
-    async def pending_platform_sends(
-        self, platform: str, bot_id: str, limit: int = 100
-    ) -> list[PlatformSend]:
-        """The oldest unfinished platform sends of one bot, in queue order."""
-        rows = await read_all(
-            self._r,
-            f"SELECT {_SEND_COLS} FROM platform_sends WHERE platform = ? AND bot_id = ? AND done_at IS NULL"
-            " ORDER BY seq LIMIT ?",
-            (platform, bot_id, limit),
-        )
-        return [_platform_send(r) for r in rows]
-
-    async def platform_send_by_key(self, gateway_id: str, key: str) -> PlatformSend | None:
-        """The platform send queued with ``idempotency_key`` ``key`` by ``gateway_id`` (if any)."""
-        row = await read_one(
-            self._r,
-            f"SELECT {_SEND_COLS} FROM platform_sends WHERE gateway_id = ? AND idempotency_key = ?"
-            " ORDER BY seq DESC LIMIT 1",
-            (gateway_id, key),
-        )
-        return None if row is None else _platform_send(row)
-
-    async def platform_sends(self) -> list[PlatformSend]:
-        """Every platform send (for tests and inspection), in queue order."""
-        rows = await read_all(self._r, f"SELECT {_SEND_COLS} FROM platform_sends ORDER BY seq")
-        return [_platform_send(r) for r in rows]
-
-    def note_platform_attempt(self, send_id: str, error: str) -> None:
-        """Count a failed attempt of a platform send (queued; committed with the next group)."""
-        self._enqueue(
-            "UPDATE platform_sends SET attempts = attempts + 1, last_error = ? WHERE send_id = ?",
-            (error, send_id),
-            wait=False,
-        )
-
-    async def finish_platform_send(self, send: PlatformSend, result: dict[str, Any], now: float) -> None:
-        """Mark a platform send done with its final ``result``; its idempotency key (if any) is
-        stored with that result in the same transaction. Awaits the commit."""
-        text = json.dumps(result, ensure_ascii=False)
-        statements: tuple[Statement, ...] = (
-            (
-                "UPDATE platform_sends SET done_at = ?, result = ? WHERE send_id = ?",
-                (now, text, send.send_id),
-            ),
-        )
-        if send.idempotency_key is not None:
-            statements += (
-                (
-                    "INSERT OR REPLACE INTO idempotency (gateway_id, idempotency_key, result, created_at)"
-                    " VALUES (?, ?, ?, ?)",
-                    (send.gateway_id, send.idempotency_key, text, now),
-                ),
-            )
-        fut = self._enqueue_job(statements, wait=True)
-        assert fut is not None
-        await fut
-
-    async def prune_idempotency(self, before: float) -> None:
-        """Forget idempotency keys stored before ``before`` (Unix seconds); awaits the commit."""
-        fut = self._enqueue("DELETE FROM idempotency WHERE created_at < ?", (before,), wait=True)
-        assert fut is not None
-        await fut
 
     async def outbox(self, chat_id: str | None = None) -> list[dict[str, Any]]:
         """Outbox rows in send order, optionally for one chat."""

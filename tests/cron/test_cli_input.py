@@ -181,7 +181,7 @@ def test_cli_cron_paused_job_shows_no_next_time(home: Path, capsys: pytest.Captu
 # --- 4. unknown skills and profiles -------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["add", "update"])
+@pytest.mark.parametrize("command", ["add", "update"], ids=["add", "update"])
 def test_cli_cron_unknown_skill_exits_2_naming_the_known_ones(
     home: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
@@ -205,7 +205,7 @@ def test_cli_cron_unknown_skill_exits_2_naming_the_known_ones(
     assert json.loads(out)["skills"] == ["news"]
 
 
-@pytest.mark.parametrize("command", ["add", "update"])
+@pytest.mark.parametrize("command", ["add", "update"], ids=["add", "update"])
 def test_cli_cron_unknown_profile_exits_2_naming_the_known_ones(
     home: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:

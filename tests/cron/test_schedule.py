@@ -37,6 +37,19 @@ def local(t: float, tz: ZoneInfo = TOR) -> str:
         ("2026-12-01T09:00:00Z", "once"),
         ("in 30m", "once"),
     ],
+    ids=[
+        "every-30m",
+        "every-2h",
+        "every-1d",
+        "cron-expression",
+        "hourly",
+        "daily",
+        "weekly",
+        "monthly",
+        "yearly",
+        "rfc3339-time",
+        "in-30m",
+    ],
 )
 def test_parse_schedule_accepts_every_form(text: str, kind: str) -> None:
     """Each documented form parses to its kind."""
@@ -54,6 +67,16 @@ def test_parse_schedule_accepts_every_form(text: str, kind: str) -> None:
         "2026-12-01T09:00:00",
         "@sometimes",
         "* * * *",
+    ],
+    ids=[
+        "every-banana",
+        "minute-61",
+        "empty",
+        "tomorrow",
+        "every-0m",
+        "time-without-offset",
+        "unknown-macro",
+        "four-fields",
     ],
 )
 def test_parse_schedule_error_lists_accepted_forms(text: str) -> None:
@@ -105,6 +128,7 @@ def test_repeated_1am_hour_on_fall_back(expr: str, count: int) -> None:
 @pytest.mark.parametrize(
     ("start", "label"),
     [((2026, 3, 7, 22, 0), "spring-forward"), ((2026, 10, 31, 22, 0), "fall-back")],
+    ids=["spring-forward", "fall-back"],
 )
 def test_every_2h_is_exactly_7200s_apart_across_dst(start: tuple[int, ...], label: str) -> None:
     """Interval schedules count elapsed seconds: DST never stretches or shrinks them."""

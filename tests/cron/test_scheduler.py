@@ -36,10 +36,13 @@ async def test_scheduler_fires_on_time_and_sleeps_between(rig: CronRig, llm: Fak
     assert rig.clock.pending == [pytest.approx(HOUR)]  # one sleeper: the next due time
 
 
-@pytest.mark.parametrize("how", ["wall-jumps-monotonic-frozen", "both-jump"])
+@pytest.mark.parametrize(
+    "how", ["wall-jumps-monotonic-frozen", "both-jump"], ids=["wall-jumps-monotonic-frozen", "both-jump"]
+)
 @pytest.mark.parametrize(
     ("catch_up", "expected_runs", "expected_missed"),
     [("latest", 1, 5), ("all", 6, 0), ("skip", 0, 6)],
+    ids=["latest", "all", "skip"],
 )
 async def test_scheduler_6h_suspend_catch_up(
     rig: CronRig, llm: FakeLLM, how: str, catch_up: str, expected_runs: int, expected_missed: int

@@ -87,7 +87,7 @@ def test_cli_kanban_show_prints_the_task_and_its_events(
     assert "created" in out
 
 
-@pytest.mark.parametrize("task_id", ["999", "0", "abc"])
+@pytest.mark.parametrize("task_id", ["999", "0", "abc"], ids=["unknown", "zero", "not-a-number"])
 def test_cli_kanban_show_unknown_id_exits_2(
     home: Path, capsys: pytest.CaptureFixture[str], task_id: str
 ) -> None:

@@ -52,6 +52,7 @@ def report(capsys: pytest.CaptureFixture[str], as_json: bool) -> tuple[int, str]
         ("model: {default: base-m}\nrouting: {enabled: true, strong_provider: b}\n", "no strong model"),
         ("model: {default: base-m}\nrouting: {enabled: true, strong_model: big}\n", "no strong provider"),
     ],
+    ids=["no-routing", "routing-not-enabled", "no-strong-model", "no-strong-provider"],
 )
 def test_cli_routing_report_off_shows_the_base_model_everywhere(
     home: Path, capsys: pytest.CaptureFixture[str], config: str, why: str

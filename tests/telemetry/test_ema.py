@@ -93,7 +93,11 @@ async def test_ema_excludes_null_success_and_cuts_the_window_by_day(
     assert wider["failure_count"] == 1
 
 
-@pytest.mark.parametrize(("window", "alpha"), [(0, 0.3), (-1, 0.3), (14, 0.0), (14, 1.0), (14, 1.5)])
+@pytest.mark.parametrize(
+    ("window", "alpha"),
+    [(0, 0.3), (-1, 0.3), (14, 0.0), (14, 1.0), (14, 1.5)],
+    ids=["window-0", "window-negative", "alpha-0", "alpha-1", "alpha-over-1"],
+)
 async def test_ema_rejects_bad_window_and_alpha(db: aiosqlite.Connection, window: int, alpha: float) -> None:
     """window_days <= 0 or alpha outside (0, 1) is a ValueError naming the range."""
     with pytest.raises(ValueError, match=r">= 1|\(0, 1\)"):

@@ -49,6 +49,7 @@ def test_interactive_at_18_keeps_the_base_model() -> None:
         (9, 4.0),
         (17, 4.0),
     ],
+    ids=[f"hour-{h:02d}" for h in (18, 19, 20, 21, 22, 23, 0, 1, 2, 9, 17)],
 )
 def test_prior_table(hour: int, pct: float) -> None:
     """The prior error-rate table of SPEC section 6; unlisted hours 4.0 %."""

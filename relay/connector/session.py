@@ -1,0 +1,242 @@
+"""One gateway WebSocket on the connector: the ``Session`` record and its frame loop.
+
+Owns the upgrade (auth, 4409 refusal), hello/descriptor and the handshake, the replay/live
+sender, ``inbound_ack``, ``going_idle`` (the flip) and the ``/presence`` hold of a live session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from common.errors import FrameTooLarge, ProtocolError, TokenError
+from relay.connector.wake import hold_presence
+from relay.protocol import frames as F
+from relay.protocol.framing import LogLimiter, NdjsonSplitter, decode_line, encode_frame
+
+if TYPE_CHECKING:
+    from relay.connector.server import Connector
+
+log = logging.getLogger("relay.connector")
+
+REPLAY_PAGE = 2000
+"""Unacked entries read from the store per sender round trip."""
+HEARTBEAT_S = 30.0
+"""WS ping interval on gateway sockets: a half-open socket is closed within 1.5 x this, so the
+4409 hold-down never protects a dead socket for long."""
+
+
+@dataclass(eq=False)
+class Session:
+    """One gateway socket on the connector."""
+
+    gateway_id: str
+    ws: web.WebSocketResponse
+    handshaken: bool = False
+    flipped: bool = False
+    identity: tuple[str, str] = ("relay", "")
+    identities: list[tuple[str, str]] = field(default_factory=list)
+    notify: asyncio.Event = field(default_factory=asyncio.Event)
+    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    presence: asyncio.Task[Any] | None = None
+
+    @property
+    def live(self) -> bool:
+        """Handshaken, not flipped and the socket still open: inbound goes out on it now."""
+        return self.handshaken and not self.flipped and not self.ws.closed
+
+
+class SessionHandler:
+    """``GET /relay`` for a ``Connector``: reads frames from each socket and keeps the
+    connector's ``sessions``, ``routes``, ``wake_urls`` and flip state in step with them."""
+
+    def __init__(self, connector: Connector) -> None:
+        self.c = connector
+        self._limiter = LogLimiter()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """``GET /relay``: upgrade, authenticate (bad token -> close 4401; a damped re-dial ->
+        4409), then read NDJSON frames until the socket closes (oversized frame -> 1009)."""
+        ws = web.WebSocketResponse(max_msg_size=self.c.max_frame_bytes, autoping=True, heartbeat=HEARTBEAT_S)
+        await ws.prepare(request)
+        try:
+            gateway_id = self.c.authenticate(request)
+        except TokenError as exc:
+            log.warning("refused gateway socket: %s", exc)
+            await ws.close(code=4401, message=exc.reason.encode())
+            return ws
+        current = self.c.sessions.get(gateway_id)
+        if self.c.damper.damped(gateway_id, live=current is not None and current.live):
+            await ws.close(code=4409, message=b"replaced")
+            return ws
+        session = Session(gateway_id=gateway_id, ws=ws)
+        splitter = NdjsonSplitter(self.c.max_frame_bytes)
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    data = msg.data
+                elif msg.type is aiohttp.WSMsgType.BINARY:
+                    data = msg.data.decode("utf-8", errors="replace")
+                else:
+                    break
+                try:
+                    lines = splitter.feed(data)
+                except FrameTooLarge:
+                    await ws.close(code=1009, message=b"frame too large")
+                    break
+                for line in lines:
+                    try:
+                        frame = decode_line(line)
+                    except ProtocolError as exc:
+                        if self._limiter.allow(exc.kind, self.c.clock.monotonic()):
+                            log.warning("gateway %s sent a bad frame (%s): %s", gateway_id, exc.kind, exc)
+                        continue
+                    await self._on_frame(session, frame)
+        finally:
+            for t in session.tasks:
+                t.cancel()
+            if self.c.sessions.get(gateway_id) is session:
+                del self.c.sessions[gateway_id]
+                if session.handshaken and not session.flipped:
+                    log.info("gateway %s: socket dropped without a flip; buffering", gateway_id)
+        return ws
+
+    async def _on_frame(self, s: Session, frame: dict[str, Any]) -> None:
+        t = frame["type"]
+        if t == "hello":
+            await self._on_hello(s, frame)
+        elif t == "inbound_ack":
+            self._on_ack(s, frame)
+        elif t == "outbound":
+            await self.c.outbound.on_outbound(s, frame)
+        elif t == "going_idle":
+            await self._on_going_idle(s, frame)
+        elif t == "interrupt":
+            log.info("gateway %s: interrupt for session %r", s.gateway_id, frame.get("session_key"))
+
+    def _on_ack(self, s: Session, frame: dict[str, Any]) -> None:
+        """``bufferId`` (one) and/or ``bufferIds`` (PROTOCOL.md 7.3; non-strings ignored)."""
+        now = self.c.clock.wall()
+        bid = frame.get("bufferId")
+        if isinstance(bid, str):
+            self.c.store.ack(s.gateway_id, bid, now)
+        many = frame.get("bufferIds")
+        if isinstance(many, list):
+            for bid in many:
+                if isinstance(bid, str):
+                    self.c.store.ack(s.gateway_id, bid, now)
+
+    async def _on_hello(self, s: Session, frame: dict[str, Any]) -> None:
+        platform, bot_id = frame.get("platform"), frame.get("botId", "")
+        if not isinstance(platform, str) or not isinstance(bot_id, str):
+            log.warning("gateway %s: hello without string platform/botId ignored", s.gateway_id)
+            return
+        wake_url = frame.get("wakeUrl") if isinstance(frame.get("wakeUrl"), str) else None
+        gid = s.gateway_id
+        if wake_url:
+            self.c.presence_off.discard(gid)  # a hello with wakeUrl re-arms presence
+        if (platform, bot_id) not in s.identities:
+            s.identities.append((platform, bot_id))
+        previous = self.c.routes.get((platform, bot_id))
+        if previous is not None and previous != gid:
+            log.info("identity %s/%r moves from gateway %s to %s", platform, bot_id, previous, gid)
+        # Write only what changed: a gateway re-dialling with the same identity costs no fsync.
+        if previous != gid or (wake_url and self.c.wake_urls.get(gid) != wake_url):
+            self.c.routes[(platform, bot_id)] = gid
+            if wake_url:
+                self.c.wake_urls[gid] = wake_url
+            await self.c.store.remember(gid, platform, bot_id, wake_url, self.c.clock.wall())
+        # PROTOCOL.md 7.2: the first descriptor says how many entries the replay will carry.
+        buffered = None if s.handshaken else await self.c.store.unacked_count(gid)
+        await s.ws.send_str(encode_frame(F.descriptor(platform, buffered=buffered)))
+        if not s.handshaken:
+            await self._complete_handshake(s, (platform, bot_id))
+
+    async def _complete_handshake(self, s: Session, identity: tuple[str, str]) -> None:
+        gid = s.gateway_id
+        s.handshaken, s.identity = True, identity
+        old = self.c.sessions.get(gid)
+        self.c.sessions[gid] = s
+        if old is not None and old is not s:
+            log.info("gateway %s: newer handshake replaces an older socket (4409)", gid)
+            self.c.damper.note_fight(gid, refused=False)
+            self.c.spawn(old.ws.close(code=4409, message=b"replaced"))
+        self.c.poker(gid).cancel()
+        if self.c.flipped.get(gid):
+            # Not awaited: a stale "flipped" after a crash only costs a harmless extra poke.
+            self.c.flipped[gid] = False
+            self.c.store.clear_flip(gid, self.c.clock.wall())
+        log.info("gateway %s: handshake complete; replaying unacked entries", gid)
+        s.tasks.append(self.c.spawn(self._sender(s)))
+        self.start_presence(s)
+
+    def start_presence(self, s: Session) -> None:
+        """Hold ``/presence`` for a live session with a wake URL, unless its host lacks one."""
+        gid = s.gateway_id
+        url = self.c.wake_urls.get(gid)
+        if not url or gid in self.c.presence_off or not s.live:
+            return
+        if s.presence is not None and not s.presence.done():
+            return
+        s.presence = self.c.spawn(self._presence(gid, url))
+        s.tasks.append(s.presence)
+
+    async def _presence(self, gid: str, url: str) -> None:
+        status = await hold_presence(
+            gid, url, http=self.c.http, clock=self.c.clock, auth=lambda: self.c.auth_headers(gid)
+        )
+        if status == 404 and gid not in self.c.presence_off:
+            self.c.presence_off.add(gid)
+            log.warning(
+                "gateway %s: %s has no /presence (404); presence stops until its next provision"
+                " or hello with wakeUrl",
+                gid,
+                url,
+            )
+
+    async def _sender(self, s: Session) -> None:
+        """Stream the gateway's unacked entries in seq order: the backlog, then live ones."""
+        cursor = 0
+        while s.live:
+            s.notify.clear()
+            rows = await self.c.store.unacked_after(s.gateway_id, cursor, REPLAY_PAGE)
+            if not rows:
+                await s.notify.wait()
+                continue
+            for seq, line in rows:
+                if not s.live:
+                    return
+                await s.ws.send_str(line)
+                cursor = seq
+
+    async def _on_going_idle(self, s: Session, frame: dict[str, Any]) -> None:
+        gid = s.gateway_id
+        wake_at: float | None = None
+        raw = frame.get("wakeAt")
+        if raw is not None:
+            try:
+                wake_at = F.parse_rfc3339(raw)
+            except ValueError as exc:
+                log.warning("gateway %s: invalid wakeAt ignored: %s", gid, exc)
+        s.flipped = True
+        s.notify.set()
+        for t in s.tasks:
+            t.cancel()
+        s.tasks.clear()
+        self.c.flipped[gid] = True
+        await self.c.store.set_flip(gid, True, wake_at, self.c.clock.wall())
+        self.c.poker(gid).schedule_wake_at(wake_at)
+        log.info("gateway %s: flipped to buffered-only (wakeAt %s)", gid, raw if wake_at else None)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            await s.ws.send_str(encode_frame(F.going_idle_ack()))
+        # PROTOCOL.md 7.2: entries it has not acked must not wait for the next event: poke now.
+        unacked = await self.c.store.unacked_count(gid)
+        if unacked:
+            log.info("gateway %s: flipped with %d unacked entries; poking at once", gid, unacked)
+            self.c.poker(gid).request(immediate=True)

@@ -1,0 +1,123 @@
+"""The connector store's single writer: every write is queued and grouped into one
+``synchronous=FULL`` transaction (group commit); one queued job never spans two transactions.
+``StoreWriter`` is the base the table stores (``store``, ``store_platform``, ``store_idempotency``) share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger("relay.store")
+
+ACK_SQL = "UPDATE buffer SET acked_at = ? WHERE buffer_id = ? AND gateway_id = ? AND acked_at IS NULL"
+"""The buffer ack statement; the writer recognises it (by identity) to settle ``_acking``."""
+
+Statement = tuple[str, tuple[Any, ...]]
+"""One SQL statement and its parameters."""
+_Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
+
+
+class StoreWriter:
+    """The write connection ``wdb`` (one writer task) and the read connection ``rdb`` (WAL: reads
+    only see committed rows). Must be made inside a running event loop."""
+
+    def __init__(self, wdb: aiosqlite.Connection, rdb: aiosqlite.Connection) -> None:
+        self._w = wdb
+        self._r = rdb
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._writer = asyncio.create_task(self._write_loop(), name="relay-store-writer")
+        # Acks received but not yet committed: reads treat them as acked already, so a replay
+        # never resends an acked entry and needs no flush (and no fsync) first.
+        self._acking: set[str] = set()
+
+    async def close(self) -> None:
+        """Flush what is queued (errors ignored), stop the writer and close both connections."""
+        with contextlib.suppress(Exception):
+            await self.flush()
+        self._writer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._writer
+        await self._w.close()
+        await self._r.close()
+
+    # --- writer ----------------------------------------------------------------------------
+
+    def _enqueue(self, sql: str, params: tuple[Any, ...], wait: bool) -> asyncio.Future[None] | None:
+        return self._enqueue_job(((sql, params),), wait)
+
+    def _enqueue_job(self, statements: tuple[Statement, ...], wait: bool) -> asyncio.Future[None] | None:
+        """Queue statements that must commit together (one queue item is never split)."""
+        fut = asyncio.get_running_loop().create_future() if wait else None
+        self._queue.put_nowait((statements, fut))
+        return fut
+
+    async def _write_loop(self) -> None:
+        while True:
+            batch = [await self._queue.get()]
+            while not self._queue.empty() and len(batch) < 5000:
+                batch.append(self._queue.get_nowait())
+            try:
+                await self._commit(batch)
+            except Exception as exc:
+                # One bad job (a duplicate key, a constraint) must not take the jobs grouped
+                # with it down: each is retried in a transaction of its own, so only the bad
+                # one fails, and an ack never silently disappears.
+                log.warning(
+                    "connector store group write failed (%s); retrying its %d job(s) one by one",
+                    exc,
+                    len(batch),
+                )
+                for job in batch:
+                    try:
+                        await self._commit([job])
+                    except Exception as job_exc:
+                        log.error("connector store write failed: %s", job_exc)
+                        self._settle([job], job_exc)
+                    else:
+                        self._settle([job], None)
+                continue
+            self._settle(batch, None)
+
+    async def _commit(self, jobs: list[_Job]) -> None:
+        """Run ``jobs`` in one transaction; roll it back and raise on any error."""
+        ops = [st for statements, _ in jobs for st in statements]
+        try:
+            await self._w.execute("BEGIN")
+            # Consecutive ops with the same SQL become one executemany (order is kept).
+            i = 0
+            while i < len(ops):
+                j = i
+                while j < len(ops) and ops[j][0] == ops[i][0]:
+                    j += 1
+                if ops[i][0]:
+                    await self._w.executemany(ops[i][0], [op[1] for op in ops[i:j]])
+                i = j
+            await self._w.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._w.execute("ROLLBACK")
+            raise
+
+    def _settle(self, jobs: list[_Job], error: Exception | None) -> None:
+        """Resolve the jobs' futures (``error`` None: committed) and release their acks from
+        the in-flight set either way (a failed ack is unacked again: the entry is resent)."""
+        for statements, fut in jobs:
+            for sql, params in statements:
+                if sql is ACK_SQL:
+                    self._acking.discard(params[1])
+            if fut is not None and not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call has committed."""
+        fut = self._enqueue("", (), wait=True)
+        assert fut is not None
+        await fut
