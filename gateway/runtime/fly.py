@@ -1,14 +1,20 @@
 """Fly Machines API suspend over the local unix socket (SPEC section 4, ``suspend: fly-api``).
 
-``POST /v1/apps/$FLY_APP_NAME/machines/$FLY_MACHINE_ID/suspend`` on ``/.fly/api``.
+``POST /v1/apps/$FLY_APP_NAME/machines/$FLY_MACHINE_ID/suspend`` on ``/.fly/api``, once the
+sidecar has been dormant for ``cooldown_seconds`` (``FlySuspend``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import aiohttp
+
+from common.clock import Clock
+from gateway.config import Config
+from gateway.runtime.services import TaskSet
 
 log = logging.getLogger("gateway.fly")
 
@@ -35,3 +41,43 @@ async def suspend_machine(env: Mapping[str, str], socket_path: str = FLY_API_SOC
     except (aiohttp.ClientError, OSError, TimeoutError) as exc:
         log.warning("fly-api suspend failed: %s", exc)
         return False
+
+
+class FlySuspend:
+    """``suspend: fly-api``: ``dormant()`` (the watcher's ``on_dormant``) starts a task that waits
+    ``cooldown_s`` and, if the sidecar is still dormant, suspends the machine; ``live()`` cancels
+    it. ``aclose()`` cancels and awaits every such task (the composition root's shutdown)."""
+
+    def __init__(
+        self,
+        config: Config,
+        env: Mapping[str, str],
+        clock: Clock,
+        is_dormant: Callable[[], bool],
+        socket_path: str = FLY_API_SOCKET,
+    ) -> None:
+        self.config = config
+        self.env = env
+        self.clock = clock
+        self.is_dormant = is_dormant
+        self.socket_path = socket_path
+        self.task: asyncio.Task[None] | None = None  # the pending suspend, if any
+        self._tasks = TaskSet()
+
+    def dormant(self) -> None:
+        if self.config.scale_to_zero.suspend == "fly-api":
+            self.task = self._tasks.spawn(self._after_cooldown(), name="fly-suspend")
+
+    def live(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+    async def aclose(self) -> None:
+        self.task = None
+        await self._tasks.aclose()
+
+    async def _after_cooldown(self) -> None:
+        await self.clock.sleep(self.config.scale_to_zero.cooldown_s)
+        if self.is_dormant():
+            await suspend_machine(self.env, socket_path=self.socket_path)
