@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +20,18 @@ from typing import Any
 import yaml
 
 from common.errors import ConfigError, StartupError
+from gateway.config_checks import (
+    Reader,
+    check_bool,
+    check_choice,
+    check_identities,
+    check_int,
+    check_num,
+    check_str,
+    check_text,
+    check_tz,
+    check_url,
+)
 from gateway.conversation.reset import MODES as SESSION_RESET_MODES
 from gateway.conversation.reset import ResetPolicy
 from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag, idle_timeout_s
@@ -176,96 +187,6 @@ def hermes_home(env: Mapping[str, str] | None = None) -> Path:
     return Path(env.get("HERMES_HOME") or ".hermes")
 
 
-class _Reader:
-    """Reads dotted keys from the YAML tree; a bad value -> default + one WARNING."""
-
-    def __init__(self, raw: Mapping[str, Any], warnings: list[str]) -> None:
-        self.raw = raw
-        self.warnings = warnings
-
-    def warn(self, key: str, value: Any, allowed: str, default: Any) -> None:
-        msg = f"config {key}={value!r} is invalid ({allowed}); using default {default!r}"
-        self.warnings.append(msg)
-        log.warning(msg)
-
-    def get(self, key: str, default: Any, check: Callable[[Any], Any], allowed: str) -> Any:
-        node: Any = self.raw
-        for part in key.split("."):
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        if node is None:
-            return default
-        try:
-            return check(node)
-        except (TypeError, ValueError, ConfigError):
-            self.warn(key, node, allowed, default)
-            return default
-
-
-def _num(minimum: float, strict: bool = False) -> Callable[[Any], float]:
-    def check(v: Any) -> float:
-        if isinstance(v, bool) or not isinstance(v, int | float | str):
-            raise TypeError
-        f = float(v)
-        if math.isnan(f) or math.isinf(f) or f < minimum or (strict and f <= minimum):
-            raise ValueError
-        return f
-
-    return check
-
-
-def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
-    def check(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ValueError
-        if maximum is not None and v > maximum:
-            raise ValueError
-        return int(v)
-
-    return check
-
-
-def _str(v: Any) -> str:
-    if not isinstance(v, str | int | float) or isinstance(v, bool):
-        raise TypeError
-    return str(v).strip()
-
-
-def _text(v: Any) -> str | None:
-    """A free text (e.g. a system prompt): a string, stripped; blank is None (unset)."""
-    if not isinstance(v, str):
-        raise TypeError
-    return v.strip() or None
-
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any], str]:
-    def check(v: Any) -> str:
-        if v not in options:
-            raise ValueError
-        return str(v)
-
-    return check
-
-
-def _bool(v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise TypeError
-    return v
-
-
-def _identities(v: Any) -> list[tuple[str, str]]:
-    if not isinstance(v, list) or not v:
-        raise ValueError
-    out = []
-    for item in v:
-        if not isinstance(item, Mapping) or not isinstance(item.get("platform"), str):
-            raise ValueError
-        bot = item.get("bot_id", "")
-        out.append((item["platform"], "" if bot is None else str(bot)))
-    return out
-
-
 def load_config(
     home: Path | None = None, env: Mapping[str, str] | None = None, *, strict: bool = False
 ) -> Config:
@@ -306,28 +227,31 @@ def load_config(
     if not isinstance(raw, Mapping):
         unusable(f"is not a mapping (top level is a {type(raw).__name__})")
         raw = {}
-    r = _Reader(raw, warnings)
+    r = Reader(raw, warnings)
     _warn_unknown_keys(raw, r)
     c = Config(home=home, warnings=warnings)
-    c.model_default = r.get("model.default", None, _str, "a model name")
-    c.model_provider = r.get("model.provider", None, _str, "a provider name")
+    c.model_default = r.get("model.default", None, check_str, "a model name")
+    c.model_provider = r.get("model.provider", None, check_str, "a provider name")
     provs = raw.get("providers") if isinstance(raw.get("providers"), Mapping) else {}
     for name in provs:
-        base = r.get(f"providers.{name}.base_url", None, _url, "an http(s) URL")
+        base = r.get(f"providers.{name}.base_url", None, check_url, "an http(s) URL")
         if base is None:
             continue
-        key_env = r.get(f"providers.{name}.api_key_env", None, _str, "an environment name")
+        key_env = r.get(f"providers.{name}.api_key_env", None, check_str, "an environment name")
         kind = r.get(
-            f"providers.{name}.kind", "openai", _choice(PROVIDER_KINDS), "one of " + ", ".join(PROVIDER_KINDS)
+            f"providers.{name}.kind",
+            "openai",
+            check_choice(PROVIDER_KINDS),
+            "one of " + ", ".join(PROVIDER_KINDS),
         )
         c.providers[str(name)] = Provider(str(name), base, key_env, kind)
     profs = raw.get("profiles") if isinstance(raw.get("profiles"), Mapping) else {}
     for name in profs:
         c.profiles[str(name)] = Profile(
             str(name),
-            r.get(f"profiles.{name}.model", None, _str, "a model name"),
-            r.get(f"profiles.{name}.provider", None, _str, "a provider name"),
-            r.get(f"profiles.{name}.system_prompt", None, _text, "a string"),
+            r.get(f"profiles.{name}.model", None, check_str, "a model name"),
+            r.get(f"profiles.{name}.provider", None, check_str, "a provider name"),
+            r.get(f"profiles.{name}.system_prompt", None, check_text, "a string"),
         )
     if "default" not in c.profiles:
         # The implicit default profile pins nothing: it always resolves through model.*.
@@ -338,10 +262,13 @@ def load_config(
         f"{g}.relay_url", None, normalise_relay_url, "ws(s)/http(s) URL without query or fragment"
     )
     c.relay_identities = r.get(
-        f"{g}.relay_identities", c.relay_identities, _identities, "a non-empty list of {platform, bot_id}"
+        f"{g}.relay_identities",
+        c.relay_identities,
+        check_identities,
+        "a non-empty list of {platform, bot_id}",
     )
     c.relay_max_frame_bytes = r.get(
-        f"{g}.relay_max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, _int(1024), "an integer >= 1024"
+        f"{g}.relay_max_frame_bytes", DEFAULT_MAX_FRAME_BYTES, check_int(1024), "an integer >= 1024"
     )
     s = f"{g}.scale_to_zero"
     z = c.scale_to_zero
@@ -354,57 +281,60 @@ def load_config(
         )
         * 60
     )
-    z.cooldown_s = r.get(f"{s}.cooldown_seconds", 60.0, _num(0), "a number >= 0")
-    z.ack_timeout_s = r.get(f"{s}.ack_timeout_seconds", 10.0, _num(0), "a number >= 0")
+    z.cooldown_s = r.get(f"{s}.cooldown_seconds", 60.0, check_num(0), "a number >= 0")
+    z.ack_timeout_s = r.get(f"{s}.ack_timeout_seconds", 10.0, check_num(0), "a number >= 0")
     z.suspend = r.get(
-        f"{s}.suspend", "autostop", _choice(SUSPEND_MODES), "one of " + ", ".join(SUSPEND_MODES)
+        f"{s}.suspend", "autostop", check_choice(SUSPEND_MODES), "one of " + ", ".join(SUSPEND_MODES)
     )
-    z.external_waker = r.get(f"{s}.external_waker", False, _bool, "true or false")
+    z.external_waker = r.get(f"{s}.external_waker", False, check_bool, "true or false")
     c.ops_history_retention_days = r.get(
-        f"{g}.history_retention_days", 14.0, _num(0, strict=True), "a number of days > 0"
+        f"{g}.history_retention_days", 14.0, check_num(0, strict=True), "a number of days > 0"
     )
-    c.shutdown_timeout_s = r.get(f"{g}.shutdown_timeout_seconds", 25.0, _num(0), "a number >= 0")
+    c.shutdown_timeout_s = r.get(f"{g}.shutdown_timeout_seconds", 25.0, check_num(0), "a number >= 0")
     c.delivery_give_up_hours = r.get(
-        "agent.delivery_give_up_hours", 24.0, _num(0, strict=True), "a number of hours > 0"
+        "agent.delivery_give_up_hours", 24.0, check_num(0, strict=True), "a number of hours > 0"
     )
-    c.history_max_turns = r.get("agent.history_max_turns", 20, _int(0), "an integer >= 0")
-    c.context_max_tokens = r.get("agent.context_max_tokens", 16000, _int(0), "an integer >= 0")
+    c.history_max_turns = r.get("agent.history_max_turns", 20, check_int(0), "an integer >= 0")
+    c.context_max_tokens = r.get("agent.context_max_tokens", 16000, check_int(0), "an integer >= 0")
     c.session_reset_mode = r.get(
         "agent.session_reset.mode",
         "both",
-        _choice(SESSION_RESET_MODES),
+        check_choice(SESSION_RESET_MODES),
         "one of " + ", ".join(SESSION_RESET_MODES),
     )
     c.session_reset_idle_minutes = r.get(
-        "agent.session_reset.idle_minutes", 1440.0, _num(0, strict=True), "a number of minutes > 0"
+        "agent.session_reset.idle_minutes", 1440.0, check_num(0, strict=True), "a number of minutes > 0"
     )
-    c.session_reset_at_hour = r.get("agent.session_reset.at_hour", 4, _int(0, 23), "an integer 0-23")
+    c.session_reset_at_hour = r.get("agent.session_reset.at_hour", 4, check_int(0, 23), "an integer 0-23")
     c.history_retention_days = r.get(
-        "agent.history_retention_days", 30.0, _num(0, strict=True), "a number of days > 0"
+        "agent.history_retention_days", 30.0, check_num(0, strict=True), "a number of days > 0"
     )
 
-    c.cron_timezone = r.get("cron.timezone", "UTC", _tz, "an IANA timezone name")
+    c.cron_timezone = r.get("cron.timezone", "UTC", check_tz, "an IANA timezone name")
     c.drift_policy = r.get(
-        "cron.drift_policy", "fail_closed", _choice(DRIFT_POLICIES), "one of " + ", ".join(DRIFT_POLICIES)
+        "cron.drift_policy",
+        "fail_closed",
+        check_choice(DRIFT_POLICIES),
+        "one of " + ", ".join(DRIFT_POLICIES),
     )
-    c.cron_max_concurrent = r.get("cron.max_concurrent", 4, _int(1), "an integer >= 1")
-    c.cron_max_daily_usd = r.get("cron.max_daily_usd", None, _num(0), "a number >= 0")
-    c.agent_max_daily_usd = r.get("agent.max_daily_usd", None, _num(0), "a number >= 0")
-    c.kanban_default_assignee = r.get("kanban.default_assignee", "", _str, "a profile name")
-    c.kanban_max_in_progress = r.get("kanban.max_in_progress", 8, _int(1), "an integer >= 1")
+    c.cron_max_concurrent = r.get("cron.max_concurrent", 4, check_int(1), "an integer >= 1")
+    c.cron_max_daily_usd = r.get("cron.max_daily_usd", None, check_num(0), "a number >= 0")
+    c.agent_max_daily_usd = r.get("agent.max_daily_usd", None, check_num(0), "a number >= 0")
+    c.kanban_default_assignee = r.get("kanban.default_assignee", "", check_str, "a profile name")
+    c.kanban_max_in_progress = r.get("kanban.max_in_progress", 8, check_int(1), "an integer >= 1")
     c.kanban_max_in_progress_per_profile = r.get(
-        "kanban.max_in_progress_per_profile", None, _int(1), "an integer >= 1"
+        "kanban.max_in_progress_per_profile", None, check_int(1), "an integer >= 1"
     )
-    c.routing_enabled = r.get("routing.enabled", False, _bool, "true or false")
-    c.routing_strong_model = r.get("routing.strong_model", None, _str, "a model name")
-    c.routing_strong_provider = r.get("routing.strong_provider", None, _str, "a provider name")
-    c.routing_cheap_model = r.get("routing.cheap_model", None, _str, "a model name")
-    c.routing_error_threshold_pct = r.get("routing.error_threshold_pct", 6.0, _num(0), "a number >= 0")
+    c.routing_enabled = r.get("routing.enabled", False, check_bool, "true or false")
+    c.routing_strong_model = r.get("routing.strong_model", None, check_str, "a model name")
+    c.routing_strong_provider = r.get("routing.strong_provider", None, check_str, "a provider name")
+    c.routing_cheap_model = r.get("routing.cheap_model", None, check_str, "a model name")
+    c.routing_error_threshold_pct = r.get("routing.error_threshold_pct", 6.0, check_num(0), "a number >= 0")
     _apply_env(c, env, r)
     return c
 
 
-def _warn_unknown_keys(raw: Mapping[str, Any], r: _Reader) -> None:
+def _warn_unknown_keys(raw: Mapping[str, Any], r: Reader) -> None:
     """One WARNING per unknown top-level key, naming the nearest known key when one is close."""
     for key in raw:
         if key in TOP_LEVEL_KEYS:
@@ -434,24 +364,7 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _url(v: Any) -> str:
-    text = _str(v)
-    if not text.startswith(("http://", "https://")):
-        raise ValueError
-    return text.rstrip("/")
-
-
-def _tz(v: Any) -> str:
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        ZoneInfo(str(v))
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError from exc
-    return str(v)
-
-
-def _apply_env(c: Config, env: Mapping[str, str], r: _Reader) -> None:
+def _apply_env(c: Config, env: Mapping[str, str], r: Reader) -> None:
     """Environment wins over config.yaml (SPEC section 2)."""
     c.scale_to_zero.enabled = env_flag(env.get("HERMES_SCALE_TO_ZERO"))
     url = env.get("GATEWAY_RELAY_URL", "").strip()
@@ -477,7 +390,7 @@ def _apply_env(c: Config, env: Mapping[str, str], r: _Reader) -> None:
     _apply_env_provider(c, env, r)
 
 
-def _apply_env_provider(c: Config, env: Mapping[str, str], r: _Reader) -> None:
+def _apply_env_provider(c: Config, env: Mapping[str, str], r: Reader) -> None:
     """The deploy essentials (SPEC 8.3): ``HERMES_MODEL`` is ``model.default``; with no provider
     in config.yaml, ``OPENAI_BASE_URL`` makes provider ``openai`` (its key read from
     ``OPENAI_API_KEY``), which becomes ``model.provider`` unless that is set."""
@@ -491,7 +404,7 @@ def _apply_env_provider(c: Config, env: Mapping[str, str], r: _Reader) -> None:
         log.info("OPENAI_BASE_URL ignored: config.yaml defines providers (%s)", ", ".join(c.providers))
         return
     try:
-        url = _url(base)
+        url = check_url(base)
     except (TypeError, ValueError):
         r.warn("OPENAI_BASE_URL", base, "an http(s) URL", None)
         return
