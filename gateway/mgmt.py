@@ -14,6 +14,7 @@ import aiosqlite
 
 from common.clock import Clock
 from gateway.config import Config
+from gateway.cron.deliveries_store import DeliveryStore
 from gateway.cron.runner import CronContext
 from gateway.cron.store import CronStore
 from gateway.statedb import open_state_db
@@ -73,9 +74,10 @@ def offline_cron_context(
     """A cron context for running turns in a management command (no sidecar running):
     deliveries wait in state.db for the sidecar's next start, and telemetry goes to a writer
     that is not started, so the caller must ``await ctx.telemetry.flush()`` when done."""
+    deliveries = DeliveryStore(store.db)
 
     async def deliver(platform: str, chat_id: str, text: str) -> None:
-        await store.queue_delivery(platform, chat_id, text, clock.wall())
+        await deliveries.queue(platform, chat_id, text, clock.wall())
 
     return CronContext(
         config=config,

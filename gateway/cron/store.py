@@ -1,5 +1,6 @@
 """Cron persistence in state.db: ``jobs``, the ``job_runs`` ledger (one row per occurrence,
-unique ``(job_id, scheduled_for)``: the claim), drift episodes, budget alerts, deliveries.
+unique ``(job_id, scheduled_for)``: the claim), drift episodes and budget alerts. Queued
+deliveries are ``DeliveryStore``'s (``gateway/cron/deliveries_store.py``).
 
 Claims are plain inserts against the unique key, so two processes on one state.db never run
 an occurrence twice. A ``running`` row carries a lease and its owner (``host:pid``).
@@ -17,6 +18,7 @@ import aiosqlite
 from common.sqlite import read_all, read_one, write_one, write_tx
 from common.timefmt import rfc3339_or_none
 from gateway.core.lease import OWNER, lapsed
+from gateway.cron.deliveries_store import DeliveryStore
 
 RUN_STATUSES = (
     "running",
@@ -102,6 +104,8 @@ class CronStore:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self.db = db
+        self.deliveries = DeliveryStore(db)
+        """The ``deliveries`` table on the same connection (its own store)."""
 
     async def _write(self, sql: str, params: Any = ()) -> aiosqlite.Cursor:
         return await write_one(self.db, sql, params)
@@ -336,7 +340,7 @@ class CronStore:
         )
         return float(row[0]) if row else 0.0
 
-    # --- alerts and deliveries -------------------------------------------------------------
+    # --- alerts ------------------------------------------------------------------------
 
     async def open_drift(self, job_id: str, detail: str, now: float) -> bool:
         """Open a drift episode; True if it is new (so one alert per episode)."""
@@ -363,19 +367,3 @@ class CronStore:
             (day, now),
         )
         return cur.rowcount == 1
-
-    async def queue_delivery(self, platform: str, chat_id: str, content: str, now: float) -> None:
-        await self._write(
-            "INSERT INTO deliveries (platform, chat_id, content, created_at) VALUES (?, ?, ?, ?)",
-            (platform, chat_id, content, now),
-        )
-
-    async def pending_deliveries(self) -> list[tuple[int, str, str, str]]:
-        rows = await read_all(
-            self.db,
-            "SELECT id, platform, chat_id, content FROM deliveries WHERE sent_at IS NULL ORDER BY id",
-        )
-        return [(r[0], r[1], r[2], r[3]) for r in rows]
-
-    async def mark_delivered(self, delivery_id: int, now: float) -> None:
-        await self._write("UPDATE deliveries SET sent_at = ? WHERE id = ?", (now, delivery_id))

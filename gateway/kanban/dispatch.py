@@ -1,10 +1,11 @@
 """One dispatcher tick: which ready tasks to claim now, under the global and per-profile caps.
 
-``plan_dispatch`` is the pure rule; ``dispatch_once`` reads the board, plans, and (unless a dry
-run) applies the plan inside one ``BEGIN IMMEDIATE`` transaction, so two dispatchers on one
-state.db never claim one task: the second waits for the first's commit and then sees its
-claims as running. A dry run reads the same snapshot, plans with the same rule and writes
-nothing (no assignment, claim or event), so it reports exactly what a real tick would spawn.
+``plan_dispatch`` is the pure rule; ``dispatch_once`` hands it to ``TaskStore.claim``, which
+reads the board, plans and (unless a dry run) applies the plan inside one ``BEGIN IMMEDIATE``
+transaction, so two dispatchers on one state.db never claim one task: the second waits for the
+first's commit and then sees its claims as running. A dry run reads the same snapshot, plans
+with the same rule and writes nothing (no assignment, claim or event), so it reports exactly
+what a real tick would spawn.
 
 Rules (SPEC section 6):
 - ready tasks in order of priority (high first), then creation time, then id;
@@ -24,10 +25,9 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from common.sqlite import write_tx
 from gateway.core.lease import OWNER
 from gateway.kanban.store import Task, TaskStore
 
@@ -145,41 +145,10 @@ async def dispatch_once(
     if dry_run:
         return plan(await store.ready(), await store.running_counts())
     now = time.time() if now is None else now
-    claimed: list[Task] = []
-    async with write_tx(store.db):
-        ready = await store.ready()
-        result = plan(ready, await store.running_counts())
-        by_id = {t.id: t for t in ready}
-        auto = set(result.auto_assigned_default)
-        default = as_assignee(default_assignee)
-        for task_id in result.auto_assigned_default:
-            await store.db.execute("UPDATE tasks SET assignee = ? WHERE id = ?", (default, task_id))
-            await store.event(
-                task_id, "assigned", {"assignee": default, "source": "kanban.default_assignee"}, now
-            )
-        for task_id, assignee, error in result.blocked:
-            await store.db.execute(
-                "UPDATE tasks SET status = 'blocked', error = ?, finished_at = ? WHERE id = ?",
-                (error, now, task_id),
-            )
-            await store.event(task_id, "blocked", {"assignee": assignee, "error": error}, now)
-        for task_id, assignee in result.spawned:
-            await store.db.execute(
-                "UPDATE tasks SET status = 'running', started_at = ?, claim_lock = ?,"
-                " claim_expires_at = ? WHERE id = ? AND status = 'ready'",
-                (now, owner, now + TASK_LEASE_S, task_id),
-            )
-            await store.event(task_id, "claimed", {"assignee": assignee, "owner": owner}, now)
-            claimed.append(
-                replace(
-                    by_id[task_id],
-                    assignee=assignee,
-                    status="running",
-                    started_at=now,
-                    claim_lock=owner,
-                    claim_expires_at=now + TASK_LEASE_S,
-                )
-            )
+    result, claimed = await store.claim(
+        plan, default_assignee=as_assignee(default_assignee), now=now, owner=owner, lease_s=TASK_LEASE_S
+    )
+    auto = set(result.auto_assigned_default)
     for task_id, assignee in result.spawned:
         log.info(
             "task %d dispatched to %s%s",

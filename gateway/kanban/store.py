@@ -9,8 +9,9 @@ Every write goes through ``write_tx`` (BEGIN IMMEDIATE), so other processes' wri
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 import aiosqlite
 
@@ -23,6 +24,25 @@ _COLS = (
     "id, title, body, assignee, status, priority, created_at, started_at, finished_at,"
     " claim_lock, claim_expires_at, source, ref, result, error"
 )
+
+
+class ClaimPlan(Protocol):
+    """What ``TaskStore.claim`` applies: a dispatcher tick's decisions (``DispatchResult``)."""
+
+    @property
+    def auto_assigned_default(self) -> list[int]:
+        """Task ids that take the default assignee."""
+
+    @property
+    def blocked(self) -> list[tuple[int, str, str]]:
+        """(task id, assignee, error) to block."""
+
+    @property
+    def spawned(self) -> list[tuple[int, str]]:
+        """(task id, assignee) to claim."""
+
+
+P = TypeVar("P", bound=ClaimPlan)
 
 
 @dataclass(frozen=True)
@@ -196,3 +216,62 @@ class TaskStore:
                 )
                 await self.event(task_id, "requeued", {"lapsed_claim": lock}, now)
         return ids
+
+    async def claim(
+        self,
+        plan: Callable[[list[Task], dict[str, int]], P],
+        *,
+        default_assignee: str | None,
+        now: float,
+        owner: str,
+        lease_s: float,
+    ) -> tuple[P, list[Task]]:
+        """One dispatcher tick in one ``BEGIN IMMEDIATE`` transaction: read the ready tasks (in
+        dispatch order) and the running counts, ``plan(ready, running)``, then apply the plan:
+        set ``default_assignee`` on ``auto_assigned_default`` (an ``assigned`` event, source
+        ``kanban.default_assignee``), block ``blocked`` (a ``blocked`` event), and claim
+        ``spawned`` for ``owner`` until ``now + lease_s`` (a ``claimed`` event).
+
+        Returns the plan and the claimed tasks as they now are (``running``, assignee set). Two
+        processes on one state.db never claim one task: the second waits for the first's commit
+        and then sees its claims as running. Raises what SQLite raises (rolled back).
+        """
+        async with write_tx(self.db):
+            ready = await self.ready()
+            result = plan(ready, await self.running_counts())
+            by_id = {t.id: t for t in ready}
+            for task_id in result.auto_assigned_default:
+                await self.db.execute(
+                    "UPDATE tasks SET assignee = ? WHERE id = ?", (default_assignee, task_id)
+                )
+                await self.event(
+                    task_id,
+                    "assigned",
+                    {"assignee": default_assignee, "source": "kanban.default_assignee"},
+                    now,
+                )
+            for task_id, assignee, error in result.blocked:
+                await self.db.execute(
+                    "UPDATE tasks SET status = 'blocked', error = ?, finished_at = ? WHERE id = ?",
+                    (error, now, task_id),
+                )
+                await self.event(task_id, "blocked", {"assignee": assignee, "error": error}, now)
+            claimed: list[Task] = []
+            for task_id, assignee in result.spawned:
+                await self.db.execute(
+                    "UPDATE tasks SET status = 'running', started_at = ?, claim_lock = ?,"
+                    " claim_expires_at = ? WHERE id = ? AND status = 'ready'",
+                    (now, owner, now + lease_s, task_id),
+                )
+                await self.event(task_id, "claimed", {"assignee": assignee, "owner": owner}, now)
+                claimed.append(
+                    replace(
+                        by_id[task_id],
+                        assignee=assignee,
+                        status="running",
+                        started_at=now,
+                        claim_lock=owner,
+                        claim_expires_at=now + lease_s,
+                    )
+                )
+        return result, claimed

@@ -13,7 +13,7 @@ import logging
 from common.clock import Clock
 from gateway.agent.provider import split_message
 from gateway.core.activity import Activity
-from gateway.cron.store import CronStore
+from gateway.cron.deliveries_store import DeliveryStore
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport
 from relay.protocol.frames import NOT_CONNECTED
@@ -23,10 +23,16 @@ log = logging.getLogger("gateway.sidecar")
 
 class Deliveries:
     """``deliver(platform, chat_id, text)`` plus the flush after a reconnect. Register
-    ``on_transport_change`` as a transport listener."""
+    ``on_transport_change`` as a transport listener.
+
+    ``store``: the queue of deliveries in state.db."""
 
     def __init__(
-        self, store: CronStore, transport: RelayTransport | None, clock: Clock, activity: Activity
+        self,
+        store: DeliveryStore,
+        transport: RelayTransport | None,
+        clock: Clock,
+        activity: Activity,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -39,7 +45,7 @@ class Deliveries:
         """Send ``text`` to a chat now, or keep it in state.db and send it after the next wake."""
         if await self._send_text(platform, chat_id, text):
             return
-        await self.store.queue_delivery(platform, chat_id, text, self.clock.wall())
+        await self.store.queue(platform, chat_id, text, self.clock.wall())
         self._pending = True
         log.info("delivery to %s:%s queued until the relay is connected", platform, chat_id)
 
@@ -76,7 +82,7 @@ class Deliveries:
             self.flushing = asyncio.create_task(self._flush())
 
     async def _flush(self) -> None:
-        pending = await self.store.pending_deliveries()
+        pending = await self.store.pending()
         self._pending = False
         if not pending:
             return

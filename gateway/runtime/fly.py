@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping
 import aiohttp
 
 from common.clock import Clock
+from common.tasks import TaskSet
 from gateway.config import Config
-from gateway.runtime.services import TaskSet
 
 log = logging.getLogger("gateway.fly")
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from common.clock import Clock
+from common.tasks import TaskSet
 from gateway.agent.spend import TurnReport
 from gateway.config import Config
 from gateway.core.activity import Activity
@@ -23,7 +24,6 @@ from gateway.kanban.store import TaskStore
 from gateway.metrics import Metrics
 from gateway.ops.recorder import OpsRecorder
 from gateway.runtime.inbox_worker import InboxWorker
-from gateway.runtime.services import TaskSet
 
 log = logging.getLogger("gateway.sidecar")
 

@@ -5,7 +5,6 @@ an async context manager whose exit is its part of shutdown, and the background 
 - ``serving``: the aiohttp apps on their bound sockets;
 - ``relay``: the transport's start, and at exit one bounded flip and the terminal disconnect
   (``relay_transport`` builds the transport from the config);
-- ``TaskSet``: background tasks cancelled and awaited at exit (none outlives its owner);
 - ``retention``: the daily history prune loop;
 - ``reload_config``: a config re-read into the one shared ``Config`` (SIGHUP, ``/admin/notify``).
 """
@@ -16,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiosqlite
 from aiohttp import web
@@ -31,33 +30,6 @@ from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
 
 log = logging.getLogger("gateway.sidecar")
-
-T = TypeVar("T")
-
-
-class TaskSet:
-    """Spawn with ``spawn``; ``aclose`` cancels every task still running and awaits each one
-    (a task's own error or cancellation is swallowed there). A finished task leaves the set."""
-
-    def __init__(self) -> None:
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    def spawn(self, coro: Coroutine[Any, Any, T], *, name: str | None = None) -> asyncio.Task[T]:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def aclose(self) -> None:
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
 
 
 @contextlib.asynccontextmanager

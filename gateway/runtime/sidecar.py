@@ -25,6 +25,7 @@ from aiohttp import web
 from common.clock import Clock, SystemClock
 from common.listen import bind_listener, prepare_home
 from common.sqlite import write_tx
+from common.tasks import TaskSet
 from gateway.agent.spend import SpendLedger
 from gateway.config import Config, load_config
 from gateway.conversation.chat import Conversation
@@ -50,7 +51,6 @@ from gateway.runtime.discovery import Discovery
 from gateway.runtime.fly import FlySuspend
 from gateway.runtime.inbound import Inbound, bot_id_for
 from gateway.runtime.inbox_worker import InboxWorker, relay_send
-from gateway.runtime.services import TaskSet
 from gateway.runtime.watcher import IdleWatcher
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
@@ -240,7 +240,7 @@ class Sidecar:
         """The stores, the cron context, the inbox worker, the board and the scheduler (nothing
         here opens or runs anything) and the hooks between them."""
         self.cron_store = CronStore(self.db)
-        self.deliveries = Deliveries(self.cron_store, self.transport, self.clock, self.activity)
+        self.deliveries = Deliveries(self.cron_store.deliveries, self.transport, self.clock, self.activity)
         self.cron_ctx = CronContext(
             config=self.config,
             store=self.cron_store,

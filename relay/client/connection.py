@@ -1,10 +1,10 @@
 """One relay socket's life on the gateway side (PROTOCOL.md sections 2-4): the reader that
-splits and decodes frames and dispatches them, the ordered inbound worker that acks each batch
-after the handler persisted it (batched when the connector supports it), keepalive, the replay
-window of PROTOCOL 7.2, and outbound requests with their local results. ``SocketIO`` is the base
-of ``RelayTransport`` (``transport.py``), which adds the supervisor: dial, handshake, backoff,
-flip and wake. Model: websockets' ``asyncio/connection.py`` beside ``asyncio/client.py``.
-"""
+dispatches the frames ``FrameReader`` (shared with the connector) makes of each message, the
+ordered inbound worker that acks each batch after the handler persisted it (batched when the
+connector supports it), keepalive, the replay window of PROTOCOL 7.2, and outbound requests with
+their local results. ``SocketIO`` is the base of ``RelayTransport`` (``transport.py``), which adds
+the supervisor: dial, handshake, backoff, flip and wake. Model: websockets'
+``asyncio/connection.py`` beside ``asyncio/client.py``."""
 
 from __future__ import annotations
 
@@ -19,13 +19,14 @@ import aiohttp
 
 from common.clock import Clock, wait_with_timeout
 from common.errors import FrameTooLarge, ProtocolError
+from common.tasks import TaskSet
 from relay.client.machine import ConnEvent
 from relay.protocol import frames as F
 from relay.protocol.framing import (
+    CLOSE_FRAME_TOO_LARGE,
     DEFAULT_MAX_FRAME_BYTES,
+    FrameReader,
     LogLimiter,
-    NdjsonSplitter,
-    decode_line,
     encode_frame,
 )
 
@@ -102,7 +103,7 @@ class SocketIO:
     _on_interrupt: FrameHandler | None
     _sock: SocketState | None
     _limiter: LogLimiter
-    _handler_tasks: set[asyncio.Task[None]]
+    _handler_tasks: TaskSet
 
     @property
     def connected(self) -> bool:
@@ -134,17 +135,15 @@ class SocketIO:
     # --- reading -------------------------------------------------------------------------
 
     async def _read(self, sock: SocketState) -> None:
-        splitter = NdjsonSplitter(self.config.max_frame_bytes)
+        reader = FrameReader(self._drop, self.config.max_frame_bytes)
         ws = sock.ws
         try:
             while True:
                 msg = await ws.receive()
                 sock.last_rx = self.clock.monotonic()
                 kind = msg.type
-                if kind is aiohttp.WSMsgType.TEXT:
+                if kind is aiohttp.WSMsgType.TEXT or kind is aiohttp.WSMsgType.BINARY:
                     data = msg.data
-                elif kind is aiohttp.WSMsgType.BINARY:
-                    data = msg.data.decode("utf-8", errors="replace")
                 elif kind is aiohttp.WSMsgType.PING:
                     await ws.pong(msg.data)
                     continue
@@ -166,17 +165,12 @@ class SocketIO:
                         sock.close_code = ws.close_code
                     return
                 try:
-                    lines = splitter.feed(data)
+                    frames = reader.feed(data)
                 except FrameTooLarge as exc:
                     log.warning("relay frame too large (%d > %d bytes): closing 1009", exc.size, exc.limit)
-                    await self._close_socket(sock, 1009, "frame too large")
+                    await self._close_socket(sock, CLOSE_FRAME_TOO_LARGE, "frame too large")
                     return
-                for line in lines:
-                    try:
-                        frame = decode_line(line)
-                    except ProtocolError as exc:
-                        self._drop(exc)
-                        continue
+                for frame in frames:
                     self._dispatch(sock, frame)
         finally:
             if sock.first_descriptor is not None and not sock.first_descriptor.done():
@@ -227,16 +221,13 @@ class SocketIO:
             self._spawn(self._on_interrupt(frame), "interrupt handler")
         # Unknown types are ignored (PROTOCOL.md section 2).
 
-    def _spawn(self, coro: Awaitable[None], what: str) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except Exception:
-                log.exception("relay %s raised; the reader goes on", what)
+    def _spawn(self, aw: Awaitable[None], what: str) -> None:
+        """Run ``aw`` beside the reader; if it raises, the error is logged and the reader goes on."""
 
-        task = asyncio.create_task(guarded())
-        self._handler_tasks.add(task)
-        task.add_done_callback(self._handler_tasks.discard)
+        async def run() -> None:
+            await aw
+
+        self._handler_tasks.spawn(run(), name=f"relay {what}")
 
     async def _inbound_worker(self, sock: SocketState) -> None:
         """Hand inbound to the handler in order, in batches; ack each bufferId once persisted."""

@@ -18,6 +18,7 @@ import aiohttp
 
 from common.clock import Clock, SystemClock, wait_with_timeout
 from common.errors import ProtocolError
+from common.tasks import TaskSet
 from relay.client.backoff import Backoff, Uniform
 from relay.client.connection import (
     FrameHandler,
@@ -66,7 +67,7 @@ class RelayTransport(SocketIO):
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
-        self._handler_tasks: set[asyncio.Task[None]] = set()
+        self._handler_tasks = TaskSet(log)
         self._limiter = LogLimiter()
         self._ever_handshaken = False
         self._strike_next = False
@@ -153,8 +154,7 @@ class RelayTransport(SocketIO):
             self._supervisor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._supervisor
-        for t in list(self._handler_tasks):
-            t.cancel()
+        await self._handler_tasks.aclose()
 
     def wake(self, reason: str = "wake") -> bool:
         """Re-dial at once if dormant or backing off (or right after a flip in progress).

@@ -39,13 +39,15 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import aiohttp
 from aiohttp import web
 
 from common.clock import Clock, SystemClock
 from common.errors import TokenError
+from common.tasks import TaskSet
 from relay.connector import telegram as tg
 from relay.connector.damping import FIGHT_LOG_EVERY_S, REPLACE_HOLD_S, Damper
 from relay.connector.egress import CHATS_KEPT, Chats
@@ -72,6 +74,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("relay.connector")
+
+T = TypeVar("T")
 
 DEV_GATEWAY_ID = "dev"
 """The gateway id of an unauthenticated socket in dev mode (no ``secrets``)."""
@@ -123,7 +127,7 @@ class Connector:
         self.chats: Chats = OrderedDict()
         self.policies: dict[tuple[str, str], dict[str, Any]] = {}  # (gid, platform) -> policy
         self._http: aiohttp.ClientSession | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log)
         self.ingress_token = ingress_token or None
         self.telegram_webhook_secret = telegram_webhook_secret or None
         # gateway id -> (bot id, token)
@@ -204,8 +208,7 @@ class Connector:
             poker.cancel()
         await self.platform_outbox.close()
         await self._on_shutdown(self.app)
-        for t in list(self._tasks):
-            t.cancel()
+        await self._tasks.aclose()
         if self._http is not None:
             await self._http.close()
         await self.store.close()
@@ -216,12 +219,9 @@ class Connector:
             with contextlib.suppress(Exception):
                 await s.ws.close(code=1001, message=b"connector shutting down")
 
-    def spawn(self, coro: Any) -> asyncio.Task[Any]:
-        """Run ``coro`` as a task the connector keeps (and cancels on ``close()``)."""
-        task = asyncio.create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+    def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+        """Run ``coro`` as a task the connector keeps (and cancels and awaits on ``close()``)."""
+        return self._tasks.spawn(coro)
 
     # --- auth and pokes --------------------------------------------------------------------
 

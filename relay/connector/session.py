@@ -18,7 +18,7 @@ from aiohttp import web
 from common.errors import FrameTooLarge, ProtocolError, TokenError
 from relay.connector.wake import hold_presence
 from relay.protocol import frames as F
-from relay.protocol.framing import LogLimiter, NdjsonSplitter, decode_line, encode_frame
+from relay.protocol.framing import CLOSE_FRAME_TOO_LARGE, FrameReader, LogLimiter, encode_frame
 
 if TYPE_CHECKING:
     from relay.connector.server import Connector
@@ -76,27 +76,17 @@ class SessionHandler:
             await ws.close(code=4409, message=b"replaced")
             return ws
         session = Session(gateway_id=gateway_id, ws=ws)
-        splitter = NdjsonSplitter(self.c.max_frame_bytes)
+        reader = FrameReader(lambda exc: self._drop(gateway_id, exc), self.c.max_frame_bytes)
         try:
             async for msg in ws:
-                if msg.type is aiohttp.WSMsgType.TEXT:
-                    data = msg.data
-                elif msg.type is aiohttp.WSMsgType.BINARY:
-                    data = msg.data.decode("utf-8", errors="replace")
-                else:
+                if msg.type is not aiohttp.WSMsgType.TEXT and msg.type is not aiohttp.WSMsgType.BINARY:
                     break
                 try:
-                    lines = splitter.feed(data)
+                    frames = reader.feed(msg.data)
                 except FrameTooLarge:
-                    await ws.close(code=1009, message=b"frame too large")
+                    await ws.close(code=CLOSE_FRAME_TOO_LARGE, message=b"frame too large")
                     break
-                for line in lines:
-                    try:
-                        frame = decode_line(line)
-                    except ProtocolError as exc:
-                        if self._limiter.allow(exc.kind, self.c.clock.monotonic()):
-                            log.warning("gateway %s sent a bad frame (%s): %s", gateway_id, exc.kind, exc)
-                        continue
+                for frame in frames:
                     await self._on_frame(session, frame)
         finally:
             for t in session.tasks:
@@ -106,6 +96,10 @@ class SessionHandler:
                 if session.handshaken and not session.flipped:
                     log.info("gateway %s: socket dropped without a flip; buffering", gateway_id)
         return ws
+
+    def _drop(self, gateway_id: str, exc: ProtocolError) -> None:
+        if self._limiter.allow(exc.kind, self.c.clock.monotonic()):
+            log.warning("gateway %s sent a bad frame (%s): %s", gateway_id, exc.kind, exc)
 
     async def _on_frame(self, s: Session, frame: dict[str, Any]) -> None:
         t = frame["type"]

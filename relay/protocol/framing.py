@@ -1,19 +1,23 @@
 """NDJSON framing (PROTOCOL.md section 2): one JSON object per line, several per WS message.
 
 ``NdjsonSplitter`` keeps the trailing partial line between messages; ``decode_line`` validates a
-line into a frame dict; ``encode_frame`` is its inverse. ``LogLimiter`` decides which dropped
-frames are worth a log line (once per kind per minute).
+line into a frame dict; ``encode_frame`` is its inverse. ``FrameReader`` joins the two for one
+socket, the one reader of the gateway transport and the connector. ``LogLimiter`` decides which
+dropped frames are worth a log line (once per kind per minute).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from common.errors import FrameTooLarge, ProtocolError
 
 DEFAULT_MAX_FRAME_BYTES = 1_048_576
 """Default limit for one WS message or one NDJSON line, bytes (1 MiB)."""
+CLOSE_FRAME_TOO_LARGE = 1009
+"""The WS close code for a frame over the limit (``FrameTooLarge``)."""
 
 
 def utf8_len(text: str) -> int:
@@ -78,6 +82,31 @@ def decode_line(line: str) -> dict[str, Any]:
     if not isinstance(obj.get("type"), str):
         raise ProtocolError("frame has no string 'type'", "no_type")
     return obj
+
+
+class FrameReader:
+    """One socket's frames: ``feed(message)`` takes the data of one TEXT (``str``) or BINARY
+    (``bytes``, decoded as UTF-8 with replacement) WS message and returns the frames it completed,
+    in order. A line that is not a frame is dropped: ``on_drop`` gets its ``ProtocolError`` (the
+    caller rate-limits the log line with a ``LogLimiter``). Raises ``FrameTooLarge`` as
+    ``NdjsonSplitter`` does: the caller closes the socket with ``CLOSE_FRAME_TOO_LARGE``.
+    """
+
+    def __init__(
+        self, on_drop: Callable[[ProtocolError], None], max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES
+    ) -> None:
+        self._splitter = NdjsonSplitter(max_frame_bytes)
+        self._on_drop = on_drop
+
+    def feed(self, message: str | bytes) -> list[dict[str, Any]]:
+        text = message if isinstance(message, str) else message.decode("utf-8", errors="replace")
+        frames = []
+        for line in self._splitter.feed(text):
+            try:
+                frames.append(decode_line(line))
+            except ProtocolError as exc:
+                self._on_drop(exc)
+        return frames
 
 
 def encode_frame(frame: dict[str, Any]) -> str:

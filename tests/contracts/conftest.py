@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from gateway.conversation.store import SessionStore
+from gateway.cron.deliveries_store import DeliveryStore
 from gateway.cron.store import CronStore
 from gateway.kanban.store import TaskStore
 from gateway.statedb import open_state_db
@@ -48,6 +49,7 @@ async def _sqlite_buffer(tmp_path: Path) -> AsyncIterator[BufferStore]:
 
 TASK_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, TaskStore)}
 CRON_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, CronStore)}
+DELIVERY_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, DeliveryStore)}
 SESSION_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, SessionStore)}
 BUFFER_BACKENDS: dict[str, Backend] = {"sqlite": _sqlite_buffer}
 
@@ -58,7 +60,8 @@ BUFFER_BACKENDS: dict[str, Backend] = {"sqlite": _sqlite_buffer}
 async def _sqlite_claim_task(
     store: TaskStore, task_id: int, lock: str | None, expires_at: float | None, now: float
 ) -> None:
-    """What ``kanban/dispatch.py`` does when it claims a ready task."""
+    """A task put in ``running`` with any claim, also ones ``TaskStore.claim`` never writes (no
+    owner, a lease already over): what requeue_lapsed must cope with after a crash."""
     await store.db.execute(
         "UPDATE tasks SET status = 'running', started_at = ?, claim_lock = ?, claim_expires_at = ?"
         " WHERE id = ?",
@@ -94,6 +97,13 @@ async def task_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
 async def cron_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[CronStore]:
     """An empty CronStore on each backend."""
     async with CRON_BACKENDS[request.param](tmp_path) as store:
+        yield store
+
+
+@pytest.fixture(params=_params(DELIVERY_BACKENDS))
+async def delivery_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[DeliveryStore]:
+    """An empty DeliveryStore on each backend."""
+    async with DELIVERY_BACKENDS[request.param](tmp_path) as store:
         yield store
 
 

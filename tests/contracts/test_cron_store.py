@@ -355,7 +355,7 @@ async def test_cron_spend_since_sums_started_runs(store: CronStore, since: float
     assert await store.spend_since(since) == pytest.approx(expected)
 
 
-# --- alerts and deliveries -----------------------------------------------------------------
+# --- alerts -------------------------------------------------------------------------------
 
 
 async def test_cron_drift_one_episode_per_job_until_closed(store: CronStore) -> None:
@@ -387,23 +387,3 @@ async def test_cron_budget_alert_once_per_day(
 ) -> None:
     """budget_alert_once is True the first time a day is seen, False after."""
     assert [await store.budget_alert_once(day, T0 + i) for i, day in enumerate(days)] == expected
-
-
-async def test_cron_deliveries_queue_pending_and_mark_delivered(store: CronStore) -> None:
-    """Deliveries come back pending in queue order until marked delivered."""
-    assert await store.pending_deliveries() == []
-    await store.queue_delivery("telegram", "42", "first", T0)
-    await store.queue_delivery("slack", "C1", "second", T0 + 1)
-    await store.queue_delivery("telegram", "42", "third", T0 + 2)
-    pending = await store.pending_deliveries()
-    assert [(p, c, t) for _, p, c, t in pending] == [
-        ("telegram", "42", "first"),
-        ("slack", "C1", "second"),
-        ("telegram", "42", "third"),
-    ]
-    ids = [d[0] for d in pending]
-    assert ids == sorted(ids)
-    await store.mark_delivered(ids[1], T0 + 5)
-    await store.mark_delivered(ids[1], T0 + 6)  # twice: still delivered once
-    await store.mark_delivered(999_999, T0 + 6)  # unknown: nothing happens
-    assert [d[3] for d in await store.pending_deliveries()] == ["first", "third"]

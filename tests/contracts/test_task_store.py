@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
 
 from gateway.core.lease import OWNER
-from gateway.kanban.store import STATUSES, TaskStore
+from gateway.kanban.store import STATUSES, Task, TaskStore
 from tests.contracts.conftest import ClaimTask
 
 T0 = 1_714_557_600.0  # 2024-05-01 10:00 UTC
@@ -272,3 +274,143 @@ async def test_task_requeue_lapsed_ignores_tasks_not_running(store: TaskStore) -
     await store.finish(a.id, "done", T0 + 1)
     assert await store.requeue_lapsed(T0 + 10_000) == []
     assert (await store.counts())["ready"] == 0
+
+
+# --- claim (one dispatcher tick) -----------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plan:
+    """A ``ClaimPlan``: what the dispatcher decided, plus what ``claim`` showed it."""
+
+    auto_assigned_default: list[int] = dataclasses.field(default_factory=list)
+    blocked: list[tuple[int, str, str]] = dataclasses.field(default_factory=list)
+    spawned: list[tuple[int, str]] = dataclasses.field(default_factory=list)
+    seen: tuple[list[int], dict[str, int]] = ([], {})
+
+
+def planner(
+    spawn: Sequence[int] = (),
+    *,
+    auto: Sequence[int] = (),
+    block: Sequence[int] = (),
+    default: str = "ops",
+) -> Callable[[list[Task], dict[str, int]], Plan]:
+    """A plan that spawns, auto-assigns and blocks the given ids and records its inputs."""
+
+    def plan(ready: list[Task], running: dict[str, int]) -> Plan:
+        who = {t.id: t.assignee or default for t in ready}
+        return Plan(
+            auto_assigned_default=list(auto),
+            blocked=[(i, who[i], f"unknown profile {who[i]!r}") for i in block],
+            spawned=[(i, who[i]) for i in spawn],
+            seen=([t.id for t in ready], running),
+        )
+
+    return plan
+
+
+async def test_task_claim_runs_the_planned_tasks(store: TaskStore) -> None:
+    """claim puts spawned tasks in running for the owner until now + lease, with a claimed event,
+    and returns them as get reads them; the other ready tasks stay ready."""
+    a = await store.create(title="a", assignee="alpha", now=T0)
+    b = await store.create(title="b", assignee="beta", now=T0)
+    assert a is not None
+    assert b is not None
+    plan, claimed = await store.claim(
+        planner([a.id]), default_assignee=None, now=T0 + 5, owner=ELSEWHERE, lease_s=60.0
+    )
+    assert plan.spawned == [(a.id, "alpha")]
+    after = await store.get(a.id)
+    assert claimed == [after]
+    assert after is not None
+    assert (after.status, after.started_at, after.claim_lock, after.claim_expires_at) == (
+        "running",
+        T0 + 5,
+        ELSEWHERE,
+        T0 + 65,
+    )
+    assert (await store.events(a.id))[-1] == {
+        "kind": "claimed",
+        "payload": {"assignee": "alpha", "owner": ELSEWHERE},
+        "at": T0 + 5,
+    }
+    assert [t.id for t in await store.ready()] == [b.id]
+    assert await store.running_counts() == {"alpha": 1}
+
+
+async def test_task_claim_plans_on_ready_in_order_and_running_counts(
+    store: TaskStore, claim_task: ClaimTask
+) -> None:
+    """The plan sees the ready tasks in dispatch order and the running tasks per assignee."""
+    low = await store.create(title="low", assignee="alpha", now=T0)
+    high = await store.create(title="high", assignee="alpha", priority=5, now=T0 + 1)
+    busy = await store.create(title="busy", assignee="beta", now=T0)
+    assert low is not None
+    assert high is not None
+    assert busy is not None
+    await claim_task(store, busy.id, ELSEWHERE, T0 + 600, T0)
+    plan, claimed = await store.claim(planner(), default_assignee=None, now=T0 + 5, owner=OWNER, lease_s=60.0)
+    assert plan.seen == ([high.id, low.id], {"beta": 1})
+    assert claimed == []
+    assert [e["kind"] for e in await store.events(low.id)] == ["created"]
+
+
+async def test_task_claim_assigns_the_default(store: TaskStore) -> None:
+    """An auto-assigned task takes default_assignee (an assigned event) before its claim."""
+    task = await store.create(title="t", now=T0)
+    assert task is not None
+    _, claimed = await store.claim(
+        planner([task.id], auto=[task.id]), default_assignee="ops", now=T0 + 5, owner=OWNER, lease_s=60.0
+    )
+    assert [t.assignee for t in claimed] == ["ops"]
+    after = await store.get(task.id)
+    assert after is not None
+    assert (after.assignee, after.status) == ("ops", "running")
+    assert [(e["kind"], e["payload"]) for e in await store.events(task.id)][1:] == [
+        ("assigned", {"assignee": "ops", "source": "kanban.default_assignee"}),
+        ("claimed", {"assignee": "ops", "owner": OWNER}),
+    ]
+
+
+async def test_task_claim_blocks_the_blocked(store: TaskStore) -> None:
+    """A blocked task gets status blocked, the error and finished_at, and a blocked event."""
+    task = await store.create(title="t", assignee="ghost", now=T0)
+    assert task is not None
+    _, claimed = await store.claim(
+        planner(block=[task.id]), default_assignee=None, now=T0 + 5, owner=OWNER, lease_s=60.0
+    )
+    assert claimed == []
+    after = await store.get(task.id)
+    assert after is not None
+    assert (after.status, after.error, after.finished_at, after.claim_lock) == (
+        "blocked",
+        "unknown profile 'ghost'",
+        T0 + 5,
+        None,
+    )
+    assert (await store.events(task.id))[-1] == {
+        "kind": "blocked",
+        "payload": {"assignee": "ghost", "error": "unknown profile 'ghost'"},
+        "at": T0 + 5,
+    }
+    assert (await store.counts())["blocked"] == 1
+
+
+async def test_task_claim_writes_nothing_when_the_plan_fails(store: TaskStore) -> None:
+    """A plan that raises rolls the tick back: the error comes out, no task or event changed."""
+    task = await store.create(title="t", now=T0)
+    assert task is not None
+
+    def broken(ready: list[Task], running: dict[str, int]) -> Plan:
+        raise RuntimeError("plan failed")
+
+    with pytest.raises(RuntimeError, match="plan failed"):
+        await store.claim(broken, default_assignee="ops", now=T0 + 5, owner=OWNER, lease_s=60.0)
+    assert await store.get(task.id) == task
+    assert [e["kind"] for e in await store.events(task.id)] == ["created"]
+    # the store is usable afterwards (the transaction was closed)
+    _, claimed = await store.claim(
+        planner([task.id]), default_assignee="ops", now=T0 + 6, owner=OWNER, lease_s=60.0
+    )
+    assert [t.id for t in claimed] == [task.id]

@@ -150,7 +150,7 @@ async def test_delivery_while_dormant_is_kept_and_sent_after_wake(tmp_path: Path
         try:
             await _idle_to_dormant(sc, clock)
             await sc.deliver("relay", "9", "digest ready")
-            assert [d[3] for d in await sc.cron_store.pending_deliveries()] == ["digest ready"]
+            assert [d[3] for d in await sc.deliveries.store.pending()] == ["digest ready"]
             assert fake.of_type("outbound") == []
             assert sc.watcher.wake("poke")
             await fake.wait_until(lambda: len(fake.of_type("outbound")) == 1)
@@ -161,6 +161,6 @@ async def test_delivery_while_dormant_is_kept_and_sent_after_wake(tmp_path: Path
             }
             assert sc.deliveries.flushing is not None
             await asyncio.wait_for(sc.deliveries.flushing, 10)
-            assert await sc.cron_store.pending_deliveries() == []
+            assert await sc.deliveries.store.pending() == []
         finally:
             await sc.shutdown()

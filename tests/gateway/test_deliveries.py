@@ -7,7 +7,7 @@ from typing import Any, cast
 
 from common.clock import FakeClock
 from gateway.core.activity import Activity
-from gateway.cron.store import CronStore
+from gateway.cron.deliveries_store import DeliveryStore
 from gateway.runtime.deliveries import Deliveries
 from gateway.statedb import open_state_db
 from relay.client.transport import RelayTransport
@@ -31,12 +31,12 @@ class _Transport:
 async def _pending_after(tmp_path: Path, result: dict[str, Any]) -> tuple[int, int]:
     db = await open_state_db(tmp_path / "state.db")
     try:
-        store = CronStore(db)
+        store = DeliveryStore(db)
         clock = FakeClock()
         t = _Transport(result)
         deliveries = Deliveries(store, cast(RelayTransport, t), clock, Activity(clock))
         await deliveries.deliver("relay", "c1", "the digest")
-        return len(await store.pending_deliveries()), t.sends
+        return len(await store.pending()), t.sends
     finally:
         await db.close()
 

@@ -1,0 +1,71 @@
+"""The shared pieces of the relay's two ends: ``FrameReader`` (messages -> frames, drops
+reported, oversize raised) and ``TaskSet`` (spawn, track, cancel and await)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from common.errors import FrameTooLarge, ProtocolError
+from common.tasks import TaskSet
+from relay.protocol.framing import FrameReader
+
+
+def test_reader_decodes_text_and_binary_messages_across_message_boundaries() -> None:
+    """TEXT and BINARY (UTF-8, invalid bytes replaced) feed one splitter; frames come out whole."""
+    drops: list[ProtocolError] = []
+    reader = FrameReader(drops.append, 1024)
+    assert reader.feed('{"type":"a"}\n{"ty') == [{"type": "a"}]
+    assert reader.feed(b'pe":"b","x":"\xff"}\n') == [{"type": "b", "x": "\ufffd"}]
+    assert drops == []
+
+
+def test_reader_reports_each_bad_line_and_keeps_the_good_ones_in_order() -> None:
+    drops: list[ProtocolError] = []
+    reader = FrameReader(drops.append, 1024)
+    frames = reader.feed('{"type":"a"}\nnot json\n[1]\n{"x":1}\n{"type":"b"}\n')
+    assert frames == [{"type": "a"}, {"type": "b"}]
+    assert [e.kind for e in drops] == ["not_json", "not_object", "no_type"]
+
+
+def test_reader_raises_frame_too_large() -> None:
+    reader = FrameReader(lambda exc: None, 16)
+    with pytest.raises(FrameTooLarge):
+        reader.feed("x" * 17 + "\n")
+
+
+async def test_task_set_discards_finished_tasks_and_logs_errors(caplog: pytest.LogCaptureFixture) -> None:
+    tasks = TaskSet(logging.getLogger("test.tasks"))
+
+    async def boom() -> None:
+        raise RuntimeError("boom")
+
+    with caplog.at_level(logging.ERROR, logger="test.tasks"):
+        t = tasks.spawn(boom(), name="boomer")
+        with pytest.raises(RuntimeError):
+            await t
+        await asyncio.sleep(0)
+    assert len(tasks) == 0
+    assert [r.getMessage() for r in caplog.records] == ["boomer raised"]
+
+
+async def test_task_set_aclose_cancels_and_awaits_every_task() -> None:
+    tasks = TaskSet()
+    ended: list[str] = []
+
+    async def forever(name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append(name)
+
+    a, b = tasks.spawn(forever("a")), tasks.spawn(forever("b"))
+    await asyncio.sleep(0)
+    await tasks.aclose()
+    assert sorted(ended) == ["a", "b"]
+    assert a.cancelled()
+    assert b.cancelled()
+    await asyncio.sleep(0)  # done callbacks run on the next loop turn
+    assert len(tasks) == 0
