@@ -32,9 +32,9 @@ from gateway.config_checks import (
     check_tz,
     check_url,
 )
-from gateway.conversation.reset import MODES as SESSION_RESET_MODES
-from gateway.conversation.reset import ResetPolicy
 from gateway.core.policy import DEFAULT_IDLE_TIMEOUT_MIN, env_flag, idle_timeout_s
+from gateway.core.session_reset import MODES as SESSION_RESET_MODES
+from gateway.core.session_reset import ResetPolicy
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
 from relay.protocol.urls import normalise_relay_url

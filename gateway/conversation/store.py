@@ -15,7 +15,7 @@ import aiosqlite
 
 from common.sqlite import read_all, read_one, write_one, write_tx
 from gateway.conversation.history import ROLES, Message, estimate_tokens
-from gateway.conversation.reset import ResetPolicy, needs_reset
+from gateway.core.session_reset import ResetPolicy, needs_reset
 
 __all__ = ["DEFAULT_POLICY", "ResetPolicy", "Session", "SessionKey", "SessionStore"]
 

@@ -6,22 +6,17 @@ each chat from the inbound it carried.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from relay.connector import telegram as tg
 
 if TYPE_CHECKING:
-    from relay.connector.server import Connector
-    from relay.connector.session import Session
+    from relay.connector.surface import Chats, ConnectorSurface, Session
 
 log = logging.getLogger("relay.connector")
 
 CHATS_KEPT = 10_000
 """Chats remembered for ``follow_up``/``get_chat_info`` (least recently seen dropped first)."""
-
-Chats = OrderedDict[tuple[str, str, str], dict[str, Any]]
-"""(gateway id, platform, chat_id) -> ``{name, type}`` as the last inbound of the chat said."""
 
 
 def egress_identity(
@@ -69,7 +64,7 @@ def note_chat(chats: Chats, gid: str, platform: str, source: dict[str, Any]) -> 
 
 
 async def chat_info(
-    c: Connector, gid: str, platform: str, bot_id: str, chat_id: str
+    c: ConnectorSurface, gid: str, platform: str, bot_id: str, chat_id: str
 ) -> dict[str, Any] | None:
     """``get_chat_info`` (contract 4): Telegram's ``getChat`` for a configured bot, else what
     the last inbound of that chat said (``chat_name``/``chat_type``): ``{name, type}``, or None

@@ -18,7 +18,7 @@ from relay.protocol import frames as F
 from relay.protocol.framing import encode_frame, utf8_len
 
 if TYPE_CHECKING:
-    from relay.connector.server import Connector
+    from relay.connector.surface import ConnectorSurface
 
 log = logging.getLogger("relay.connector")
 
@@ -26,7 +26,7 @@ log = logging.getLogger("relay.connector")
 class IngressRoutes:
     """The ingress routes of a ``Connector`` (``ingress_token``: bearer required when set)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
 
     async def ingest(

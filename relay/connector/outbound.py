@@ -18,8 +18,7 @@ from relay.protocol import frames as F
 from relay.protocol.framing import encode_frame
 
 if TYPE_CHECKING:
-    from relay.connector.server import Connector
-    from relay.connector.session import Session
+    from relay.connector.surface import ConnectorSurface, Session
 
 log = logging.getLogger("relay.connector")
 
@@ -28,7 +27,7 @@ class OutboundHandler:
     """``outbound`` frames of a ``Connector``'s sessions, answered on the socket they came on
     (or, for a platform send, on the gateway's socket when the platform confirms)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
         # (gateway id, idempotencyKey) -> the stored result once committed (None: not recorded).
         self._inflight: dict[tuple[str, str], asyncio.Future[dict[str, Any] | None]] = {}

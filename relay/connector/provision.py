@@ -16,7 +16,7 @@ from relay.connector.ingress import IngressError, check_unicode, parse_body
 from relay.connector.ingress_routes import read_body
 
 if TYPE_CHECKING:
-    from relay.connector.server import Connector
+    from relay.connector.surface import ConnectorSurface
 
 log = logging.getLogger("relay.connector")
 
@@ -24,7 +24,7 @@ log = logging.getLogger("relay.connector")
 class ProvisionRoutes:
     """``/relay/provision`` and ``/relay/policy`` of a ``Connector`` (shapes: ``server`` docs)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
 
     async def _gateway_request(self, request: web.Request) -> tuple[str, dict[str, Any]] | web.Response:

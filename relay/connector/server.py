@@ -50,13 +50,14 @@ from common.errors import TokenError
 from common.tasks import TaskSet
 from relay.connector import telegram as tg
 from relay.connector.damping import FIGHT_LOG_EVERY_S, REPLACE_HOLD_S, Damper
-from relay.connector.egress import CHATS_KEPT, Chats
+from relay.connector.egress import CHATS_KEPT
 from relay.connector.ingress_routes import IngressRoutes
 from relay.connector.outbound import OutboundHandler
 from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.provision import ProvisionRoutes
-from relay.connector.session import HEARTBEAT_S, REPLAY_PAGE, Session, SessionHandler
+from relay.connector.session import HEARTBEAT_S, REPLAY_PAGE, SessionHandler
 from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore
+from relay.connector.surface import Chats, Session
 from relay.connector.wake import WakePoker
 from relay.connector.webhook import TelegramWebhook
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES

@@ -1,4 +1,4 @@
-"""One gateway WebSocket on the connector: the ``Session`` record and its frame loop.
+"""One gateway WebSocket on the connector: its frame loop (the ``Session`` record is in ``surface``).
 
 Owns the upgrade (auth, 4409 refusal), hello/descriptor and the handshake, the replay/live
 sender, ``inbound_ack``, ``going_idle`` (the flip) and the ``/presence`` hold of a live session.
@@ -6,22 +6,21 @@ sender, ``inbound_ack``, ``going_idle`` (the flip) and the ``/presence`` hold of
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
 from common.errors import FrameTooLarge, ProtocolError, TokenError
+from relay.connector.surface import Session
 from relay.connector.wake import hold_presence
 from relay.protocol import frames as F
 from relay.protocol.framing import CLOSE_FRAME_TOO_LARGE, FrameReader, LogLimiter, encode_frame
 
 if TYPE_CHECKING:
-    from relay.connector.server import Connector
+    from relay.connector.surface import ConnectorSurface
 
 log = logging.getLogger("relay.connector")
 
@@ -32,31 +31,11 @@ HEARTBEAT_S = 30.0
 4409 hold-down never protects a dead socket for long."""
 
 
-@dataclass(eq=False)
-class Session:
-    """One gateway socket on the connector."""
-
-    gateway_id: str
-    ws: web.WebSocketResponse
-    handshaken: bool = False
-    flipped: bool = False
-    identity: tuple[str, str] = ("relay", "")
-    identities: list[tuple[str, str]] = field(default_factory=list)
-    notify: asyncio.Event = field(default_factory=asyncio.Event)
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
-    presence: asyncio.Task[Any] | None = None
-
-    @property
-    def live(self) -> bool:
-        """Handshaken, not flipped and the socket still open: inbound goes out on it now."""
-        return self.handshaken and not self.flipped and not self.ws.closed
-
-
 class SessionHandler:
     """``GET /relay`` for a ``Connector``: reads frames from each socket and keeps the
     connector's ``sessions``, ``routes``, ``wake_urls`` and flip state in step with them."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
         self._limiter = LogLimiter()
 

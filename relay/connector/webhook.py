@@ -15,7 +15,7 @@ from relay.connector.ingress import IngressError, parse_body
 from relay.connector.ingress_routes import read_body, same
 
 if TYPE_CHECKING:
-    from relay.connector.server import Connector
+    from relay.connector.surface import ConnectorSurface
 
 log = logging.getLogger("relay.connector")
 
@@ -23,7 +23,7 @@ log = logging.getLogger("relay.connector")
 class TelegramWebhook:
     """Webhook updates for a ``Connector``'s configured bots (``telegram_bots``)."""
 
-    def __init__(self, connector: Connector) -> None:
+    def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
         self._updates_inflight: dict[tuple[str, int], asyncio.Future[bool]] = {}
 

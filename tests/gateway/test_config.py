@@ -113,6 +113,7 @@ def test_config_unparseable_yaml_warns_once(tmp_path: Path, caplog: pytest.LogCa
         (None, False),
         ("enabled", False),
     ],
+    ids=["one", "true", "yes-padded", "on-upper", "zero", "empty", "none", "enabled-word"],
 )
 def test_scale_to_zero_env_flag(value: str | None, expected: bool) -> None:
     """Truthy is 1, true, yes, on (trimmed, case-insensitive)."""
@@ -131,6 +132,7 @@ def test_scale_to_zero_env_flag(value: str | None, expected: bool) -> None:
         (True, 300.0),
         ("2", 120.0),
     ],
+    ids=["int-5", "half-minute", "zero", "negative", "non-numeric", "none", "bool", "str-2"],
 )
 def test_idle_timeout_coercion(minutes: object, seconds: float) -> None:
     """<= 0 or non-numeric idle timeouts fall back to 5 minutes."""

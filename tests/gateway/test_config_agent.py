@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from gateway.config import load_config
-from gateway.conversation.reset import ResetPolicy
+from gateway.core.session_reset import ResetPolicy
 
 FULL = """
 model: {default: m1, provider: local}

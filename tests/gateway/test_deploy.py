@@ -103,7 +103,7 @@ def test_the_walk_through_shows_our_commands() -> None:
         assert needle in text, needle
 
 
-@pytest.mark.parametrize("cmd", _doc_commands())
+@pytest.mark.parametrize("cmd", _doc_commands(), ids=lambda cmd: " ".join(cmd.split()[:3]))
 def test_documented_commands_parse(cmd: str) -> None:
     args = shlex.split(cmd.replace("<", "").replace(">", ""))
     parser = sidecar_parser() if args[0] == "hermes-sidecar" else relay_parser()

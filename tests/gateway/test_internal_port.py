@@ -113,6 +113,15 @@ async def test_run_with_a_busy_metrics_port_exits_1_with_one_line(tmp_path: Path
         (["dev", "--port", "8000"], {}, 8002),
         (["dev", "--port", "8000", "--metrics-port", "0"], {}, None),
     ],
+    ids=[
+        "run-default",
+        "run-env",
+        "run-flag-beats-env",
+        "run-flag-0-off",
+        "run-env-0-off",
+        "dev-port-plus-2",
+        "dev-flag-0-off",
+    ],
 )
 def test_metrics_port_resolution(argv: list[str], env: dict[str, str], expected: int | None) -> None:
     args = build_parser().parse_args(argv)
@@ -148,6 +157,19 @@ def test_bad_metrics_port_exits_2(
         (None, False),
         ("garbage", False),
     ],
+    ids=[
+        "v4-loopback",
+        "v4-loopback-range",
+        "v6-loopback",
+        "v4-mapped-loopback",
+        "v4-private",
+        "v6-ula",
+        "v4-mapped-private",
+        "v6-link-local-zone",
+        "empty",
+        "none",
+        "garbage",
+    ],
 )
 def test_is_loopback(remote: str | None, loopback: bool) -> None:
     assert is_loopback(remote) is loopback
@@ -170,6 +192,7 @@ def test_status_authorized_rules() -> None:
 @pytest.mark.parametrize(
     ("header", "code"),
     [(None, 401), ("Bearer wrong", 401), ("Bearer w4ke", 200), ("admin", 200)],
+    ids=["no-header", "wrong-bearer", "right-bearer", "admin-token"],
 )
 async def test_status_from_a_remote_address_needs_a_bearer(
     sidecar: Sidecar, header: str | None, code: int

@@ -84,7 +84,9 @@ async def test_complete_reads_answer_usage_and_model(mocked: Mocked, http: aioht
     assert sent["json"] == {"model": "asked-model", "messages": MESSAGES}
 
 
-@pytest.mark.parametrize("model", [None, 42, "", ["m"], "x" * 300])
+@pytest.mark.parametrize(
+    "model", [None, 42, "", ["m"], "x" * 300], ids=["none", "int", "empty", "list", "too-long"]
+)
 async def test_complete_model_falls_back_to_asked(
     mocked: Mocked, http: aiohttp.ClientSession, model: Any
 ) -> None:
@@ -113,6 +115,23 @@ async def test_complete_model_falls_back_to_asked(
         '{"usage": {"prompt_tokens": ' + "9" * 5000 + "}}",
         b'{"choices": [{"message": {"content": "\xff\xfe"}}]}',
     ],
+    ids=[
+        "not-json",
+        "array",
+        "string",
+        "null",
+        "empty",
+        "choices-empty",
+        "choices-str",
+        "message-str",
+        "message-empty",
+        "content-int",
+        "content-list",
+        "content-dict",
+        "deep-nesting",
+        "huge-int",
+        "invalid-utf8",
+    ],
 )
 async def test_complete_unusable_body_is_provider_error(
     mocked: Mocked, http: aiohttp.ClientSession, body: str | bytes
@@ -124,7 +143,7 @@ async def test_complete_unusable_body_is_provider_error(
     assert err.value.end_reason == "provider_error"
 
 
-@pytest.mark.parametrize("content", [None, "", "   \n\t"])
+@pytest.mark.parametrize("content", [None, "", "   \n\t"], ids=["none", "empty", "whitespace"])
 async def test_complete_empty_content_is_empty_answer(
     mocked: Mocked, http: aiohttp.ClientSession, content: Any
 ) -> None:
@@ -138,6 +157,7 @@ async def test_complete_empty_content_is_empty_answer(
 @pytest.mark.parametrize(
     "raw",
     ['"lots"', "1e400", "-1e400", "[1]", "-5", "true", "1" + "0" * 30, "{}", "NaN", "1e13"],
+    ids=["string", "overflow", "neg-overflow", "list", "negative", "bool", "huge", "dict", "nan", "too-big"],
 )
 async def test_complete_garbage_usage_is_none(mocked: Mocked, http: aiohttp.ClientSession, raw: str) -> None:
     """Usage fields that do not parse are None (never a crash, never a wrong number)."""
@@ -150,7 +170,9 @@ async def test_complete_garbage_usage_is_none(mocked: Mocked, http: aiohttp.Clie
     assert (c.text, c.input_tokens, c.output_tokens, c.cost_usd) == ("ok", None, None, None)
 
 
-@pytest.mark.parametrize("usage", [None, "lots", [], {"prompt_tokens": None}])
+@pytest.mark.parametrize(
+    "usage", [None, "lots", [], {"prompt_tokens": None}], ids=["none", "string", "list", "null-field"]
+)
 async def test_complete_missing_usage_is_none(
     mocked: Mocked, http: aiohttp.ClientSession, usage: Any
 ) -> None:
@@ -179,6 +201,23 @@ async def test_complete_missing_usage_is_none(
         (2.5, None),
         (None, None),
     ],
+    ids=[
+        "zero",
+        "int",
+        "integral-float",
+        "max",
+        "over-max",
+        "huge",
+        "negative",
+        "true",
+        "false",
+        "str",
+        "list",
+        "inf",
+        "nan",
+        "fractional",
+        "none",
+    ],
 )
 def test_parse_tokens_accepts_only_plausible_counts(value: Any, expected: int | None) -> None:
     """Non-negative ints and integral floats up to 10**12; everything else is None."""
@@ -200,6 +239,20 @@ def test_parse_tokens_accepts_only_plausible_counts(value: Any, expected: int | 
         (float("inf"), None),
         (float("nan"), None),
         ([0.5], None),
+    ],
+    ids=[
+        "zero",
+        "float",
+        "int",
+        "max",
+        "over-max",
+        "huge-int",
+        "negative",
+        "bool",
+        "str",
+        "inf",
+        "nan",
+        "list",
     ],
 )
 def test_parse_cost_accepts_only_plausible_usd(value: Any, expected: float | None) -> None:
@@ -224,6 +277,7 @@ async def test_complete_total_cost_used_when_cost_unusable(
         (400, f"echo of headers: Authorization: Bearer {KEY}"),
         (500, "x" * 195 + KEY),  # the key straddles the 200-character cut
     ],
+    ids=["401-sk-token", "401-key", "403-json-api-key", "400-bearer-echo", "500-key-at-cut"],
 )
 async def test_complete_error_body_is_redacted(
     mocked: Mocked, http: aiohttp.ClientSession, status: int, body: str

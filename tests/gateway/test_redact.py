@@ -27,6 +27,21 @@ from gateway.config import load_config
         ("invalid key sk-live-abcdef123456", "sk-live-abcdef123456"),
         ("key:sk-proj_ABCDEFGH", "sk-proj_ABCDEFGH"),
     ],
+    ids=[
+        "auth-bearer",
+        "auth-basic",
+        "json-auth-spaces",
+        "py-dict-auth-token",
+        "bare-bearer-jwt",
+        "json-api-key",
+        "api-key-header",
+        "x-api-key-header",
+        "apikey-quoted",
+        "url-query-apikey",
+        "api-key-query",
+        "sk-live",
+        "sk-proj",
+    ],
 )
 def test_redact_removes_secret_shapes(text: str, gone: str) -> None:
     """Authorization/Bearer values, api_key values and sk- tokens become [redacted]."""
@@ -43,6 +58,7 @@ def test_redact_removes_secret_shapes(text: str, gone: str) -> None:
         "sk-short",
         "model gpt-4o answered 401",
     ],
+    ids=["auth-word", "task-mask-words", "short-sk", "model-name"],
 )
 def test_redact_leaves_ordinary_text(text: str) -> None:
     """Words that only look related are kept as they are."""
@@ -80,6 +96,7 @@ def test_redact_longer_secret_wins_over_its_prefix() -> None:
         '{"api_key": "s3cret-value"}',
         "token sk-abcdefghijkl and s3cret-value",
     ],
+    ids=["auth-bearer", "api-key-query", "json-api-key", "sk-token"],
 )
 def test_redact_is_idempotent(text: str) -> None:
     """Redacting twice gives the same text (no ``[redacted]]`` artefacts)."""

@@ -139,6 +139,7 @@ def test_bad_openai_base_url_is_one_warning(tmp_path: Path, caplog: pytest.LogCa
         ({"FLY_APP_NAME": " "}, None),
         ({}, None),
     ],
+    ids=["fly-app", "explicit-url-wins", "blank-app", "no-env"],
 )
 def test_fly_app_name_derives_the_wake_url(tmp_path: Path, env: dict[str, str], expected: str | None) -> None:
     assert load_config(tmp_path, env).wake_url == expected

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from gateway.conversation.reset import ResetPolicy, needs_reset
+from gateway.core.session_reset import ResetPolicy, needs_reset
 
 MIN = 60.0
 HOUR = 3600.0
@@ -63,13 +63,13 @@ def test_needs_reset_modes(mode: str, last: str, now: str, expected: bool) -> No
     assert check(ts(last), ts(now), mode, idle=30) is expected
 
 
-@pytest.mark.parametrize("mode", ["idle", "daily", "both", "none"])
+@pytest.mark.parametrize("mode", ["idle", "daily", "both", "none"], ids=["idle", "daily", "both", "none"])
 def test_needs_reset_without_session_is_false(mode: str) -> None:
     """No previous message: nothing to reset."""
     assert check(None, ts("2024-05-01 10:00"), mode) is False
 
 
-@pytest.mark.parametrize("mode", ["idle", "daily", "both"])
+@pytest.mark.parametrize("mode", ["idle", "daily", "both"], ids=["idle", "daily", "both"])
 def test_needs_reset_clock_step_back_is_false(mode: str) -> None:
     """``now`` before ``last_at`` (a wall clock stepped back) never resets."""
     assert check(ts("2024-05-02 10:00"), ts("2024-05-01 10:00"), mode) is False

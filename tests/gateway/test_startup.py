@@ -114,6 +114,7 @@ async def test_startup_dev_busy_connector_port_exits_with_one_line(
 @pytest.mark.parametrize(
     ("body", "cause"),
     [("model: [unclosed\n", "is not valid YAML"), ("[1, 2]\n", "is not a mapping")],
+    ids=["bad-yaml", "not-mapping"],
 )
 def test_load_config_strict_raises_startup_error(tmp_path: Path, body: str, cause: str) -> None:
     """``strict=True`` turns an unusable file into StartupError naming it; lenient mode warns."""

@@ -396,6 +396,17 @@ async def test_ingress_deep_nesting_or_bad_bytes_is_400(rig: Rig, raw: bytes, ne
         ({"chat_name": "\ud800"}, "chat_name"),
         ({"message_type": "photo", "text": None, "caption": "\ud800"}, "caption"),
     ],
+    ids=[
+        "text-mid",
+        "text-only",
+        "chat_id",
+        "message_id",
+        "user_name",
+        "profile",
+        "thread_id",
+        "chat_name",
+        "caption",
+    ],
 )
 async def test_ingress_lone_surrogate_is_400_naming_the_field(
     rig: Rig, fields: dict[str, Any], name: str
@@ -426,6 +437,14 @@ async def test_ingress_surrogate_pair_is_valid_unicode(rig: Rig) -> None:
         ("thread_id", "1e400"),
         ("guild_id", "-1e400"),
         ("scope_id", "NaN"),
+    ],
+    ids=[
+        "chat_id-nan",
+        "user_id-inf",
+        "message_id-neg-inf",
+        "thread_id-overflow",
+        "guild_id-neg-overflow",
+        "scope_id-nan",
     ],
 )
 async def test_ingress_non_finite_number_is_400_naming_the_field(rig: Rig, field: str, literal: str) -> None:
@@ -552,7 +571,11 @@ def _b64(text: str) -> str:
     return base64.urlsafe_b64encode(text.encode("utf-8", "surrogatepass")).decode().rstrip("=")
 
 
-@pytest.mark.parametrize("exp", ["²", "٣", "１２", "+5", " 5", "-1", "1" * 40])
+@pytest.mark.parametrize(
+    "exp",
+    ["²", "٣", "１２", "+5", " 5", "-1", "1" * 40],
+    ids=["superscript", "arabic-indic", "fullwidth", "plus-sign", "leading-space", "negative", "too-long"],
+)
 def test_token_with_non_ascii_digit_exp_is_unauthorized(exp: str) -> None:
     """An exp that is not plain ASCII digits is 'unauthorized', never a ValueError."""
     with pytest.raises(TokenError) as err:

@@ -90,7 +90,9 @@ async def test_relay_serve_on_a_busy_port_exits_fast_with_one_line(tmp_path: Pat
     assert not db.exists()  # the port is bound before the store opens
 
 
-@pytest.mark.parametrize("kind", ["directory", "not-sqlite", "under-a-file"])
+@pytest.mark.parametrize(
+    "kind", ["directory", "not-sqlite", "under-a-file"], ids=["directory", "not-sqlite", "under-a-file"]
+)
 async def test_relay_serve_with_an_unopenable_db_exits_1_with_one_line(tmp_path: Path, kind: str) -> None:
     """A --db that cannot be opened exits 1 within 5 s with one line naming the path."""
     db = tmp_path / "relay.db"

@@ -37,7 +37,9 @@ def test_normalise_relay_url_maps_scheme_and_path(raw: str, expected: str) -> No
 
 
 @pytest.mark.parametrize(
-    "raw", ["https://x.io/?a=1", "https://x.io/#frag", "ftp://x.io", "", "https://", "x.io"]
+    "raw",
+    ["https://x.io/?a=1", "https://x.io/#frag", "ftp://x.io", "", "https://", "x.io"],
+    ids=["query", "fragment", "ftp-scheme", "empty", "no-host", "no-scheme"],
 )
 def test_normalise_relay_url_rejects_query_fragment_and_bad_scheme(raw: str) -> None:
     """A query, fragment, foreign scheme or missing host is a config error naming the URL."""
@@ -112,7 +114,7 @@ def test_token_refusals_are_unauthorized(token: str) -> None:
     assert err.value.reason == "unauthorized"
 
 
-@pytest.mark.parametrize("gid", ["a:b", "a=b", "", "  "])
+@pytest.mark.parametrize("gid", ["a:b", "a=b", "", "  "], ids=["colon", "equals", "empty", "blank"])
 def test_gateway_id_with_colon_or_equals_is_config_error(gid: str) -> None:
     """A gateway id containing ':' or '=' (or empty) cannot be put in a token."""
     with pytest.raises(ConfigError):

@@ -179,7 +179,9 @@ async def test_typing_and_edit_map_to_chat_action_and_edit_message_text(rig: TgR
     assert api.of("editMessageText") == [{"chat_id": 42, "message_id": 9, "text": "fixed"}]
 
 
-@pytest.mark.parametrize("headers", [{}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}])
+@pytest.mark.parametrize(
+    "headers", [{}, {"X-Telegram-Bot-Api-Secret-Token": "wrong"}], ids=["no-header", "wrong-secret"]
+)
 async def test_webhook_without_the_secret_is_401_and_stores_nothing(
     rig: TgRig, headers: dict[str, str]
 ) -> None:

@@ -25,7 +25,11 @@ def test_parse_telegram_merges_env_and_flags_flag_wins() -> None:
     assert bots == {"a": "1:FLAG", "b": "2:B", "c": "3:x=y"}
 
 
-@pytest.mark.parametrize("item", ["noequals", "a=", "a=notoken", "a=:abc", "=1:x", "a:b=1:x"])
+@pytest.mark.parametrize(
+    "item",
+    ["noequals", "a=", "a=notoken", "a=:abc", "=1:x", "a:b=1:x"],
+    ids=["no-equals", "no-token", "no-colon", "empty-bot-id", "empty-name", "colon-in-name"],
+)
 def test_parse_telegram_refuses_bad_items(item: str) -> None:
     with pytest.raises(ConfigError):
         parse_telegram([item], None)
