@@ -14,7 +14,7 @@ import aiohttp
 from common.clock import SystemClock
 from common.errors import ConfigError
 from gateway.config import Config
-from gateway.cron.jobs import check_skills, create_job, resume_next, update_job
+from gateway.cron.jobs import FIELDS, check_skills, create_job, resume_next, update_job
 from gateway.cron.runner import run_occurrence
 from gateway.cron.store import CronStore, Job
 from gateway.mgmt import Exit, call_sidecar, emit, notify, offline_cron_context, open_db
@@ -96,20 +96,8 @@ def add_parsers(sub: Any, parser_class: Any) -> None:
 
 
 def _fields(args: argparse.Namespace) -> dict[str, Any]:
-    keys = (
-        "schedule",
-        "prompt",
-        "name",
-        "profile",
-        "model",
-        "provider",
-        "skills",
-        "deliver_to",
-        "tz",
-        "catch_up",
-        "misfire_grace_seconds",
-    )
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    """The job fields the command line gave (``jobs.FIELDS``; unset flags left out)."""
+    return {k: getattr(args, k) for k in FIELDS if getattr(args, k, None) is not None}
 
 
 def job_state(job: Job) -> str:
