@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import aiohttp
@@ -39,9 +39,8 @@ def parse_gateways(flags: Sequence[str], env_value: str | None) -> dict[str, str
     Each item is split at its first ``=``. Raises ``ConfigError`` naming the item when it has no
     ``=``, an empty secret, or an id that is empty or contains ``:``.
     """
-    out: dict[str, str] = {}
 
-    def add(item: str, where: str) -> None:
+    def parse(item: str, where: str) -> tuple[str, str]:
         gid, sep, secret = item.strip().partition("=")
         if not sep or not secret:
             raise ConfigError(f"{where} value {item!r} is not ID=SECRET (a non-empty secret)")
@@ -52,23 +51,17 @@ def parse_gateways(flags: Sequence[str], env_value: str | None) -> dict[str, str
             raise ConfigError(f"{where} value {item!r}: {exc}") from None
         except UnicodeEncodeError:
             raise ConfigError(f"{where} value for {gid!r} is not valid UTF-8") from None
-        out[gid] = secret
+        return gid, secret
 
-    for item in (env_value or "").split(","):
-        if item.strip():
-            add(item, "RELAY_GATEWAYS")
-    for item in flags:
-        add(item, "--gateway")
-    return out
+    return _merge_pairs(flags, env_value, "--gateway", "RELAY_GATEWAYS", parse)
 
 
 def parse_telegram(flags: Sequence[str], env_value: str | None) -> dict[str, str]:
     """Merge ``RELAY_TELEGRAM="id=token,..."`` and ``--telegram ID=BOT_TOKEN`` (flag wins; split
     at the first ``=``). Raises ``ConfigError`` naming the item when it has no ``=``, a bad id, or
     a token without a bot id before ``:``."""
-    out: dict[str, str] = {}
 
-    def add(item: str, where: str) -> None:
+    def parse(item: str, where: str) -> tuple[str, str]:
         gid, sep, token = item.strip().partition("=")
         if not sep or not token or not tg.bot_id_of(token) or ":" not in token:
             raise ConfigError(f"{where} value for {gid!r} is not ID=BOT_TOKEN (a token like 123456:ABC...)")
@@ -79,13 +72,28 @@ def parse_telegram(flags: Sequence[str], env_value: str | None) -> dict[str, str
             raise ConfigError(f"{where} value for {gid!r}: {exc}") from None
         except UnicodeEncodeError:
             raise ConfigError(f"{where} value for {gid!r}: the bot token is not ASCII") from None
-        out[gid] = token
+        return gid, token
 
+    return _merge_pairs(flags, env_value, "--telegram", "RELAY_TELEGRAM", parse)
+
+
+def _merge_pairs(
+    flags: Sequence[str],
+    env_value: str | None,
+    flag: str,
+    env_name: str,
+    parse: Callable[[str, str], tuple[str, str]],
+) -> dict[str, str]:
+    """``ID=VALUE`` items of the comma-separated env value, then of the repeated flag (so a flag
+    wins for the same id); ``parse(item, where)`` checks one and raises ``ConfigError``."""
+    out: dict[str, str] = {}
     for item in (env_value or "").split(","):
         if item.strip():
-            add(item, "RELAY_TELEGRAM")
+            gid, value = parse(item, env_name)
+            out[gid] = value
     for item in flags:
-        add(item, "--telegram")
+        gid, value = parse(item, flag)
+        out[gid] = value
     return out
 
 
