@@ -3,76 +3,27 @@ the Fly wake URL default, unknown top-level keys, and config reload (SIGHUP, /ad
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 
 from gateway.config import load_config
 from gateway.cron.jobs import create_job
 from gateway.runtime.sidecar import Sidecar
-from relay.protocol import frames as F
 from tests.fake_llm import FakeLLM, provider_config
 from tests.procs import Proc, free_port
-from tests.wire import inbound
-
-
-class PushConnector:
-    """A scripted connector that answers hellos, acks nothing itself, answers every outbound
-    with success, and lets the test push inbound lines at any time."""
-
-    def __init__(self) -> None:
-        self.ws: web.WebSocketResponse | None = None
-        self.sends: list[dict[str, Any]] = []
-        self.changed = asyncio.Event()
-        app = web.Application()
-        app.router.add_get("/relay", self._ws)
-        self.server = TestServer(app, host="127.0.0.1")
-
-    async def wait_until(self, pred: Callable[[], bool], timeout: float = 10.0) -> None:
-        async def loop() -> None:
-            while not pred():
-                self.changed.clear()
-                await self.changed.wait()
-
-        await asyncio.wait_for(loop(), timeout)
-
-    async def push(self, line: str) -> None:
-        await self.wait_until(lambda: self.ws is not None)
-        assert self.ws is not None
-        await self.ws.send_str(line)
-
-    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse()
-        await ws.prepare(request)
-        async for msg in ws:
-            if msg.type is not aiohttp.WSMsgType.TEXT:
-                break
-            for line in msg.data.splitlines():
-                frame = json.loads(line)
-                if frame["type"] == "hello":
-                    await ws.send_str(json.dumps(F.descriptor(frame["platform"])) + "\n")
-                    self.ws = ws
-                elif frame["type"] == "outbound":
-                    self.sends.append(frame)
-                    result = F.outbound_result(frame["requestId"], {"success": True, "message_id": "m"})
-                    await ws.send_str(json.dumps(result) + "\n")
-                self.changed.set()
-        return ws
+from tests.wire import RawConnector, inbound
 
 
 @pytest.fixture
-async def conn() -> AsyncIterator[PushConnector]:
-    c = PushConnector()
+async def conn() -> AsyncIterator[RawConnector]:
+    c = RawConnector()
     await c.server.start_server()
     yield c
     await c.server.close()
@@ -81,7 +32,7 @@ async def conn() -> AsyncIterator[PushConnector]:
 # --- env essentials -----------------------------------------------------------------------
 
 
-async def test_env_only_deploy_answers_a_message(tmp_path: Path, llm: FakeLLM, conn: PushConnector) -> None:
+async def test_env_only_deploy_answers_a_message(tmp_path: Path, llm: FakeLLM, conn: RawConnector) -> None:
     """No config.yaml: OPENAI_BASE_URL + HERMES_MODEL + OPENAI_API_KEY and the relay env are
     enough for a message to be answered by that model with that key."""
     env = {
@@ -163,7 +114,7 @@ def test_unknown_top_level_key_warns_with_the_nearest_key(
 
 
 async def test_reload_switches_the_model_of_the_next_turn_and_keeps_a_broken_file_out(
-    tmp_path: Path, llm: FakeLLM, conn: PushConnector, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, llm: FakeLLM, conn: RawConnector, caplog: pytest.LogCaptureFixture
 ) -> None:
     cfg = tmp_path / "config.yaml"
     cfg.write_text(provider_config(llm.base_url, model="m1"))
