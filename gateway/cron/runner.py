@@ -14,7 +14,7 @@ import aiohttp
 from common.clock import Clock
 from gateway.agent.provider import ProviderError, complete
 from gateway.agent.resolve import Resolved
-from gateway.agent.spend import SpendLedger
+from gateway.agent.spend import SpendLedger, utc_day, utc_day_start
 from gateway.config import Config
 from gateway.cron.drift import Axes, check_drift, current_axes
 from gateway.cron.store import CronStore, Job
@@ -150,13 +150,12 @@ async def _run_claimed(ctx: CronContext, job: Job, scheduled_for: float, run_id:
         log.info("cron job %s: drift healed", job.id)
     limit = ctx.config.cron_max_daily_usd
     if limit is not None:
-        day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-        spent = await store.spend_since(day.timestamp())
+        spent = await store.spend_since(utc_day_start(now))
         if spent >= limit:
             err = f"daily cron budget reached: ${spent:.4f} of ${limit:.4f} (UTC day)"
             await store.finish(run_id, "blocked_budget", clock.wall(), error=err)
             await telemetry("blocked_budget")
-            if await store.budget_alert_once(day.date().isoformat(), clock.wall()):
+            if await store.budget_alert_once(utc_day(now), clock.wall()):
                 await _alert(
                     ctx,
                     job,

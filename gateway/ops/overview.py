@@ -172,10 +172,6 @@ async def _alerts(db: aiosqlite.Connection, now: float) -> dict[str, Any]:
     }
 
 
-def _day(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
-
-
 async def _spend(db: aiosqlite.Connection, config: Config, now: float) -> dict[str, Any]:
     today_start = utc_day_start(now)
     since = today_start - (SPEND_DAYS - 1) * 86400.0
@@ -206,17 +202,17 @@ async def _spend(db: aiosqlite.Connection, config: Config, now: float) -> dict[s
         )
         m["usd"] += usd
         m["turns"] += turns
-        if day == _day(now):
+        if day == utc_day(now):
             m["today_usd"] += usd
             m["today_turns"] += turns
     skills_today = await read_all(
         db,
         "SELECT skill_name, SUM(invocations), SUM(total_cost_usd) FROM skill_stats_rollup WHERE day = ?"
         " GROUP BY skill_name ORDER BY 3 DESC, 1",
-        (_day(now),),
+        (utc_day(now),),
     )
     ema = await query_skill_ema(db, SPEND_DAYS, 0.3, now=now)
-    today = days[_day(now)]
+    today = days[utc_day(now)]
     spent_all = await SpendLedger(db).spent_today(now)
     cron_today = await read_one(
         db, "SELECT COALESCE(SUM(cost_usd), 0) FROM job_runs WHERE started_at >= ?", (today_start,)
