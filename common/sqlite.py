@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sqlite3
 import weakref
@@ -15,6 +16,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
+
+Connect = Callable[[str], aiosqlite.Connection]
+"""Makes the (not yet awaited) connection of a database path."""
+
+
+def _thread_connection(path: str) -> aiosqlite.Connection:
+    return aiosqlite.connect(path, isolation_level=None)
+
+
+CONNECT: contextvars.ContextVar[Connect] = contextvars.ContextVar(
+    "sqlite_connect", default=_thread_connection
+)
+"""How ``open_db`` connects: aiosqlite's own thread per connection. The simulator (``sim/``)
+sets a connection that runs each call on the loop thread, so a schedule replays the same."""
 
 
 async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connection:
@@ -25,7 +40,7 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     """
     _ensure_folder(path)
     _private_file(path)
-    db = await aiosqlite.connect(path, isolation_level=None)
+    db = await CONNECT.get()(path)
     try:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={synchronous}")

@@ -84,13 +84,16 @@ class IdleInputs:
 def is_idle(i: IdleInputs) -> bool:
     """Idle iff nothing runs, no job is due within the timeout, and the idle clock reached it.
 
-    The boundary counts as idle: ``now - idle_since == timeout`` is idle.
+    The boundary counts as idle: ``now == idle_since + timeout`` is idle. The sum is the
+    one ``idle_deadline`` returns (not ``now - idle_since >= timeout``, which rounds the other
+    way for some floats: a sleeper woken at that deadline found itself not idle yet and looked
+    again at once, forever on a fake clock; found by ``python -m sim``).
     """
     if i.busy:
         return False
     if i.next_due_in is not None and i.next_due_in <= i.timeout:
         return False
-    return i.now - i.idle_since >= i.timeout
+    return i.now >= i.idle_since + i.timeout
 
 
 def idle_deadline(i: IdleInputs) -> float | None:

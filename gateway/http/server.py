@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -97,15 +98,23 @@ async def wake(request: web.Request) -> web.Response:
         sc.metrics.pokes.labels(result="refused").inc()
         log.warning("wake poke refused: bad or missing bearer")
         return web.json_response({"error": "unauthorized"}, status=401)
+    return web.json_response(accept_poke(sc), status=202)
+
+
+def accept_poke(sc: SidecarSurface) -> dict[str, Any]:
+    """An authorized poke: merged into the last accepted one within ``POKE_MERGE_S`` (1 s of
+    monotonic time), else the watcher wakes (a dormant relay re-dials at once) and the
+    scheduler and board re-plan. Returns ``/wake``'s 202 body (``merged``, ``woke``, ``state``).
+    The simulator pokes through this too."""
     now = sc.clock.monotonic()
     if sc.last_poke_at is not None and now - sc.last_poke_at < POKE_MERGE_S:
         sc.metrics.pokes.labels(result="merged").inc()
-        return web.json_response({"merged": True}, status=202)
+        return {"merged": True}
     sc.last_poke_at = now
     sc.metrics.pokes.labels(result="accepted").inc()
     woke = sc.watcher.wake("poke")
     sc.on_poke()
-    return web.json_response({"merged": False, "woke": woke, "state": sc.state_name()}, status=202)
+    return {"merged": False, "woke": woke, "state": sc.state_name()}
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -11,7 +11,6 @@ an async context manager whose exit is its part of shutdown, and the background 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import socket
@@ -21,13 +20,14 @@ from typing import Any
 import aiosqlite
 from aiohttp import web
 
-from common.clock import Clock
+from common.clock import Clock, wait_with_timeout
 from common.errors import StartupError
 from gateway.config import Config
 from gateway.conversation.store import SessionStore
 from gateway.ops.recorder import OpsRecorder
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
+from relay.protocol.sockets import Dial
 
 log = logging.getLogger("gateway.sidecar")
 
@@ -67,8 +67,10 @@ def relay_transport(
     *,
     on_inbound: Callable[[list[dict[str, Any]]], Awaitable[None]],
     on_interrupt: Callable[[dict[str, Any]], Awaitable[None]],
+    dial: Dial | None = None,
 ) -> RelayTransport | None:
-    """The relay transport the config asks for (not started); None without ``relay_url``."""
+    """The relay transport the config asks for (not started); None without ``relay_url``.
+    ``dial`` replaces aiohttp's dialer (the simulator's link)."""
     if not config.relay_url:
         return None
     return RelayTransport(
@@ -84,11 +86,12 @@ def relay_transport(
         on_inbound=on_inbound,
         on_interrupt=on_interrupt,
         clock=clock,
+        dial=dial,
     )
 
 
 @contextlib.asynccontextmanager
-async def relay(transport: RelayTransport | None, flip_budget_s: float) -> AsyncIterator[None]:
+async def relay(transport: RelayTransport | None, flip_budget_s: float, clock: Clock) -> AsyncIterator[None]:
     """Start the relay transport (none: cron-only mode). At a graceful stop one flip, bounded
     by ``flip_budget_s`` (the relay then buffers for the next process); always the terminal
     disconnect."""
@@ -102,7 +105,7 @@ async def relay(transport: RelayTransport | None, flip_budget_s: float) -> Async
         yield
         if t.state is ConnState.CONNECTED:
             with contextlib.suppress(TimeoutError):
-                flipped = await asyncio.wait_for(t.go_dormant(), flip_budget_s)
+                flipped = await wait_with_timeout(clock, t.go_dormant(), flip_budget_s)
                 log.info("shutdown: relay flip %s", "acknowledged" if flipped else "not acked")
     finally:
         await t.disconnect()

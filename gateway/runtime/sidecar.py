@@ -55,6 +55,7 @@ from gateway.runtime.watcher import IdleWatcher
 from gateway.statedb import open_state_db
 from gateway.telemetry.writer import TelemetryWriter
 from relay.protocol.frames import DEFAULT_MAX_MESSAGE_LENGTH
+from relay.protocol.sockets import Dial
 
 log = logging.getLogger("gateway.sidecar")
 
@@ -73,7 +74,7 @@ class Sidecar:
 
     ``loader``: how a reload (SIGHUP, ``/admin/notify``) reads the config again; default
     ``load_config(config.home, env, strict=True)``. ``dev`` passes one that re-applies its
-    demo overrides.
+    demo overrides. ``dial`` opens the relay socket (default: aiohttp; the simulator's link).
     """
 
     def __init__(
@@ -86,6 +87,7 @@ class Sidecar:
         env: Mapping[str, str] | None = None,
         metrics_port: int | None = None,
         loader: Callable[[], Config] | None = None,
+        dial: Dial | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -106,6 +108,7 @@ class Sidecar:
             self.clock,  # the transport exists before start(); ``inbound`` once started
             on_inbound=lambda frames: self.inbound.admit(frames),
             on_interrupt=lambda frame: self.inbound.interrupt(frame),
+            dial=dial,
         )
         self.blockers = arm_blockers(
             ArmInputs(
@@ -231,7 +234,7 @@ class Sidecar:
         self._background.spawn(self.board.run(), name="dispatch-board")
         retention = services.retention(self.db, self.ops, self.config, self.clock)
         self._background.spawn(retention, name="history-retention")
-        await stack.enter_async_context(services.relay(self.transport, SHUTDOWN_FLIP_BUDGET_S))
+        await stack.enter_async_context(services.relay(self.transport, SHUTDOWN_FLIP_BUDGET_S, self.clock))
         self._background.spawn(self.scheduler.run(), name="cron-scheduler")
         self._background.spawn(self.watcher.run(), name="idle-watcher")
         stack.push_async_callback(self._stop_accepting)

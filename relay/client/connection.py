@@ -29,6 +29,7 @@ from relay.protocol.framing import (
     LogLimiter,
     encode_frame,
 )
+from relay.protocol.sockets import ClientSocket
 
 log = logging.getLogger("relay.transport")
 
@@ -71,7 +72,7 @@ class TransportConfig:
 class SocketState:
     """Per-socket state; a new one on every dial."""
 
-    ws: aiohttp.ClientWebSocketResponse
+    ws: ClientSocket
     strike: bool
     pending: dict[str, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     inbound: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 
@@ -33,6 +33,7 @@ from relay.protocol.framing import (
     LogLimiter,
     encode_frame,
 )
+from relay.protocol.sockets import ClientSocket, Dial
 from relay.protocol.token import mint_token
 
 __all__ = ["FrameHandler", "InboundHandler", "RelayTransport", "TransportConfig"]
@@ -46,6 +47,9 @@ class RelayTransport(SocketIO):
     Read-only status: ``state`` (``ConnState``), ``connected``, ``dial_attempts``,
     ``last_close_code``, ``descriptor`` (the first identity's), ``supports_wake_at``,
     ``backoff_delays`` (every backoff slept, seconds). Use ``wait_until(pred)`` to await a change.
+
+    ``dial`` opens a socket (``relay.protocol.sockets.Dial``); the default dials with aiohttp.
+    The simulator passes its in-memory link.
     """
 
     def __init__(
@@ -56,8 +60,10 @@ class RelayTransport(SocketIO):
         on_interrupt: FrameHandler | None = None,
         clock: Clock | None = None,
         uniform: Uniform = random.uniform,
+        dial: Dial | None = None,
     ) -> None:
         self.config = config
+        self._dial = dial  # None: aiohttp, one ClientSession for the supervisor's life
         self._on_inbound = on_inbound
         self._on_interrupt = on_interrupt
         self.clock: Clock = clock or SystemClock()
@@ -170,11 +176,11 @@ class RelayTransport(SocketIO):
     # --- supervisor ----------------------------------------------------------------------
 
     async def _supervise(self) -> None:
-        async with aiohttp.ClientSession() as http:
+        async with self._dialer() as dial:
             while True:
                 st = self._m.state
                 if st is ConnState.DIALING:
-                    await self._dial_once(http)
+                    await self._dial_once(dial)
                 elif st is ConnState.BACKOFF:
                     delay = self._next_delay
                     self.backoff_delays.append(delay)
@@ -194,26 +200,39 @@ class RelayTransport(SocketIO):
                 else:
                     return
 
+    @contextlib.asynccontextmanager
+    async def _dialer(self) -> AsyncIterator[Dial]:
+        """The injected ``dial``, or aiohttp's ``ws_connect`` on a session kept open meanwhile."""
+        if self._dial is not None:
+            yield self._dial
+            return
+        async with aiohttp.ClientSession() as http:
+
+            async def dial(url: str, headers: Mapping[str, str]) -> ClientSocket:
+                return await http.ws_connect(
+                    url,
+                    headers=headers,
+                    autoping=False,
+                    max_msg_size=self.config.max_frame_bytes,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    # An aiohttp timeout is a last resort for a hung TCP connect only.
+                    receive_timeout=None,
+                )
+
+            yield dial
+
     def _headers(self) -> dict[str, str]:
         c = self.config
         if c.gateway_id and c.secret:
             return {"Authorization": f"Bearer {mint_token(c.gateway_id, c.secret, self.clock.wall())}"}
         return {}
 
-    async def _dial_once(self, http: aiohttp.ClientSession) -> None:
+    async def _dial_once(self, dial: Dial) -> None:
         self.dial_attempts += 1
         strike, self._strike_next = self._strike_next, False
         self._notify()
         try:
-            ws = await http.ws_connect(
-                self.config.url,
-                headers=self._headers(),
-                autoping=False,
-                max_msg_size=self.config.max_frame_bytes,
-                timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
-                # An aiohttp timeout is a last resort for a hung TCP connect only.
-                receive_timeout=None,
-            )
+            ws = await dial(self.config.url, self._headers())
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             self._closed(None, f"dial failed: {type(exc).__name__}: {exc}", strike, None)
             return

@@ -31,7 +31,7 @@ class ProvisionRoutes:
         """Authenticate a gateway's HTTP call like its WS upgrade and read its JSON object body:
         ``(gateway id, body)``, or the 401/400/413 response."""
         try:
-            gid = self.c.authenticate(request)
+            gid = self.c.authenticate(request.headers.get("Authorization"))
         except TokenError as exc:
             return web.json_response(
                 {"error": f"unauthorized: Authorization: Bearer <relay token> required ({exc.reason})"},

@@ -248,11 +248,12 @@ class Connector:
             self.pokers[gateway_id] = poker
         return poker
 
-    def authenticate(self, request: web.Request) -> str:
-        """The gateway id of an upgrade. Raises ``TokenError`` only, whatever the header holds
-        (aiohttp decodes header bytes with surrogateescape: non-ASCII and lone surrogates)."""
+    def authenticate(self, authorization: str | None) -> str:
+        """The gateway id of an upgrade's ``Authorization`` header. Raises ``TokenError`` only,
+        whatever the header holds (aiohttp decodes header bytes with surrogateescape: non-ASCII
+        and lone surrogates)."""
         try:
-            token = bearer_of(request.headers.get("Authorization"))
+            token = bearer_of(authorization)
             if not self.secrets:
                 return (token_gateway_id(token) if token else None) or DEV_GATEWAY_ID
             if token is None:

@@ -18,6 +18,7 @@ from relay.connector.surface import Session
 from relay.connector.wake import hold_presence
 from relay.protocol import frames as F
 from relay.protocol.framing import CLOSE_FRAME_TOO_LARGE, FrameReader, LogLimiter, encode_frame
+from relay.protocol.sockets import ServerSocket
 
 if TYPE_CHECKING:
     from relay.connector.surface import ConnectorSurface
@@ -40,20 +41,26 @@ class SessionHandler:
         self._limiter = LogLimiter()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        """``GET /relay``: upgrade, authenticate (bad token -> close 4401; a damped re-dial ->
-        4409), then read NDJSON frames until the socket closes (oversized frame -> 1009)."""
+        """``GET /relay``: upgrade, then ``serve`` the socket."""
         ws = web.WebSocketResponse(max_msg_size=self.c.max_frame_bytes, autoping=True, heartbeat=HEARTBEAT_S)
         await ws.prepare(request)
+        await self.serve(ws, request.headers.get("Authorization"))
+        return ws
+
+    async def serve(self, ws: ServerSocket, authorization: str | None) -> None:
+        """Authenticate an upgraded socket by its ``Authorization`` header (bad token -> close
+        4401; a damped re-dial -> 4409), then read NDJSON frames until it closes (oversized
+        frame -> 1009). The simulator calls this with its in-memory socket."""
         try:
-            gateway_id = self.c.authenticate(request)
+            gateway_id = self.c.authenticate(authorization)
         except TokenError as exc:
             log.warning("refused gateway socket: %s", exc)
             await ws.close(code=4401, message=exc.reason.encode())
-            return ws
+            return
         current = self.c.sessions.get(gateway_id)
         if self.c.damper.damped(gateway_id, live=current is not None and current.live):
             await ws.close(code=4409, message=b"replaced")
-            return ws
+            return
         session = Session(gateway_id=gateway_id, ws=ws)
         reader = FrameReader(lambda exc: self._drop(gateway_id, exc), self.c.max_frame_bytes)
         try:
@@ -74,7 +81,6 @@ class SessionHandler:
                 del self.c.sessions[gateway_id]
                 if session.handshaken and not session.flipped:
                     log.info("gateway %s: socket dropped without a flip; buffering", gateway_id)
-        return ws
 
     def _drop(self, gateway_id: str, exc: ProtocolError) -> None:
         if self._limiter.allow(exc.kind, self.c.clock.monotonic()):

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
-from aiohttp import web
 
 from common.clock import Clock
 from relay.connector.damping import Damper
 from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.store import BufferStore
 from relay.connector.wake import WakePoker
+from relay.protocol.sockets import ServerSocket
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class Session:
     """One gateway socket on the connector."""
 
     gateway_id: str
-    ws: web.WebSocketResponse
+    ws: ServerSocket
     handshaken: bool = False
     flipped: bool = False
     identity: tuple[str, str] = ("relay", "")
@@ -129,7 +129,7 @@ class ConnectorSurface(Protocol):
 
     def poker(self, gateway_id: str) -> WakePoker: ...
 
-    def authenticate(self, request: web.Request) -> str: ...
+    def authenticate(self, authorization: str | None) -> str: ...
 
     async def ingest(
         self,
