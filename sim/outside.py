@@ -4,7 +4,8 @@ path, all on virtual time and all drawing their faults from the schedule.
 - The platform posts each message at its time and retries with the same ``message_id`` until
   the connector accepts it (a webhook retried with backoff); only an accepted message is owed
   an answer.
-- The provider answers ``m:<id>`` with ``re:<id>`` after 0.2-2.2 s, or fails (HTTP 500).
+- The provider answers ``m:<id>`` with ``re:<id>`` after 0.2-2.2 s, or fails (HTTP 500), or
+  answers with garbage ``usage`` (text, 1e400, a list, null, negative).
 - A poke (``GET <wakeUrl>``) reaches the sidecar's real ``/wake`` logic (``accept_poke``), is
   lost, or is refused while the sidecar is down; early pokes arrive with nothing buffered.
 HTTP is intercepted with aioresponses, so the real clients (the connector's poker, the
@@ -105,12 +106,17 @@ class Outside:
             self.count("provider_failure")
             self.note(f"provider fails for {text}")
             return CallbackResult(status=500, payload={"error": "simulated outage"})
+        usage: Any = {"prompt_tokens": 10, "completion_tokens": 3, "cost": 0.0001}
+        if self.s.provider_garbage and self.draw() < self.s.provider_garbage:
+            self.count("provider_garbage")
+            usage = {"prompt_tokens": self.s.rng.choice(["lots", 1e400, [1], None, -5]), "cost": "free"}
+            self.note(f"provider answers {text} with garbage usage")
         return CallbackResult(
             status=200,
             payload={
                 "model": "sim-model",
                 "choices": [{"message": {"role": "assistant", "content": "re:" + text.removeprefix("m:")}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 3, "cost": 0.0001},
+                "usage": usage,
             },
         )
 

@@ -7,7 +7,7 @@ seed names one run exactly.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sim.link import LinkFaults
 
@@ -47,8 +47,8 @@ class Schedule:
     link: LinkFaults
     poke_lost: float
     provider_failure: float
+    provider_garbage: float
     sqlite_busy: float
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 def draw(seed: int) -> Schedule:
@@ -93,5 +93,6 @@ def draw(seed: int) -> Schedule:
         link=LinkFaults(drop=chance(0.04), ack_lost=chance(0.4), ack_late=chance(0.4), duplicate=chance(0.2)),
         poke_lost=chance(0.5),
         provider_failure=chance(0.3),
+        provider_garbage=chance(0.2),
         sqlite_busy=chance(0.1),
     )
