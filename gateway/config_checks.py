@@ -9,6 +9,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from common.errors import ConfigError
 
@@ -106,8 +107,10 @@ def check_identities(v: Any) -> list[tuple[str, str]]:
 
 
 def check_url(v: Any) -> str:
+    """An ``http(s)://host[...]`` URL without its trailing ``/``; no host (``http://``) or one
+    that does not parse (``http://[::1``) is a ``ValueError``."""
     text = check_str(v)
-    if not text.startswith(("http://", "https://")):
+    if not text.startswith(("http://", "https://")) or not urlsplit(text).hostname:
         raise ValueError
     return text.rstrip("/")
 

@@ -1,4 +1,5 @@
-"""``python -m sim --seeds N [--seed S] [--json] [--workers W] [--trace]`` (SPEC 8.4).
+"""``python -m sim --seeds N [--seed S] [--first F] [--json] [--workers W]`` (SPEC 8.4), or
+``python -m sim --fuzz [--examples N]`` (the parsers under hypothesis).
 
 Runs N fault schedules (seeds 0..N-1, or the one seed S), in W worker processes, and prints
 the tally: schedules, faults by kind, accepted, answered, lost, duplicated, stranded and

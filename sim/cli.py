@@ -13,9 +13,6 @@ from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-from sim.run import run_seed
-from sim.verdict import Verdict
-
 SEED_WALL_LIMIT_S = 120.0
 """Real seconds one schedule may take before the harness calls it hung (a hidden real wait)."""
 TRACE_TAIL = 120
@@ -52,6 +49,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--first", type=_seed, default=0, help="the first seed of --seeds (0)")
     p.add_argument("--json", action="store_true", help="print the tally as one JSON document")
     p.add_argument("--workers", type=_positive, default=os.cpu_count() or 1, help="worker processes")
+    p.add_argument("--fuzz", action="store_true", help="fuzz the parsers (hypothesis)")
+    p.add_argument("--examples", type=_positive, default=10_000, help="--fuzz: examples per parser (10000)")
     return p
 
 
@@ -64,10 +63,13 @@ def _quiet_logs() -> None:
 def one(seed: int, keep_trace: bool = False) -> dict[str, Any]:
     """Run ``seed`` in a fresh event loop; its verdict as a plain dict (the trace only when it
     failed)."""
+    from sim.run import run_seed
+    from sim.verdict import Verdict
+
     _quiet_logs()
     started = time.monotonic()
 
-    async def bounded() -> Verdict:
+    async def bounded() -> Verdict:  # the harness's own bound, on real time
         return await asyncio.wait_for(run_seed(seed), SEED_WALL_LIMIT_S)
 
     try:
@@ -141,6 +143,10 @@ def main(argv: list[str] | None = None) -> int:
         # String hashing is part of a schedule (set order): the same seed, the same run.
         os.environ["PYTHONHASHSEED"] = "0"
         os.execv(sys.executable, [sys.executable, "-m", "sim", *(sys.argv[1:] if argv is None else argv)])
+    if args.fuzz:
+        from sim.fuzz import fuzz_all
+
+        return fuzz_all(args.examples, as_json=args.json)
     seeds = [args.seed] if args.seed is not None else list(range(args.first, args.first + args.seeds))
     started = time.monotonic()
     if len(seeds) == 1 or args.workers == 1:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from common.clock import FakeClock
+from common.errors import TransitionError
 from gateway.config import load_config
 from gateway.runtime.sidecar import Sidecar
 from relay.connector.server import Connector
@@ -219,6 +220,8 @@ class Run:
         logging.getLogger().addHandler(capture)
         loop = asyncio.get_running_loop()
         loop.set_task_factory(task_factory)
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._unhandled)
         try:
             with self.outside.http():
                 await self._drive()
@@ -229,11 +232,18 @@ class Run:
                 task.cancel()
             await asyncio.sleep(0)
             loop.set_task_factory(None)
+            loop.set_exception_handler(previous_handler)
             logging.getLogger().removeHandler(capture)
         self.v.virtual_s = self.clock.monotonic() - self.start_mono
         judge(self.v, self.outside.accepted, self.root / "relay.db", self.root / "home" / "state.db")
         self.v.faults["sqlite_busy"] += self.db_faults.count
         return self.v
+
+    def _unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """A task that died of an illegal transition nobody awaited is a violation too."""
+        exc = context.get("exception")
+        if isinstance(exc, TransitionError):
+            self.v.violations.append(f"illegal transition (unhandled): {exc}")
 
     async def _boot(self) -> None:
         await self.start_connector()

@@ -92,17 +92,31 @@ DEFAULT_METRICS_PORT = 9091
 def metrics_port_of(args: argparse.Namespace, env: Mapping[str, str]) -> int | None:
     """The internal port for ``run``/``dev`` (SPEC 8.3): ``--metrics-port``, else
     ``$METRICS_PORT``, else 9091 (``run``) or the app port + 2 (``dev``); 0 = off -> None.
-    Raises ``argparse.ArgumentTypeError`` for a bad ``$METRICS_PORT``."""
+    Raises ``argparse.ArgumentTypeError`` for a bad ``$METRICS_PORT`` or, under ``dev``, an app
+    port whose + 2 is past 65535."""
     value = args.metrics_port
     if value is None:
         text = env.get("METRICS_PORT", "").strip()
         if text:
-            value = _port(text)
+            try:
+                value = _port(text)
+            except argparse.ArgumentTypeError as exc:
+                raise argparse.ArgumentTypeError(f"METRICS_PORT: {exc}") from None
         elif args.command == "dev":
-            value = (args.port or 8080) + 2
+            value = derived_port(args.port or 8080, 2, "--metrics-port")
         else:
             value = DEFAULT_METRICS_PORT
     return None if value == 0 else int(value)
+
+
+def derived_port(port: int, offset: int, flag: str) -> int:
+    """``port + offset`` (``dev``'s default connector and metrics ports). Raises
+    ``argparse.ArgumentTypeError`` naming ``flag`` when that is past 65535: it would wrap to
+    another port at bind time (65536 is 0, any free port) and be dialled as an invalid URL."""
+    value = port + offset
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"--port {port} + {offset} is past 65535; pass {flag}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,9 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command in ("run", "dev"):
         try:
+            if args.command == "dev" and not args.relay_port and args.port:
+                derived_port(args.port, 1, "--relay-port")  # run_dev's default connector port
             args.metrics_port = metrics_port_of(args, os.environ)
         except argparse.ArgumentTypeError as exc:
-            print(f"hermes-sidecar: error: METRICS_PORT: {exc}", file=sys.stderr)
+            print(f"hermes-sidecar: error: {exc}", file=sys.stderr)
             return 2
     if args.command == "status":
         return _status(args)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from common.clock import Clock
+from common.clock import Clock, wait_with_timeout
 from gateway.config import Config
 from gateway.core.activity import Activity
 from gateway.kanban.dispatch import DispatchResult, dispatch_once
@@ -193,12 +193,13 @@ class Board:
             fut.set_result(outcome)
 
     async def stop(self, timeout_s: float) -> None:
-        """Claim nothing more; let running tasks finish for up to ``timeout_s`` seconds. Tasks
+        """Claim nothing more; let running tasks finish for up to ``timeout_s`` seconds (of the
+        injected clock). Tasks
         still running stay ``running`` in state.db and are requeued at the next start."""
         self.accepting = False
         self._hold_queued(False)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.wait_idle(), timeout_s)
+            await wait_with_timeout(self.clock, self.wait_idle(), timeout_s)
         for t in list(self._running.values()):
             t.cancel()
         for t in list(self._running.values()):

@@ -138,14 +138,26 @@ def result_of(action: dict[str, Any], api_result: Any) -> dict[str, Any]:
     return out
 
 
+UPDATE_ID_MIN, UPDATE_ID_MAX = -(2**63), 2**63 - 1
+"""The store keys updates by ``update_id`` in an SQLite INTEGER (64-bit signed): a larger one
+is a bad body (400), not a store failure (503)."""
+
+
 def ingress_body(update: Any) -> tuple[int, dict[str, Any] | None]:
     """``(update_id, ingress body)`` of a webhook Update; the body is None for an update that is
-    not a ``message`` (ignored). Raises ``IngressError(400)`` naming the bad field."""
+    not a ``message`` (ignored). Raises ``IngressError(400)`` naming the bad field (an
+    ``update_id`` that is not an integer of 64 bits included)."""
     if not isinstance(update, dict):
         raise IngressError(400, "body is not a JSON object")
     update_id = update.get("update_id")
-    if isinstance(update_id, bool) or not isinstance(update_id, int):
-        raise IngressError(400, "field 'update_id' must be an integer")
+    if (
+        isinstance(update_id, bool)
+        or not isinstance(update_id, int)
+        or not UPDATE_ID_MIN <= update_id <= UPDATE_ID_MAX
+    ):
+        raise IngressError(
+            400, f"field 'update_id' must be an integer from {UPDATE_ID_MIN} to {UPDATE_ID_MAX}"
+        )
     message = update.get("message")
     if message is None:
         return update_id, None

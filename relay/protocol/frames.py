@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -65,8 +66,9 @@ class Descriptor:
 def parse_descriptor(frame: dict[str, Any]) -> Descriptor:
     """Validate a ``descriptor`` frame's object.
 
-    ``max_message_length`` <= 0 or non-numeric becomes 4096. Raises ``ProtocolError`` naming the
-    missing required keys, or when ``descriptor`` is not an object.
+    ``max_message_length`` that is not a number of at least 1 (non-numeric, <= 0, a fraction
+    below 1, NaN or infinite) becomes 4096; a fractional one is truncated. Raises
+    ``ProtocolError`` naming the missing required keys, or when ``descriptor`` is not an object.
     """
     d = frame.get("descriptor")
     if not isinstance(d, dict):
@@ -75,7 +77,7 @@ def parse_descriptor(frame: dict[str, Any]) -> Descriptor:
     if missing:
         raise ProtocolError(f"descriptor lacks required keys: {', '.join(missing)}")
     mml = d.get("max_message_length")
-    if isinstance(mml, bool) or not isinstance(mml, int | float) or mml <= 0 or mml != mml:
+    if isinstance(mml, bool) or not isinstance(mml, int | float) or not 1 <= mml < math.inf:
         mml = DEFAULT_MAX_MESSAGE_LENGTH
     ops = d.get("supported_ops")
     ops_t = tuple(o for o in ops if isinstance(o, str)) if isinstance(ops, list) else None

@@ -21,8 +21,10 @@ CLOSE_FRAME_TOO_LARGE = 1009
 
 
 def utf8_len(text: str) -> int:
-    """Size of ``text`` in UTF-8 bytes, cheap for ASCII-sized strings."""
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
+    """Size of ``text`` in UTF-8 bytes, cheap for ASCII-sized strings. A lone surrogate (which
+    UTF-8 cannot encode) counts as the 3 bytes it takes with ``surrogatepass``: sizing never
+    raises."""
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 class NdjsonSplitter:

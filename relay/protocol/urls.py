@@ -15,13 +15,17 @@ def normalise_relay_url(url: str) -> str:
     Strips whitespace, maps ``https -> wss`` and ``http -> ws``, strips trailing ``/`` and appends
     ``/relay`` unless the path already ends in ``/relay``. Idempotent.
 
-    Raises ``ConfigError`` naming the URL for an empty value, a scheme other than
-    ws/wss/http/https, a missing host, or a query string or fragment.
+    Raises ``ConfigError`` naming the URL for an empty value, one that does not parse (an
+    unclosed ``[``), a scheme other than ws/wss/http/https, a missing host, or a query string
+    or fragment.
     """
     raw = url.strip() if isinstance(url, str) else ""
     if not raw:
         raise ConfigError("relay url is empty; expected ws://, wss://, http:// or https://host[/path]")
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError as exc:  # e.g. "http://[::1": an unclosed IPv6 bracket
+        raise ConfigError(f"relay url {raw!r} does not parse: {exc}") from None
     scheme = _SCHEMES.get(parts.scheme.lower())
     if scheme is None:
         raise ConfigError(f"relay url {raw!r} has scheme {parts.scheme!r}; allowed: ws, wss, http, https")

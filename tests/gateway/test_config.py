@@ -84,6 +84,39 @@ def test_config_env_wins_over_yaml(tmp_path: Path) -> None:
     assert c.scale_to_zero.enabled is True
 
 
+def test_config_env_relay_url_that_does_not_parse_warns_and_keeps_the_yaml_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``GATEWAY_RELAY_URL=http://[::1`` crashed ``load_config`` with urllib's ValueError; it is
+    one WARNING and ``gateway.relay_url`` stays (found by ``python -m sim --fuzz``, issue #13)."""
+    (tmp_path / "config.yaml").write_text("gateway: {relay_url: 'http://a.example'}\n")
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        c = load_config(tmp_path, {"GATEWAY_RELAY_URL": "http://[::1"})
+    assert c.relay_url == "ws://a.example/relay"
+    assert [r.getMessage() for r in caplog.records if "GATEWAY_RELAY_URL" in r.getMessage()] != []
+
+
+@pytest.mark.parametrize(
+    "url", ["http://", "https:///v1", "http://[::1"], ids=["no-host", "empty-host", "bad-ipv6"]
+)
+def test_config_provider_url_without_a_host_is_invalid(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, url: str
+) -> None:
+    """A base URL with no host was taken (``http://`` even became ``http:``), so every turn
+    failed later; it is one WARNING and no provider, in config.yaml and in
+    ``OPENAI_BASE_URL`` alike (found by ``python -m sim --fuzz``, issue #13)."""
+    (tmp_path / "config.yaml").write_text(f"providers: {{p1: {{base_url: '{url}'}}}}\n")
+    with caplog.at_level(logging.WARNING, logger="gateway.config"):
+        c = load_config(tmp_path, {})
+        assert c.providers == {}
+        (tmp_path / "config.yaml").unlink()
+        c = load_config(tmp_path, {"OPENAI_BASE_URL": url})
+        assert c.providers == {}
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert sum("providers.p1.base_url" in line for line in lines) == 1
+    assert sum("OPENAI_BASE_URL" in line for line in lines) == 1
+
+
 def test_config_missing_file_is_all_defaults(tmp_path: Path) -> None:
     """Zero config works: the default profile exists, no relay (cron-only)."""
     c = load_config(tmp_path / "nowhere", {})

@@ -143,6 +143,28 @@ def test_bad_metrics_port_exits_2(
 
 
 @pytest.mark.parametrize(
+    ("argv", "flag"),
+    [(["dev", "--port", "65535"], "--relay-port"), (["dev", "--port", "65534"], "--metrics-port")],
+    ids=["no-room-for-the-connector", "no-room-for-metrics"],
+)
+def test_dev_port_without_room_for_its_derived_ports_exits_2(
+    argv: list[str], flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``dev --port 65535`` derived 65536 and 65537, which bound port 0 and port 1 and dialled an
+    invalid URL forever; it is one line naming the flag to pass, exit 2 (found by
+    ``python -m sim --fuzz``, issue #13)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert err[0].startswith("hermes-sidecar: error: --port ")
+    assert err[0].endswith(f"is past 65535; pass {flag}")
+    args = build_parser().parse_args(["dev", "--port", "65534", "--relay-port", "8081"])
+    args.port = int(args.port)
+    with pytest.raises(argparse.ArgumentTypeError):
+        metrics_port_of(args, {})
+
+
+@pytest.mark.parametrize(
     ("remote", "loopback"),
     [
         ("127.0.0.1", True),

@@ -36,6 +36,18 @@ def test_reader_raises_frame_too_large() -> None:
         reader.feed("x" * 17 + "\n")
 
 
+def test_reader_sizes_a_lone_surrogate_instead_of_crashing() -> None:
+    """A TEXT message with a lone surrogate (which UTF-8 cannot encode) near the size limit is
+    sized, not a UnicodeEncodeError (found by ``python -m sim --fuzz``, issue #13)."""
+    drops: list[ProtocolError] = []
+    reader = FrameReader(drops.append, 64)
+    assert reader.feed('"' + "0" * 10 + '\ud800"\n') == []
+    assert [e.kind for e in drops] == ["not_object"]
+    assert reader.feed('{"type":"\ud800"}\n') == [{"type": "\ud800"}]
+    with pytest.raises(FrameTooLarge):
+        reader.feed("\ud800" * 22)  # 66 bytes as surrogatepass UTF-8
+
+
 async def test_task_set_discards_finished_tasks_and_logs_errors(caplog: pytest.LogCaptureFixture) -> None:
     tasks = TaskSet(logging.getLogger("test.tasks"))
 

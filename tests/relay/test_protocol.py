@@ -232,6 +232,34 @@ def test_descriptor_requires_keys_and_coerces_length() -> None:
     assert F.parse_descriptor(F.descriptor("x", max_message_length="abc")).max_message_length == 4096
 
 
+@pytest.mark.parametrize(
+    ("length", "expected"),
+    [
+        (float("inf"), 4096),
+        (float("-inf"), 4096),
+        (float("nan"), 4096),
+        (0.5, 4096),
+        (0, 4096),
+        (7.9, 7),
+        (1, 1),
+    ],
+    ids=["inf", "-inf", "nan", "half", "zero", "fraction", "one"],
+)
+def test_descriptor_length_that_is_not_a_positive_int_becomes_4096(length: float, expected: int) -> None:
+    """``max_message_length`` Infinity (JSON ``1e999``) was an OverflowError in the handshake
+    and 0.5 truncated to 0 (one-character chunks); both now become 4096 (found by
+    ``python -m sim --fuzz``, issue #13)."""
+    d = F.parse_descriptor(F.descriptor("relay", max_message_length=length))
+    assert d.max_message_length == expected
+
+
+def test_normalise_relay_url_that_does_not_parse_is_config_error() -> None:
+    """An unclosed IPv6 bracket was urllib's ValueError, which ``GATEWAY_RELAY_URL`` let
+    through ``load_config`` as a crash (found by ``python -m sim --fuzz``, issue #13)."""
+    with pytest.raises(ConfigError, match="does not parse"):
+        normalise_relay_url("http://[::1")
+
+
 def test_going_idle_wake_at_is_rfc3339_utc() -> None:
     """wakeAt is RFC 3339 UTC and parses back to the same instant."""
     frame = F.going_idle(NOW + 0.5)

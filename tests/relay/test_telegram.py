@@ -211,6 +211,19 @@ async def test_webhook_unknown_gateway_bad_bodies_and_other_updates(rig: TgRig) 
     assert await rig.buffer() == []
 
 
+async def test_webhook_update_id_past_64_bits_is_400_not_503(rig: TgRig) -> None:
+    """An ``update_id`` SQLite cannot hold was the store's OverflowError, answered 503 with an
+    error log; it is a bad body, 400, nothing stored (found by ``python -m sim --fuzz``, #13)."""
+    await rig.start()
+    msg = b', "message": {"message_id": 1, "chat": {"id": 1}, "from": {"id": 2}, "text": "hi"}}'
+    for update_id in (b"9223372036854775808", b"-9223372036854775809", b"1" + b"0" * 30):
+        status, body = await rig.hook(None, raw=b'{"update_id": ' + update_id + msg)
+        assert (status, "update_id" in body["error"]) == (400, True), update_id
+    assert await rig.buffer() == []
+    status, _ = await rig.hook(None, raw=b'{"update_id": 9223372036854775807' + msg)
+    assert status == 200
+
+
 async def test_media_messages_get_their_type_and_caption(rig: TgRig) -> None:
     await rig.start()
     g = await rig.gateway()
