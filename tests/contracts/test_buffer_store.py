@@ -1,4 +1,5 @@
-"""BufferStore contract (``relay/connector/store.py``), run on every backend of ``buffer_store``.
+"""Connector store contract (``relay/connector/store_api.py``), run on every backend of
+``buffer_store`` (SQLite and PostgreSQL).
 
 Reads see only committed rows, except acks: a received ack counts at once, before its commit.
 Writes that are not awaited (``ack``, ``clear_flip``) are checked after ``flush``.
@@ -7,12 +8,13 @@ Writes that are not awaited (``ack``, ``clear_flip``) are checked after ``flush`
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import Any
 
 import pytest
 
-from relay.connector.store import BufferStore, GatewayRecord
+from relay.connector.store import GatewayRecord
+from relay.connector.store_api import INTEGRITY_ERRORS
+from relay.connector.store_api import ConnectorStore as BufferStore
 
 T0 = 1_714_557_600.0  # 2024-05-01 10:00 UTC
 
@@ -64,7 +66,7 @@ async def test_buffer_unacked_after_in_seq_order(
 async def test_buffer_append_duplicate_buffer_id_fails(store: BufferStore) -> None:
     """buffer_id is unique: a second append with it raises IntegrityError and stores nothing."""
     await append(store, "a")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await append(store, "a", gateway_id="gw2")
     assert [r["buffer_id"] for r in await store.buffer_rows()] == ["a"]
 
@@ -232,7 +234,7 @@ async def test_buffer_record_outbound_key_needs_result(store: BufferStore) -> No
 async def test_buffer_record_outbound_same_key_twice_fails_whole_job(store: BufferStore) -> None:
     """A key stored already fails the second job with IntegrityError: neither its row nor its result lands."""
     await _send(store, "42", "first", idempotency_key="k1", result={"n": 1})
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await _send(store, "42", "second", idempotency_key="k1", result={"n": 2})
     assert [r["action"]["text"] for r in await store.outbox()] == ["first"]
     assert await store.idempotent_result("gw1", "k1") == {"n": 1}
@@ -247,7 +249,7 @@ async def test_buffer_failed_job_leaves_other_queued_jobs_committed(store: Buffe
     dup = _send(store, "42", "dup", idempotency_key="k1", result={"n": 2})
     other = _send(store, "9", "other")
     results = await asyncio.gather(dup, other, return_exceptions=True)
-    assert isinstance(results[0], sqlite3.IntegrityError)
+    assert isinstance(results[0], INTEGRITY_ERRORS)
     assert results[1] is None
     assert [r["action"]["text"] for r in await store.outbox()] == ["first", "other"]
     assert [r["acked"] for r in await store.buffer_rows()] == [True]
