@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 from common.errors import SidecarError
-from relay.connector.store import GatewayRecord
+from relay.connector.store import BufferStore, GatewayRecord
 from relay.connector.store_platform import PlatformSend
 
 PG_SCHEMES = ("postgres", "postgresql")
@@ -51,6 +51,44 @@ def redact_url(db: str) -> str:
     except ValueError:
         # Unparsable: keep the scheme only; whatever follows may hold a secret.
         return db.partition("://")[0] + "://***"
+
+
+class StoreOpenError(SidecarError):
+    """The store named by ``--db`` cannot be opened; the message names the (redacted) URL and why."""
+
+
+async def open_store(db: str) -> ConnectorStore:
+    """The store for ``--db``: ``PgStore`` for a ``postgres(ql)://`` URL, else the SQLite
+    ``BufferStore`` at that path.
+
+    Raises ``StoreOpenError`` (PostgreSQL: asyncpg missing, bad URL, unreachable, refused; the
+    password never appears), or ``OSError`` / ``sqlite3.Error`` for a SQLite file.
+    """
+    if not is_pg_url(db):
+        return await BufferStore.open(db)
+    try:
+        from relay.connector.pg.store import PgStore
+    except ImportError:
+        raise StoreOpenError(
+            f"{redact_url(db)}: PostgreSQL needs asyncpg; install hermes-sidecar[postgres]"
+        ) from None
+    try:
+        return await PgStore.open(db)
+    except Exception as exc:  # asyncpg raises many kinds; each becomes one redacted line
+        raise StoreOpenError(f"{redact_url(db)}: {_scrub(db, exc)}") from None
+
+
+def _scrub(db: str, exc: Exception) -> str:
+    """``exc`` as text (type name when it has none) with the URL's password cut out."""
+    text = str(exc).strip() or type(exc).__name__
+    try:
+        password = urlsplit(db).password
+    except ValueError:
+        password = None
+    if password:
+        text = text.replace(password, "***")
+    first = text.splitlines()[0] if text else type(exc).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
 
 
 class ConnectorStore(Protocol):

@@ -199,6 +199,10 @@ class PgStore(PgSendStore):
 
     # --- what instances share --------------------------------------------------------------
 
+    def publish(self, kind: str, **fields: Any) -> None:
+        """Queue an event for every instance (sent when its group commits)."""
+        self._enqueue_job((self._notify(kind, **fields),), wait=False)
+
     async def claim_socket(self, gateway_id: str, now: float) -> int:
         """A handshake on this instance: bump the gateway's generation, mark it live here and
         clear its flip and ``wakeAt`` (PROTOCOL.md 5.4); every instance hears ``sock`` with the

@@ -1,0 +1,204 @@
+"""Several connector instances on one PostgreSQL database (``relay/connector/pg/cluster.py``):
+two in-process connectors on one schema, real sockets on 127.0.0.1, a fake clock for pokes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestServer
+
+from common.clock import FakeClock
+from relay.connector.pg.cluster import PgCluster
+from relay.connector.server import Connector
+from relay.protocol import frames as F
+from tests.relay.helpers import Changes, FakeGatewayHttp, RawGateway, post, start_connector
+
+MSG = {"chat_id": 42, "user_id": "u1", "text": "hello", "message_id": 1}
+
+
+class Instance:
+    """One connector process's worth: a ``Connector`` on the shared schema and its server; every
+    event it hears and every listener (re)connect notifies ``changes``."""
+
+    def __init__(self, connector: Connector, server: TestServer) -> None:
+        self.connector = connector
+        self.server = server
+        self.changes = Changes()
+        cluster = self.cluster
+        heard, caught_up = cluster.listener.on_event, cluster.listener.on_connect
+
+        def on_event(ev: dict[str, Any]) -> None:
+            heard(ev)
+            self.changes.notify()
+
+        async def on_connect() -> None:
+            await caught_up()
+            self.changes.notify()
+
+        cluster.listener.on_event, cluster.listener.on_connect = on_event, on_connect
+
+    @property
+    def cluster(self) -> PgCluster:
+        assert isinstance(self.connector.cluster, PgCluster)
+        return self.connector.cluster
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.server.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/relay"
+
+    async def close(self) -> None:
+        await self.server.close()
+        await self.connector.close()
+
+
+class Cluster:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.clock = FakeClock(wall=time.time())
+        self.gw_http = FakeGatewayHttp()
+        self.instances: list[Instance] = []
+        self.clients: list[RawGateway] = []
+
+    async def start(self, n: int = 2) -> list[Instance]:
+        await self.gw_http.start()
+        for _ in range(n):
+            connector, server = await start_connector(self.url, clock=self.clock)
+            self.instances.append(Instance(connector, server))
+        for inst in self.instances:  # both listening, one of them leading
+            await inst.changes.until(lambda i=inst: i.cluster.listener.connected)  # type: ignore[misc]
+        await self.until(lambda: sum(i.cluster.leader for i in self.instances) == 1)
+        return self.instances
+
+    async def until(self, pred: Any, timeout: float = 10.0) -> None:
+        """Wait for ``pred()`` as events arrive on any instance."""
+
+        async def loop() -> None:
+            while not pred():
+                waits = [asyncio.ensure_future(i.changes.until(lambda: True)) for i in self.instances]
+                await asyncio.wait(waits, timeout=0.05, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+
+        await asyncio.wait_for(loop(), timeout)
+
+    def raw(self, inst: Instance) -> RawGateway:
+        g = RawGateway(inst.ws_url)
+        self.clients.append(g)
+        return g
+
+    async def close(self) -> None:
+        for c in self.clients:
+            await c.close()
+        for inst in self.instances:
+            await inst.close()
+        await self.gw_http.close()
+
+
+@pytest.fixture
+async def cluster(pg_url: str) -> AsyncIterator[Cluster]:
+    c = Cluster(pg_url)
+    yield c
+    await c.close()
+
+
+async def test_cluster_ingress_on_one_instance_is_delivered_live_on_the_other(cluster: Cluster) -> None:
+    """A gateway's socket on B gets, live and in order, what is posted to A's ingress."""
+    a, b = await cluster.start()
+    gw = cluster.raw(b)
+    await gw.connect(wake_url=cluster.gw_http.wake_url)
+    await cluster.until(lambda: ("relay", "") in a.connector.routes)  # the hello's route reached A
+    ids = []
+    for i in range(3):
+        status, body = await post(a.base + "/ingress/relay", {**MSG, "message_id": i, "text": f"m{i}"})
+        assert status == 202
+        ids.append(body["buffer_id"])
+    got = [await gw.recv_type("inbound") for _ in ids]
+    assert [f["bufferId"] for f in got] == ids
+    assert [f["event"]["text"] for f in got] == ["m0", "m1", "m2"]
+    assert cluster.gw_http.pokes == []  # live on B: nobody pokes
+
+
+async def test_cluster_newest_handshake_wins_across_instances(cluster: Cluster) -> None:
+    """A newer handshake on B closes the older socket on A with 4409; ingress then reaches B."""
+    a, b = await cluster.start()
+    old = cluster.raw(a)
+    await old.connect()
+    new = cluster.raw(b)
+    await new.connect()
+    assert old.ws is not None
+    msg = await old.ws.receive(timeout=10)
+    assert (msg.type, msg.data, msg.extra) == (aiohttp.WSMsgType.CLOSE, 4409, "replaced")
+    status, body = await post(a.base + "/ingress/relay", MSG)
+    assert status == 202
+    assert (await new.recv_type("inbound"))["bufferId"] == body["buffer_id"]
+
+
+async def test_cluster_buffered_burst_on_both_ingresses_pokes_once(cluster: Cluster) -> None:
+    """After a flip, messages posted to both instances are buffered and poke the gateway once."""
+    a, b = await cluster.start()
+    gw = cluster.raw(a)
+    await gw.connect(wake_url=cluster.gw_http.wake_url)
+    await gw.send(F.going_idle())
+    await gw.recv_type("going_idle_ack")
+    await gw.close()
+    for i in range(6):
+        inst = (a, b)[i % 2]
+        status, body = await post(inst.base + "/ingress/relay", {**MSG, "message_id": i})
+        assert status == 202
+    await cluster.gw_http.changes.until(lambda: len(cluster.gw_http.pokes) == 1)
+    await cluster.clock.advance(5)  # t=5 s: inside the 10 s window, no instance pokes again
+    assert len(cluster.gw_http.pokes) == 1
+    # The gateway wakes on B: all six are replayed there, in order.
+    again = cluster.raw(b)
+    await again.connect(wake_url=cluster.gw_http.wake_url)
+    got = [await again.recv_type("inbound") for _ in range(6)]
+    assert [f["event"]["message_id"] for f in got] == [str(i) for i in range(6)]
+
+
+async def test_cluster_wake_at_is_poked_once_by_the_leader(cluster: Cluster) -> None:
+    """A wakeAt given to the instance that does not lead is poked once, at that time."""
+    a, b = await cluster.start()
+    follower = a if b.cluster.leader else b
+    gw = cluster.raw(follower)
+    await gw.connect(wake_url=cluster.gw_http.wake_url)
+    await gw.send(F.going_idle(cluster.clock.wall() + 60))
+    await gw.recv_type("going_idle_ack")
+    await cluster.until(lambda: any(i.cluster._scheduled for i in (a, b)))
+    await cluster.clock.advance(59)  # t=59 s: not yet
+    assert cluster.gw_http.pokes == []
+    await cluster.clock.advance(1)  # t=60 s: wakeAt
+    await cluster.gw_http.changes.until(lambda: len(cluster.gw_http.pokes) == 1)
+    await cluster.clock.advance(30)
+    assert len(cluster.gw_http.pokes) == 1
+
+
+async def test_cluster_lost_event_is_caught_up_after_the_listener_reconnects(cluster: Cluster) -> None:
+    """B's listener loses its connection; an entry appended on A meanwhile still reaches B's socket."""
+    a, b = await cluster.start()
+    gw = cluster.raw(b)
+    await gw.connect()
+    await cluster.until(lambda: ("relay", "") in a.connector.routes)
+    con = await asyncpg.connect(cluster.url)
+    try:
+        killed = await con.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+        )
+    finally:
+        await con.close()
+    assert killed == 2  # both instances' listeners
+    await cluster.until(lambda: not b.cluster.listener.connected)
+    status, body = await post(a.base + "/ingress/relay", MSG)
+    assert status == 202
+    await cluster.clock.advance(1)  # the listeners' first backoff: reconnect, then catch up
+    await cluster.until(lambda: b.cluster.listener.connects == 2)
+    assert (await gw.recv_type("inbound"))["bufferId"] == body["buffer_id"]
