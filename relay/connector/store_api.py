@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from common.errors import SidecarError
 from relay.connector.store import BufferStore, GatewayRecord
@@ -38,19 +38,17 @@ def is_pg_url(db: str) -> bool:
 
 def redact_url(db: str) -> str:
     """``db`` with the password of a URL replaced by ``***`` (safe for logs and errors); a
-    SQLite path, or text that is not a URL, comes back unchanged."""
+    SQLite path comes back unchanged. Pure string work: it never fails, whatever ``db`` holds."""
     if not is_pg_url(db):
         return db
-    try:
-        parts = urlsplit(db)
-        if parts.password is None:
-            return db
-        user = parts.username or ""
-        host = parts.netloc.rpartition("@")[2]
-        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
-    except ValueError:
-        # Unparsable: keep the scheme only; whatever follows may hold a secret.
-        return db.partition("://")[0] + "://***"
+    scheme, _, rest = db.partition("://")
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    netloc, tail = rest[:cut], rest[cut:]
+    userinfo, at, host = netloc.rpartition("@")
+    if not at or ":" not in userinfo:
+        return db
+    user = userinfo.partition(":")[0]
+    return f"{scheme}://{user}:***@{host}{tail}"
 
 
 class StoreOpenError(SidecarError):
@@ -74,8 +72,11 @@ async def open_store(db: str) -> ConnectorStore:
         ) from None
     try:
         return await PgStore.open(db)
+    except ValueError as exc:  # asyncpg's URL parsing
+        raise StoreOpenError(f"{redact_url(db)}: not a usable PostgreSQL URL: {_scrub(db, exc)}") from None
     except Exception as exc:  # asyncpg raises many kinds; each becomes one redacted line
-        raise StoreOpenError(f"{redact_url(db)}: {_scrub(db, exc)}") from None
+        why = _scrub(db, exc)
+        raise StoreOpenError(f"{redact_url(db)}: cannot open the connector database: {why}") from None
 
 
 def _scrub(db: str, exc: Exception) -> str:
