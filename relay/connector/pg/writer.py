@@ -81,7 +81,17 @@ class PgWriter(GroupWriter):
         await self._pool.close()
 
     async def _commit(self, jobs: list[Job]) -> None:
-        ops = [st for statements, _ in jobs for st in statements if st[0]]
+        # Events go last, each payload once: PostgreSQL delivers them at commit whatever their
+        # place, and this way consecutive appends stay one ``executemany`` (no round trip each).
+        ops: list[Statement] = []
+        events: dict[Any, None] = {}
+        for statements, _ in jobs:
+            for st in statements:
+                if st[0] is NOTIFY_SQL:
+                    events[st[1]] = None
+                elif st[0]:
+                    ops.append(st)
+        ops += [(NOTIFY_SQL, params) for params in events]
         if not ops:
             return
         keys = sorted({gateway_lock_key(params[1]) for sql, params in ops if sql in _SERIAL})

@@ -1,0 +1,222 @@
+"""Connector scale-out (issue #18): durable ingest and live relay throughput of real
+``hermes-relay serve`` processes on SQLite (1 instance) and PostgreSQL (1 and 2 instances on one
+database), in one run, on 127.0.0.1.
+
+- ingest: ``POST /ingress/relay/<bot>`` from ``CONCURRENCY`` keep-alive callers spread over the
+  instances, for ``GATEWAYS`` gateways whose sockets are away (every message is a durable commit
+  and nothing more), timed until the last ``202``;
+- live: the same gateways connected (sockets spread over the instances the way a load balancer
+  would), messages posted to the instances round-robin, timed until every gateway received
+  (and batch-acked) all of its frames.
+
+PostgreSQL comes from ``--pg-url`` / ``HERMES_TEST_PG_URL`` or a throwaway cluster
+(``tests/pgcluster.py``). Goal: 2 instances on PostgreSQL >= 1.5x one instance on PostgreSQL.
+Prints one row per figure (``--json`` for JSON). The load generator runs in this process and
+shares the machine with the connectors and the server: on a small machine it is part of what is
+measured (the report says how many cores there were).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.common import emit_rows
+from relay.protocol.token import mint_token
+from tests.pgcluster import fresh_schema, start_or_reuse
+from tests.procs import free_port
+
+GATEWAYS = 8
+"""Gateways (each its own identity ``relay/<bot>`` and socket) sharing the load."""
+CONCURRENCY = 64
+"""Ingress callers in flight at once."""
+
+
+async def _healthz(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"connector on port {port} did not start")
+            await asyncio.sleep(0.05)
+
+
+class Instances:
+    """``n`` connector processes on ``db`` (dev mode: a token names any gateway id)."""
+
+    def __init__(self, db: str, n: int) -> None:
+        self.db = db
+        self.ports = [free_port() for _ in range(n)]
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    async def __aenter__(self) -> Instances:
+        for port in self.ports:
+            cmd = [sys.executable, "-m", "relay", "serve", "--port", str(port), "--db", self.db]
+            self.procs.append(subprocess.Popen([*cmd, "--log-level", "ERROR"]))
+        for port in self.ports:
+            await _healthz(port)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.wait(timeout=20)
+
+
+class Gateway:
+    """One gateway's socket: says hello for ``relay/<bot>``, acks what it gets in batches."""
+
+    def __init__(self, http: aiohttp.ClientSession, gid: str) -> None:
+        self.http = http
+        self.gid = gid
+        self.got = 0
+        self.want = 0
+        self.done = asyncio.Event()
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self, port: int) -> None:
+        token = mint_token(self.gid, "bench", time.time())
+        self.ws = await self.http.ws_connect(
+            f"ws://127.0.0.1:{port}/relay", headers={"Authorization": f"Bearer {token}"}, max_msg_size=0
+        )
+        await self.ws.send_str(json.dumps({"type": "hello", "platform": "relay", "botId": self.gid}) + "\n")
+        while True:
+            msg = await self.ws.receive()
+            if '"descriptor"' in msg.data:
+                break
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            ids = []
+            for line in str(msg.data).splitlines():
+                if '"inbound"' in line:
+                    ids.append(json.loads(line)["bufferId"])
+            if ids:
+                self.got += len(ids)
+                await self.ws.send_str(json.dumps({"type": "inbound_ack", "bufferIds": ids}) + "\n")
+                if self.want and self.got >= self.want:
+                    self.done.set()
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
+async def _post_all(http: aiohttp.ClientSession, ports: list[int], n: int, tag: str) -> float:
+    """Post ``n`` messages spread over gateways and instances; seconds until the last 202."""
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(n):
+        queue.put_nowait(i)
+
+    async def caller() -> None:
+        while not queue.empty():
+            i = queue.get_nowait()
+            port, bot = ports[i % len(ports)], f"g{i % GATEWAYS}"
+            body = {"chat_id": i % 50, "user_id": "u", "text": f"{tag} {i}", "message_id": f"{tag}-{i}"}
+            async with http.post(f"http://127.0.0.1:{port}/ingress/relay/{bot}", json=body) as r:
+                if r.status != 202:
+                    raise RuntimeError(f"ingress answered {r.status}: {await r.text()}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(caller() for _ in range(CONCURRENCY)))
+    return time.perf_counter() - started
+
+
+async def measure(db: str, n_instances: int, n: int) -> dict[str, float]:
+    """``{ingest, live}`` per second for ``n_instances`` connectors on ``db``."""
+    async with Instances(db, n_instances) as inst:
+        conn = aiohttp.TCPConnector(limit=CONCURRENCY + GATEWAYS + 8)
+        async with aiohttp.ClientSession(connector=conn) as http:
+            gws = [Gateway(http, f"g{g}") for g in range(GATEWAYS)]
+            for g, gw in enumerate(gws):  # announce the identities, then go away
+                await gw.connect(inst.ports[g % n_instances])
+                await gw.close()
+            await _post_all(http, inst.ports, min(200, n), "warm")
+            ingest_s = await _post_all(http, inst.ports, n, "ingest")
+            # live: reconnect (the backlog replays first), then time fresh messages end to end
+            gws = [Gateway(http, f"g{g}") for g in range(GATEWAYS)]
+            backlog = (n + min(200, n)) // GATEWAYS
+            for g, gw in enumerate(gws):
+                gw.want = backlog
+                await gw.connect(inst.ports[g % n_instances])
+            await asyncio.wait_for(asyncio.gather(*(gw.done.wait() for gw in gws)), 300)
+            for gw in gws:
+                gw.done.clear()
+                gw.want = gw.got + n // GATEWAYS
+            started = time.perf_counter()
+            await _post_all(http, inst.ports, n, "live")
+            await asyncio.wait_for(asyncio.gather(*(gw.done.wait() for gw in gws)), 300)
+            live_s = time.perf_counter() - started
+            for gw in gws:
+                await gw.close()
+    return {"ingest": n / ingest_s, "live": n / live_s}
+
+
+async def run(n: int, pg_url: str | None) -> list[dict[str, Any]]:
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        results["sqlite x1"] = await measure(str(Path(tmp) / "relay.db"), 1, n)
+    if pg_url:
+        os.environ["HERMES_TEST_PG_URL"] = pg_url
+    url, cluster = start_or_reuse()
+    try:
+        for k in (1, 2):
+            async with fresh_schema(url) as schema_url:
+                results[f"postgres x{k}"] = await measure(schema_url, k, n)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+    rows: list[dict[str, Any]] = []
+    cores = os.cpu_count() or 1
+    for figure in ("ingest", "live"):
+        base = results["postgres x1"][figure]
+        for name, res in results.items():
+            rows.append(
+                {
+                    "figure": f"{figure} msgs/s, {name} ({cores} cores)",
+                    "ours": round(res[figure]),
+                    "baseline": round(base),
+                    "ratio": round(res[figure] / base, 2),
+                    "goal": ">= 1.5x postgres x1" if name == "postgres x2" else "reference",
+                    "met": res[figure] / base >= 1.5 if name == "postgres x2" else True,
+                }
+            )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="fewer messages (a smoke run)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--messages", type=int, default=None, help="messages per figure (default 4000)")
+    p.add_argument("--pg-url", default=None, help="a PostgreSQL URL (default: a throwaway cluster)")
+    args = p.parse_args(argv)
+    n = args.messages or (800 if args.quick else 4000)
+    emit_rows(asyncio.run(run(n, args.pg_url)), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
