@@ -15,9 +15,13 @@ from aiohttp.test_utils import TestServer
 
 from common.clock import FakeClock
 from relay.connector.pg.cluster import PgCluster
+from relay.connector.pg.store import PgStore
 from relay.connector.server import Connector
 from relay.protocol import frames as F
+from relay.protocol.token import mint_token
 from tests.relay.helpers import Changes, FakeGatewayHttp, RawGateway, post, start_connector
+from tests.relay.telegram_fakes import FakeBotApi, update
+from tests.relay.test_telegram import BOT, GW, GW_SECRET, HOOK_SECRET, OK_HEADERS, TOKEN, outbound
 
 MSG = {"chat_id": 42, "user_id": "u1", "text": "hello", "message_id": 1}
 
@@ -69,10 +73,10 @@ class Cluster:
         self.instances: list[Instance] = []
         self.clients: list[RawGateway] = []
 
-    async def start(self, n: int = 2) -> list[Instance]:
+    async def start(self, n: int = 2, **kwargs: Any) -> list[Instance]:
         await self.gw_http.start()
         for _ in range(n):
-            connector, server = await start_connector(self.url, clock=self.clock)
+            connector, server = await start_connector(self.url, clock=self.clock, **kwargs)
             self.instances.append(Instance(connector, server))
         for inst in self.instances:  # both listening, one of them leading
             await inst.changes.until(lambda i=inst: i.cluster.listener.connected)  # type: ignore[misc]
@@ -91,8 +95,8 @@ class Cluster:
 
         await asyncio.wait_for(loop(), timeout)
 
-    def raw(self, inst: Instance) -> RawGateway:
-        g = RawGateway(inst.ws_url)
+    def raw(self, inst: Instance, headers: dict[str, str] | None = None) -> RawGateway:
+        g = RawGateway(inst.ws_url, headers)
         self.clients.append(g)
         return g
 
@@ -202,3 +206,72 @@ async def test_cluster_lost_event_is_caught_up_after_the_listener_reconnects(clu
     await cluster.clock.advance(1)  # the listeners' first backoff: reconnect, then catch up
     await cluster.until(lambda: b.cluster.listener.connects == 2)
     assert (await gw.recv_type("inbound"))["bufferId"] == body["buffer_id"]
+
+
+async def test_cluster_telegram_update_posted_to_both_instances_is_stored_once(pg_url: str) -> None:
+    """The same update_id appended by two instances at once: one buffer entry, marked seen."""
+    a, b = await PgStore.open(pg_url), await PgStore.open(pg_url)
+    try:
+        common = {"gateway_id": "gw1", "platform": "telegram", "bot_id": BOT, "chat_id": "42", "now": 1.0}
+        await asyncio.gather(
+            a.append(buffer_id="x", frame="fx", telegram_update=(BOT, 7), **common),
+            b.append(buffer_id="y", frame="fy", telegram_update=(BOT, 7), **common),
+        )
+        assert len(await a.buffer_rows()) == 1
+        assert await b.update_seen(BOT, 7)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@pytest.fixture
+async def bot_api() -> AsyncIterator[FakeBotApi]:
+    api = await FakeBotApi().start()
+    yield api
+    await api.close()
+
+
+async def test_cluster_platform_send_is_made_once_and_answered_on_the_socket(
+    cluster: Cluster, bot_api: FakeBotApi
+) -> None:
+    """A Telegram send from a gateway on the instance that does not lead is sent once (by the
+    leader), answered on the gateway's socket, and a keyed resend is a duplicate, not a call."""
+    a, b = await cluster.start(
+        secrets={GW: GW_SECRET},
+        telegram={GW: TOKEN},
+        telegram_webhook_secret=HOOK_SECRET,
+        telegram_api_base=bot_api.base,
+    )
+    follower = a if b.cluster.leader else b
+    gw = cluster.raw(follower, {"Authorization": "Bearer " + mint_token(GW, GW_SECRET, cluster.clock.wall())})
+    await gw.connect(platform="telegram", bot_id=BOT)
+    action = {"op": "send", "chat_id": "42", "content": "once"}
+    await gw.send(outbound("r1", action, key="k1"))
+    result = await gw.recv_type("outbound_result")
+    assert result["requestId"] == "r1"
+    assert result["result"]["success"] is True
+    await gw.send(outbound("r2", action, key="k1"))
+    again = await gw.recv_type("outbound_result")
+    assert again["requestId"] == "r2"
+    assert again["result"]["duplicate"] is True
+    assert [j["text"] for j in bot_api.of("sendMessage")] == ["once"]
+
+
+async def test_cluster_webhook_repeat_on_the_other_instance_is_ignored(cluster: Cluster) -> None:
+    """Telegram retrying an update to the other instance: 200 both times, one inbound delivered."""
+    a, b = await cluster.start(
+        secrets={GW: GW_SECRET},
+        telegram={GW: TOKEN},
+        telegram_webhook_secret=HOOK_SECRET,
+        telegram_api_base="http://127.0.0.1:9",
+    )
+    gw = cluster.raw(a, {"Authorization": "Bearer " + mint_token(GW, GW_SECRET, cluster.clock.wall())})
+    await gw.connect(platform="telegram", bot_id=BOT)
+    async with aiohttp.ClientSession() as http:
+        for inst in (a, b):
+            async with http.post(f"{inst.base}/telegram/{GW}", json=update(5), headers=OK_HEADERS) as r:
+                assert r.status == 200
+    first = await gw.recv_type("inbound")
+    assert first["event"]["text"] == "hello"
+    store = a.connector.store
+    assert len(await store.buffer_rows()) == 1
