@@ -190,12 +190,13 @@ async def run(n: int, pg_url: str | None) -> list[dict[str, Any]]:
             cluster.stop()
     rows: list[dict[str, Any]] = []
     cores = os.cpu_count() or 1
+    load = os.getloadavg()[0]  # other work on the machine skews every figure: say how much
     for figure in ("ingest", "live"):
         base = results["postgres x1"][figure]
         for name, res in results.items():
             rows.append(
                 {
-                    "figure": f"{figure} msgs/s, {name} ({cores} cores)",
+                    "figure": f"{figure} msgs/s, {name} ({cores} cores, load {load:.1f})",
                     "ours": round(res[figure]),
                     "baseline": round(base),
                     "ratio": round(res[figure] / base, 2),

@@ -141,6 +141,8 @@ async def test_e2e_two_connectors_on_postgres_answer_every_message_once(tmp_path
         twice = {reply: c for reply, c in counts.items() if c > 1}
         assert twice == {}, f"answered more than once: {twice}"
         assert len(set(front.landed)) == 2, "the sidecar's socket never landed on both instances"
+        # Shown with -rP: what the run covered.
+        print(f"{len(expected)} messages answered once; sockets per instance: {Counter(front.landed)}")
     finally:
         await stack.close()
         if front is not None:

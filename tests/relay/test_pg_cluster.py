@@ -275,3 +275,29 @@ async def test_cluster_webhook_repeat_on_the_other_instance_is_ignored(cluster: 
     assert first["event"]["text"] == "hello"
     store = a.connector.store
     assert len(await store.buffer_rows()) == 1
+
+
+async def test_cluster_leader_loss_hands_due_pokes_to_the_other_instance(cluster: Cluster) -> None:
+    """The leader's lock connection dies (as when its process is killed): the other instance
+    takes the lock at once and pokes the flipped gateway that still has an unacked entry."""
+    a, b = await cluster.start()
+    leader, follower = (a, b) if a.cluster.leader else (b, a)
+    gw = cluster.raw(follower)
+    await gw.connect(wake_url=cluster.gw_http.wake_url)
+    await gw.send(F.going_idle())
+    await gw.recv_type("going_idle_ack")
+    await gw.close()
+    status, _ = await post(follower.base + "/ingress/relay", MSG)
+    assert status == 202
+    await cluster.gw_http.changes.until(lambda: len(cluster.gw_http.pokes) == 1)
+    con = await asyncpg.connect(cluster.url)
+    try:
+        killed = await con.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE query LIKE 'SELECT pg_advisory_lock%' AND state = 'idle'"
+        )
+    finally:
+        await con.close()
+    assert killed == 1  # the holder's; the other instance's is still waiting in the lock
+    await cluster.until(lambda: follower.cluster.leader and not leader.cluster.leader)
+    await cluster.gw_http.changes.until(lambda: len(cluster.gw_http.pokes) == 2)
