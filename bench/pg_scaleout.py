@@ -11,7 +11,8 @@ database), in one run, on 127.0.0.1.
 
 PostgreSQL comes from ``--pg-url`` / ``HERMES_TEST_PG_URL`` or a throwaway cluster
 (``tests/pgcluster.py``). Goal: 2 instances on PostgreSQL >= 1.5x one instance on PostgreSQL.
-Prints one row per figure (``--json`` for JSON). The load generator runs in this process and
+Each configuration runs ``--repeat`` times (default 3), interleaved; a figure is the median. Prints
+one row per figure (``--json`` for JSON). The load generator runs in this process and
 shares the machine with the connectors and the server: on a small machine it is part of what is
 measured (the report says how many cores there were).
 """
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -174,20 +176,27 @@ async def measure(db: str, n_instances: int, n: int) -> dict[str, float]:
     return {"ingest": n / ingest_s, "live": n / live_s}
 
 
-async def run(n: int, pg_url: str | None) -> list[dict[str, Any]]:
-    results: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        results["sqlite x1"] = await measure(str(Path(tmp) / "relay.db"), 1, n)
+async def run(n: int, pg_url: str | None, repeat: int) -> list[dict[str, Any]]:
+    """Every configuration ``repeat`` times, interleaved (so a burst of other load on the machine
+    hits all of them alike); each figure is the median of its runs."""
+    samples: dict[str, list[dict[str, float]]] = {"sqlite x1": [], "postgres x1": [], "postgres x2": []}
     if pg_url:
         os.environ["HERMES_TEST_PG_URL"] = pg_url
     url, cluster = start_or_reuse()
     try:
-        for k in (1, 2):
-            async with fresh_schema(url) as schema_url:
-                results[f"postgres x{k}"] = await measure(schema_url, k, n)
+        for _ in range(repeat):
+            with tempfile.TemporaryDirectory() as tmp:
+                samples["sqlite x1"].append(await measure(str(Path(tmp) / "relay.db"), 1, n))
+            for k in (1, 2):
+                async with fresh_schema(url) as schema_url:
+                    samples[f"postgres x{k}"].append(await measure(schema_url, k, n))
     finally:
         if cluster is not None:
             cluster.stop()
+    results = {
+        name: {fig: statistics.median(r[fig] for r in runs) for fig in ("ingest", "live")}
+        for name, runs in samples.items()
+    }
     rows: list[dict[str, Any]] = []
     cores = os.cpu_count() or 1
     load = os.getloadavg()[0]  # other work on the machine skews every figure: say how much
@@ -213,9 +222,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--messages", type=int, default=None, help="messages per figure (default 4000)")
     p.add_argument("--pg-url", default=None, help="a PostgreSQL URL (default: a throwaway cluster)")
+    p.add_argument("--repeat", type=int, default=None, help="runs per configuration (median; default 3)")
     args = p.parse_args(argv)
-    n = args.messages or (800 if args.quick else 4000)
-    emit_rows(asyncio.run(run(n, args.pg_url)), args.json)
+    n = args.messages or (800 if args.quick else 3000)
+    repeat = args.repeat or (1 if args.quick else 3)
+    emit_rows(asyncio.run(run(n, args.pg_url, repeat)), args.json)
     return 0
 
 

@@ -70,6 +70,7 @@ class ThrowawayCluster:
             raise ClusterError(f"{args[0]} failed ({done.returncode}): {(done.stderr or done.stdout)[-800:]}")
 
     def start(self) -> str:
+        """``initdb`` (trust auth, no fsync at init) and ``pg_ctl start -w``; the server's URL."""
         if self._as_postgres:
             pw = pwd.getpwnam("postgres")
             os.chown(self.dir, pw.pw_uid, pw.pw_gid)
@@ -82,6 +83,7 @@ class ThrowawayCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def stop(self) -> None:
+        """Stop the server at once (``-m immediate``) and remove its folder."""
         try:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
