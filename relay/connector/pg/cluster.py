@@ -9,7 +9,8 @@
   with 4409 ``"replaced"``; the catch-up compares generations again.
 - **One poker, one platform sender.** The instance holding the leader lock (``Leadership``)
   runs every ``WakePoker`` and the Telegram send workers; the others only tell it, through the
-  tables and events (``buf``, ``flip``, ``poke``, ``queued``). The leader derives pokes from the
+  tables and events (``buf``, ``flip``, ``poke``, ``queued``; ``sock``/``gone`` spare it a read per
+  buffered event of a gateway live elsewhere). The leader derives pokes from the
   tables (flipped gateways, their ``wakeAt`` and unacked entries) when it gains the lock and
   after every listener reconnect, so each due poke is sent by exactly one instance.
 - **Routes.** ``route`` events (and the catch-up) keep every instance's identity routes and wake
@@ -97,6 +98,9 @@ class PgCluster:
         self.gens: dict[Session, int] = {}  # generation of each local handshaken socket
         self.newest: dict[str, int] = {}  # highest generation heard of per gateway
         self._scheduled: dict[str, float | None] = {}  # leader: wakeAt handed to each poker
+        # Gateways a ``sock`` event said are live (until ``flip``/``gone``): a buffered event for
+        # one needs no read to know nobody must be poked. Cleared by every catch-up.
+        self._live: set[str] = set()
         self.listener = EventListener(store.url, store.channel, host.clock, self._on_event, self._catch_up)
         self.leadership = Leadership(store.url, host.clock, self._gain, self._loss)
 
@@ -130,6 +134,7 @@ class PgCluster:
         gen = self.gens.pop(s, None)
         if gen is not None:
             self.store.release_socket(s.gateway_id, gen, self.c.clock.wall())
+            self.store.publish("gone", g=s.gateway_id, n=gen)
 
     def _replace(self, s: Session) -> None:
         gid = s.gateway_id
@@ -167,13 +172,18 @@ class PgCluster:
             if isinstance(wake_url, str) and wake_url:
                 self.c.wake_urls[gid] = wake_url
         elif kind == "flip":
+            self._live.discard(gid)
             if self.leader:
                 self.c.spawn(self._apply_flip(gid))
+        elif kind == "gone":
+            if ev.get("n") == self.newest.get(gid):
+                self._live.discard(gid)
         elif kind == "poke" and self.leader:
             self.c.local_poker(gid).request(immediate=True)
 
     def _on_sock(self, gid: str, gen: int) -> None:
         self.newest[gid] = max(self.newest.get(gid, 0), gen)
+        self._live.add(gid)
         if self.leader:  # the gateway is back: its pokes stop (PROTOCOL.md 5.4)
             self._scheduled.pop(gid, None)
             poker = self.c.pokers.get(gid)
@@ -187,7 +197,7 @@ class PgCluster:
     async def _poke_if_away(self, gid: str) -> None:
         """Leader: a buffered event for a gateway no instance holds live pokes it."""
         poker = self.c.local_poker(gid)
-        if poker.busy or await self.store.gateway_live(gid):
+        if poker.busy or gid in self._live or await self.store.gateway_live(gid):
             return
         poker.request()
 
@@ -214,6 +224,7 @@ class PgCluster:
 
     async def _catch_up(self) -> None:
         """After every listener (re)connect: re-read what an event may have said meanwhile."""
+        self._live.clear()  # events were missed: liveness comes from the table again
         self.c.routes.update(await self.store.identities())
         for gid, rec in (await self.store.gateways()).items():
             if rec.wake_url:
