@@ -161,7 +161,7 @@ class PgCluster:
             s = self.c.sessions.get(gid)
             if s is not None and s.live:
                 s.notify.set()
-            elif self.leader:
+            elif self.leader and gid not in self._live and not self.c.local_poker(gid).busy:
                 self.c.spawn(self._poke_if_away(gid))
         elif kind == "sock" and isinstance(ev.get("n"), int):
             self._on_sock(gid, ev["n"])
