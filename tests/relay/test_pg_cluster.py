@@ -137,6 +137,8 @@ async def test_cluster_newest_handshake_wins_across_instances(cluster: Cluster) 
     a, b = await cluster.start()
     old = cluster.raw(a)
     await old.connect()
+    # the descriptor goes out before the handshake's generation commits: wait until B heard it
+    await cluster.until(lambda: b.cluster.newest.get("dev") == 1)
     new = cluster.raw(b)
     await new.connect()
     assert old.ws is not None
@@ -195,7 +197,8 @@ async def test_cluster_lost_event_is_caught_up_after_the_listener_reconnects(clu
     con = await asyncpg.connect(cluster.url)
     try:
         killed = await con.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE query = $1",
+            f'LISTEN "{b.cluster.store.channel}"',
         )
     finally:
         await con.close()
@@ -292,9 +295,11 @@ async def test_cluster_leader_loss_hands_due_pokes_to_the_other_instance(cluster
     await cluster.gw_http.changes.until(lambda: len(cluster.gw_http.pokes) == 1)
     con = await asyncpg.connect(cluster.url)
     try:
-        killed = await con.fetchval(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-            " WHERE query LIKE 'SELECT pg_advisory_lock%' AND state = 'idle'"
+        killed = await con.fetchval(  # this schema's leader lock only (its key is the lock's)
+            "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            " AND ((l.classid::bigint << 32) | l.objid::bigint) = $1::bigint",
+            leader.cluster.leadership.key,
         )
     finally:
         await con.close()

@@ -24,7 +24,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from common.clock import Clock
-from relay.connector.pg.events import EventListener, Leadership
+from relay.connector.pg.events import EventListener, Leadership, leader_lock_key
 from relay.connector.pg.store import PgStore
 from relay.connector.wake import WakePoker
 
@@ -102,7 +102,9 @@ class PgCluster:
         # one needs no read to know nobody must be poked. Cleared by every catch-up.
         self._live: set[str] = set()
         self.listener = EventListener(store.url, store.channel, host.clock, self._on_event, self._catch_up)
-        self.leadership = Leadership(store.url, host.clock, self._gain, self._loss)
+        self.leadership = Leadership(
+            store.url, leader_lock_key(store.channel), host.clock, self._gain, self._loss
+        )
 
     @property
     def leader(self) -> bool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -30,8 +31,14 @@ CHECK_EVERY_S = 10.0
 """Seconds between liveness checks of a dedicated connection."""
 CHECK_TIMEOUT_S = 5.0
 """A liveness check that takes longer than this (seconds) counts as a lost connection."""
-LEADER_LOCK = 0x6865726D_00000002
-"""The advisory lock key whose holder pokes wake URLs and sends platform calls."""
+
+
+def leader_lock_key(channel: str) -> int:
+    """The advisory lock key whose holder pokes wake URLs and sends platform calls, one per
+    store ``channel`` (so connectors on other schemas of the same database elect their own)."""
+    digest = hashlib.blake2b(channel.encode(), digest_size=8, person=b"relaylead")
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
 
 OnEvent = Callable[[dict[str, Any]], None]
 
@@ -122,17 +129,19 @@ class EventListener:
 
 
 class Leadership:
-    """Hold ``LEADER_LOCK`` on a connection of its own. ``on_gain()`` runs once it is held,
+    """Hold the leader lock ``key`` on a connection of its own. ``on_gain()`` runs once it is held,
     ``on_loss()`` when its connection is lost (or at cancel) after a gain."""
 
     def __init__(
         self,
         url: str,
+        key: int,
         clock: Clock,
         on_gain: Callable[[], Awaitable[None]],
         on_loss: Callable[[], Awaitable[None]],
     ) -> None:
         self.url = url
+        self.key = key
         self.clock = clock
         self.on_gain = on_gain
         self.on_loss = on_loss
@@ -146,7 +155,7 @@ class Leadership:
             lost = _lost_event(con)
             try:
                 # Blocks while another instance leads; returns when its connection ends.
-                await con.execute("SELECT pg_advisory_lock($1)", LEADER_LOCK, timeout=None)
+                await con.execute("SELECT pg_advisory_lock($1)", self.key, timeout=None)
                 backoff.reset()
                 self.leader = True
                 log.info("this instance now pokes wake URLs and sends platform calls (leader)")
