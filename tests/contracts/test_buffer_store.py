@@ -277,3 +277,58 @@ async def test_buffer_prune_idempotency_forgets_older_keys(
     await store.prune_idempotency(before)
     assert [k for k in ("k0", "k1") if await store.idempotent_result("gw1", k) is not None] == kept
     assert len(await store.outbox()) == 2
+
+
+# --- platform sends ------------------------------------------------------------------------
+
+
+def _queue(store: BufferStore, send_id: str, text: str, key: str | None = None) -> asyncio.Future[None]:
+    return store.record_outbound(
+        gateway_id="gw1",
+        platform="telegram",
+        bot_id="bot1",
+        action={"op": "send", "chat_id": "42", "content": text},
+        now=T0,
+        idempotency_key=key,
+        platform_send=(send_id, f"req-{send_id}"),
+    )
+
+
+async def test_buffer_platform_sends_queue_in_order_and_are_found_by_id_and_key(store: BufferStore) -> None:
+    """A queued platform send is pending in queue order, listed in the outbox, and found by its
+    send id and by its idempotency key; unknown ids and keys find nothing."""
+    await asyncio.gather(_queue(store, "s1", "one", key="k1"), _queue(store, "s2", "two"))
+    pending = await store.pending_platform_sends("telegram", "bot1")
+    assert [(p.send_id, p.request_id, p.action["content"]) for p in pending] == [
+        ("s1", "req-s1", "one"),
+        ("s2", "req-s2", "two"),
+    ]
+    assert await store.pending_platform_sends("telegram", "other-bot") == []
+    found = await store.platform_send("s2")
+    assert found is not None
+    assert (found.send_id, found.done, found.result) == ("s2", False, None)
+    assert await store.platform_send("nope") is None
+    keyed = await store.platform_send_by_key("gw1", "k1")
+    assert keyed is not None
+    assert keyed.send_id == "s1"
+    assert await store.platform_send_by_key("gw2", "k1") is None
+    assert len(await store.outbox()) == 2
+    # the key waits with its send: no result is stored for it before the send finishes
+    assert await store.idempotent_result("gw1", "k1") is None
+
+
+async def test_buffer_finish_platform_send_stores_result_with_its_key(store: BufferStore) -> None:
+    """Attempts are counted; a finished send leaves the queue with its result, and its
+    idempotency key then answers with that result."""
+    await _queue(store, "s1", "one", key="k1")
+    store.note_platform_attempt("s1", "HTTP 502")
+    store.note_platform_attempt("s1", "HTTP 502")
+    await store.flush()
+    (send,) = await store.pending_platform_sends("telegram", "bot1")
+    assert send.attempts == 2
+    await store.finish_platform_send(send, {"success": True, "message_id": "7"}, T0 + 5)
+    assert await store.pending_platform_sends("telegram", "bot1") == []
+    done = await store.platform_send("s1")
+    assert done is not None
+    assert (done.done, done.result) == (True, {"success": True, "message_id": "7"})
+    assert await store.idempotent_result("gw1", "k1") == {"success": True, "message_id": "7"}

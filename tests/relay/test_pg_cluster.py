@@ -84,7 +84,9 @@ class Cluster:
         return self.instances
 
     async def until(self, pred: Any, timeout: float = 10.0) -> None:
-        """Wait for ``pred()`` as events arrive on any instance."""
+        """Wait for ``pred()`` as events arrive on any instance, re-checking every 50 ms for the
+        state that changes without an event (the leader lock, a listener losing its connection):
+        a bound on real I/O, never a wait for time to pass (the clock is fake)."""
 
         async def loop() -> None:
             while not pred():
