@@ -27,6 +27,7 @@ SCRIPTS = (
     "turn_commit",
     "history",
     "overview",
+    "pg_scaleout",
 )
 
 

@@ -29,6 +29,7 @@ from common.errors import ConfigError, StartupError
 from common.listen import bind_listener
 from relay.connector import telegram as tg
 from relay.connector.server import Connector
+from relay.connector.store_api import StoreOpenError, redact_url
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
 
@@ -137,7 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the reference connector")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=_port, default=8765)
-    s.add_argument("--db", default="relay.db", help="SQLite file for the durable buffer")
+    s.add_argument(
+        "--db",
+        default=None,
+        help="the durable state: a SQLite file (default relay.db) or a postgresql:// URL for several"
+        " instances on one database (env RELAY_DB)",
+    )
     s.add_argument(
         "--gateway",
         action="append",
@@ -183,10 +189,13 @@ def _telegram_args(p: argparse.ArgumentParser) -> None:
 
 
 async def open_connector(db: str, secrets: dict[str, str], max_frame_bytes: int, **options: Any) -> Connector:
-    """``Connector.create`` with start-up errors as ``StartupError`` naming ``--db`` and why.
+    """``Connector.create`` with start-up errors as ``StartupError`` naming ``--db`` (a URL's
+    password redacted) and why.
     ``options`` are further ``Connector`` keywords (Telegram, ingress token)."""
     try:
         return await Connector.create(db, secrets=secrets, max_frame_bytes=max_frame_bytes, **options)
+    except StoreOpenError as exc:  # PostgreSQL: the message holds the redacted URL already
+        raise StartupError(f"--db {exc}") from None
     except (OSError, sqlite3.Error) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise StartupError(f"--db {db}: cannot open the connector database: {why}") from None
@@ -212,7 +221,11 @@ async def serve(
     await site.start()
     bound = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else port
     logging.getLogger("relay.connector").info(
-        "hermes-relay serving on http://%s:%d (ws /relay, %d gateway(s))", host, bound, len(secrets)
+        "hermes-relay serving on http://%s:%d (ws /relay, %d gateway(s), store %s)",
+        host,
+        bound,
+        len(secrets),
+        redact_url(db),
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -283,8 +296,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "telegram_api_base": _api_base(),
         "ingress_token": ingress_token,
     }
+    db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
     try:
-        asyncio.run(serve(args.host, args.port, args.db, secrets, args.max_frame_bytes, **options))
+        asyncio.run(serve(args.host, args.port, db, secrets, args.max_frame_bytes, **options))
     except StartupError as exc:
         print(f"hermes-relay: error: {exc}", file=sys.stderr)
         _exit_now_if_threads_linger(1)

@@ -22,7 +22,8 @@ import aiohttp
 from common.clock import Clock
 from relay.client.backoff import Backoff
 from relay.connector import telegram
-from relay.connector.store import BufferStore, PlatformSend
+from relay.connector.store import PlatformSend
+from relay.connector.store_api import ConnectorStore
 
 log = logging.getLogger("relay.platform")
 
@@ -40,7 +41,7 @@ class PlatformOutbox:
 
     def __init__(
         self,
-        store: BufferStore,
+        store: ConnectorStore,
         *,
         http: Callable[[], aiohttp.ClientSession],
         clock: Clock,
@@ -91,6 +92,20 @@ class PlatformOutbox:
         self._waiters.setdefault(send_id, []).append(fut)
         return await fut
 
+    def resolve(self, send_id: str, result: dict[str, Any]) -> None:
+        """A send's final result is committed (here, or by the instance that sent it): hand it to
+        its waiters and keep it for late ones."""
+        self._finished[send_id] = result
+        while len(self._finished) > FINISHED_KEEP:
+            self._finished.popitem(last=False)
+        for fut in self._waiters.pop(send_id, []):
+            if not fut.done():
+                fut.set_result(result)
+
+    def waiting(self) -> list[str]:
+        """The send ids someone waits on (a catch-up re-reads their results)."""
+        return list(self._waiters)
+
     async def _worker(self, bot_id: str) -> None:
         wake = self._wake[bot_id]
         while True:
@@ -138,12 +153,7 @@ class PlatformOutbox:
             except Exception as exc:  # the store must not lose the outcome: keep trying
                 log.error("telegram send %s: result not stored (%s); retrying", send.send_id, exc)
                 await self.clock.sleep(1.0)
-        self._finished[send.send_id] = result
-        while len(self._finished) > FINISHED_KEEP:
-            self._finished.popitem(last=False)
-        for fut in self._waiters.pop(send.send_id, []):
-            if not fut.done():
-                fut.set_result(result)
+        self.resolve(send.send_id, result)
         try:
             await self._on_done(send, result)
         except Exception as exc:

@@ -49,6 +49,7 @@ from common.clock import Clock, SystemClock
 from common.errors import TokenError
 from common.tasks import TaskSet
 from relay.connector import telegram as tg
+from relay.connector.cluster import Coordinator, Poker, coordinator_for
 from relay.connector.damping import FIGHT_LOG_EVERY_S, REPLACE_HOLD_S, Damper
 from relay.connector.egress import CHATS_KEPT
 from relay.connector.ingress_routes import IngressRoutes
@@ -56,7 +57,8 @@ from relay.connector.outbound import OutboundHandler
 from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.provision import ProvisionRoutes
 from relay.connector.session import HEARTBEAT_S, REPLAY_PAGE, SessionHandler
-from relay.connector.store import IDEMPOTENCY_KEEP_S, BufferStore
+from relay.connector.store import IDEMPOTENCY_KEEP_S
+from relay.connector.store_api import ConnectorStore, open_store
 from relay.connector.surface import Chats, Session
 from relay.connector.wake import WakePoker
 from relay.connector.webhook import TelegramWebhook
@@ -97,7 +99,7 @@ class Connector:
 
     def __init__(
         self,
-        store: BufferStore,
+        store: ConnectorStore,
         *,
         secrets: dict[str, str] | None = None,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
@@ -156,15 +158,18 @@ class Connector:
         self.app.router.add_post("/relay/provision", self.provision.handle_provision)
         self.app.router.add_post("/relay/policy", self.provision.handle_policy)
         self.app.on_shutdown.append(self._on_shutdown)
+        # SQLite: this process is the only one; PostgreSQL: several share the store (pg/cluster).
+        self.cluster: Coordinator = coordinator_for(self)
 
     @classmethod
     async def create(cls, db_path: str, **kwargs: Any) -> Connector:
-        """Open the store, restore routes, wake URLs and pending pokes, and return the connector.
+        """Open the store (a SQLite path or a ``postgresql://`` URL, ``open_store``), restore
+        routes, wake URLs and pending pokes, and return the connector.
 
-        Raises ``OSError`` or ``sqlite3.Error`` when the database cannot be opened (the store is
-        closed again: nothing is left running).
+        Raises ``OSError``, ``sqlite3.Error`` or ``StoreOpenError`` when the database cannot be
+        opened (the store is closed again: nothing is left running).
         """
-        store = await BufferStore.open(db_path)
+        store = await open_store(db_path)
         try:
             self = cls(store, **kwargs)
             await self._restore()
@@ -199,7 +204,7 @@ class Connector:
             if self.routes.get((tg.PLATFORM, bot_id)) != gid:
                 self.routes[(tg.PLATFORM, bot_id)] = gid
                 await self.store.remember(gid, tg.PLATFORM, bot_id, None, self.clock.wall())
-        self.platform_outbox.start()
+        self.cluster.start()
         if not self.secrets:
             log.warning("no gateway configured: unauthenticated dev mode (any socket is accepted)")
 
@@ -233,8 +238,12 @@ class Connector:
             return {}
         return {"Authorization": f"Bearer {mint_token(gateway_id, secret, self.clock.wall())}"}
 
-    def poker(self, gateway_id: str) -> WakePoker:
-        """The (one, lazily made) ``WakePoker`` of ``gateway_id``."""
+    def poker(self, gateway_id: str) -> Poker:
+        """The pokes of ``gateway_id`` as this instance may ask for them (``cluster.poker``)."""
+        return self.cluster.poker(gateway_id)
+
+    def local_poker(self, gateway_id: str) -> WakePoker:
+        """The (one, lazily made) ``WakePoker`` of ``gateway_id`` in this process."""
         poker = self.pokers.get(gateway_id)
         if poker is None:
             poker = WakePoker(

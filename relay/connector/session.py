@@ -77,6 +77,7 @@ class SessionHandler:
         finally:
             for t in session.tasks:
                 t.cancel()
+            self.c.cluster.socket_down(session)
             if self.c.sessions.get(gateway_id) is session:
                 del self.c.sessions[gateway_id]
                 if session.handshaken and not session.flipped:
@@ -151,6 +152,7 @@ class SessionHandler:
             # Not awaited: a stale "flipped" after a crash only costs a harmless extra poke.
             self.c.flipped[gid] = False
             self.c.store.clear_flip(gid, self.c.clock.wall())
+        await self.c.cluster.socket_up(s)  # PostgreSQL: the newest generation, on any instance
         log.info("gateway %s: handshake complete; replaying unacked entries", gid)
         s.tasks.append(self.c.spawn(self._sender(s)))
         self.start_presence(s)

@@ -36,13 +36,14 @@ class PlatformSend:
     result: dict[str, Any] | None
 
 
-_SEND_COLS = (
+SEND_COLS = (
     "seq, send_id, gateway_id, platform, bot_id, request_id, idempotency_key, action, created_at,"
     " attempts, done_at, result"
 )
 
 
-def _platform_send(r: Any) -> PlatformSend:
+def send_of_row(r: Any) -> PlatformSend:
+    """A ``PlatformSend`` from a row of ``SEND_COLS`` (SQLite tuple or PostgreSQL record)."""
     return PlatformSend(
         seq=int(r[0]),
         send_id=str(r[1]),
@@ -68,26 +69,31 @@ class PlatformSendStore(StoreWriter):
         """The oldest unfinished platform sends of one bot, in queue order."""
         rows = await read_all(
             self._r,
-            f"SELECT {_SEND_COLS} FROM platform_sends WHERE platform = ? AND bot_id = ? AND done_at IS NULL"
+            f"SELECT {SEND_COLS} FROM platform_sends WHERE platform = ? AND bot_id = ? AND done_at IS NULL"
             " ORDER BY seq LIMIT ?",
             (platform, bot_id, limit),
         )
-        return [_platform_send(r) for r in rows]
+        return [send_of_row(r) for r in rows]
 
     async def platform_send_by_key(self, gateway_id: str, key: str) -> PlatformSend | None:
         """The platform send queued with ``idempotency_key`` ``key`` by ``gateway_id`` (if any)."""
         row = await read_one(
             self._r,
-            f"SELECT {_SEND_COLS} FROM platform_sends WHERE gateway_id = ? AND idempotency_key = ?"
+            f"SELECT {SEND_COLS} FROM platform_sends WHERE gateway_id = ? AND idempotency_key = ?"
             " ORDER BY seq DESC LIMIT 1",
             (gateway_id, key),
         )
-        return None if row is None else _platform_send(row)
+        return None if row is None else send_of_row(row)
+
+    async def platform_send(self, send_id: str) -> PlatformSend | None:
+        """The platform send ``send_id`` (queued or done), or None when there is none."""
+        row = await read_one(self._r, f"SELECT {SEND_COLS} FROM platform_sends WHERE send_id = ?", (send_id,))
+        return None if row is None else send_of_row(row)
 
     async def platform_sends(self) -> list[PlatformSend]:
         """Every platform send (for tests and inspection), in queue order."""
-        rows = await read_all(self._r, f"SELECT {_SEND_COLS} FROM platform_sends ORDER BY seq")
-        return [_platform_send(r) for r in rows]
+        rows = await read_all(self._r, f"SELECT {SEND_COLS} FROM platform_sends ORDER BY seq")
+        return [send_of_row(r) for r in rows]
 
     def note_platform_attempt(self, send_id: str, error: str) -> None:
         """Count a failed attempt of a platform send (queued; committed with the next group)."""

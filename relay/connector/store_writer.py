@@ -1,6 +1,8 @@
 """The connector store's single writer: every write is queued and grouped into one
 ``synchronous=FULL`` transaction (group commit); one queued job never spans two transactions.
-``StoreWriter`` is the base the table stores (``store``, ``store_platform``, ``store_idempotency``) share.
+``GroupWriter`` is the backend-neutral queue, batching and settling (the PostgreSQL store in
+``relay/connector/pg`` uses it too); ``StoreWriter`` is its SQLite form, the base the table
+stores (``store``, ``store_platform``, ``store_idempotency``) share.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ ACK_SQL = "UPDATE buffer SET acked_at = ? WHERE buffer_id = ? AND gateway_id = ?
 
 Statement = tuple[str, tuple[Any, ...]]
 """One SQL statement and its parameters."""
-_Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
+Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
+"""One queued job: statements that commit together, and the future its caller awaits (or None)."""
 
 
-class StoreWriter:
-    """The write connection ``wdb`` (one writer task) and the read connection ``rdb`` (WAL: reads
-    only see committed rows). Must be made inside a running event loop."""
+class GroupWriter:
+    """One writer task draining a queue of jobs (each a tuple of statements that commit
+    together) in groups of up to 5000, one transaction per group (``_commit``, per backend).
+    ``ack_sql`` is the backend's buffer ack statement (recognised by identity to settle
+    ``_acking``). Must be made inside a running event loop."""
 
-    def __init__(self, wdb: aiosqlite.Connection, rdb: aiosqlite.Connection) -> None:
-        self._w = wdb
-        self._r = rdb
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+    ack_sql: str = ACK_SQL
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._writer = asyncio.create_task(self._write_loop(), name="relay-store-writer")
         # Acks received but not yet committed: reads treat them as acked already, so a replay
         # never resends an acked entry and needs no flush (and no fsync) first.
@@ -42,8 +47,15 @@ class StoreWriter:
         self._writer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._writer
-        await self._w.close()
-        await self._r.close()
+        await self._close_connections()
+
+    async def _close_connections(self) -> None:
+        """Close the backend's connections (after the writer stopped)."""
+        raise NotImplementedError
+
+    async def _commit(self, jobs: list[Job]) -> None:
+        """Run ``jobs`` in one transaction; roll it back and raise on any error."""
+        raise NotImplementedError
 
     # --- writer ----------------------------------------------------------------------------
 
@@ -83,7 +95,40 @@ class StoreWriter:
                 continue
             self._settle(batch, None)
 
-    async def _commit(self, jobs: list[_Job]) -> None:
+    def _settle(self, jobs: list[Job], error: Exception | None) -> None:
+        """Resolve the jobs' futures (``error`` None: committed) and release their acks from
+        the in-flight set either way (a failed ack is unacked again: the entry is resent)."""
+        for statements, fut in jobs:
+            for sql, params in statements:
+                if sql is self.ack_sql:
+                    self._acking.discard(params[1])
+            if fut is not None and not fut.done():
+                if error is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(error)
+
+    async def flush(self) -> None:
+        """Return once everything queued before this call has committed."""
+        fut = self._enqueue("", (), wait=True)
+        assert fut is not None
+        await fut
+
+
+class StoreWriter(GroupWriter):
+    """The SQLite write connection ``wdb`` (one writer task) and the read connection ``rdb``
+    (WAL: reads only see committed rows). Must be made inside a running event loop."""
+
+    def __init__(self, wdb: aiosqlite.Connection, rdb: aiosqlite.Connection) -> None:
+        self._w = wdb
+        self._r = rdb
+        super().__init__()
+
+    async def _close_connections(self) -> None:
+        await self._w.close()
+        await self._r.close()
+
+    async def _commit(self, jobs: list[Job]) -> None:
         """Run ``jobs`` in one transaction; roll it back and raise on any error."""
         ops = [st for statements, _ in jobs for st in statements]
         try:
@@ -102,22 +147,3 @@ class StoreWriter:
             with contextlib.suppress(Exception):
                 await self._w.execute("ROLLBACK")
             raise
-
-    def _settle(self, jobs: list[_Job], error: Exception | None) -> None:
-        """Resolve the jobs' futures (``error`` None: committed) and release their acks from
-        the in-flight set either way (a failed ack is unacked again: the entry is resent)."""
-        for statements, fut in jobs:
-            for sql, params in statements:
-                if sql is ACK_SQL:
-                    self._acking.discard(params[1])
-            if fut is not None and not fut.done():
-                if error is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(error)
-
-    async def flush(self) -> None:
-        """Return once everything queued before this call has committed."""
-        fut = self._enqueue("", (), wait=True)
-        assert fut is not None
-        await fut

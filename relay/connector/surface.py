@@ -15,10 +15,11 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 
 from common.clock import Clock
+from relay.connector.cluster import Coordinator, Poker
 from relay.connector.damping import Damper
 from relay.connector.platform_outbox import PlatformOutbox
-from relay.connector.store import BufferStore
-from relay.connector.wake import WakePoker
+from relay.connector.store_api import ConnectorStore
+from relay.connector.store_platform import PlatformSend
 from relay.protocol.sockets import ServerSocket
 
 T = TypeVar("T")
@@ -58,13 +59,18 @@ class OutboundView(Protocol):
 
     async def on_outbound(self, s: Session, frame: dict[str, Any]) -> None: ...
 
+    async def platform_done(self, send: PlatformSend, result: dict[str, Any]) -> None: ...
+
 
 class ConnectorSurface(Protocol):
     """The connector members the route modules use. None is rebound through the surface (the
     containers are mutated in place), so every member is read-only here."""
 
     @property
-    def store(self) -> BufferStore: ...
+    def store(self) -> ConnectorStore: ...
+
+    @property
+    def cluster(self) -> Coordinator: ...
 
     @property
     def clock(self) -> Clock: ...
@@ -127,7 +133,7 @@ class ConnectorSurface(Protocol):
 
     def auth_headers(self, gateway_id: str) -> dict[str, str]: ...
 
-    def poker(self, gateway_id: str) -> WakePoker: ...
+    def poker(self, gateway_id: str) -> Poker: ...
 
     def authenticate(self, authorization: str | None) -> str: ...
 

@@ -51,6 +51,12 @@ class WakePoker:
         self.pokes_sent = 0
         self.pokes_failed = 0
 
+    @property
+    def busy(self) -> bool:
+        """A buffered-event poke, its retries or a deferred poke is pending: ``request()`` would
+        add nothing now."""
+        return self._burst is not None and not self._burst.done()
+
     def request(self, *, immediate: bool = False) -> None:
         """A buffered event arrived: poke now, or at the end of the rate window.
 

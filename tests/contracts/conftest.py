@@ -25,6 +25,8 @@ from gateway.cron.store import CronStore
 from gateway.kanban.store import TaskStore
 from gateway.statedb import open_state_db
 from relay.connector.store import BufferStore
+from relay.connector.store_api import ConnectorStore
+from tests.pgcluster import fresh_schema
 
 Backend = Callable[[Path], AbstractAsyncContextManager[Any]]
 
@@ -47,11 +49,25 @@ async def _sqlite_buffer(tmp_path: Path) -> AsyncIterator[BufferStore]:
         await store.close()
 
 
+@asynccontextmanager
+async def _pg_buffer(url: str) -> AsyncIterator[ConnectorStore]:
+    from relay.connector.pg.store import PgStore
+
+    store = await PgStore.open(url)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 TASK_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, TaskStore)}
 CRON_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, CronStore)}
 DELIVERY_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, DeliveryStore)}
 SESSION_BACKENDS: dict[str, Backend] = {"sqlite": lambda p: _sqlite_state(p, SessionStore)}
 BUFFER_BACKENDS: dict[str, Backend] = {"sqlite": _sqlite_buffer}
+"""SQLite backends, made in a test's ``tmp_path``; PostgreSQL ones (``PG_BUFFER_BACKENDS``) are
+made on a fresh schema of the session's server (``pg_server`` in ``tests/conftest.py``)."""
+PG_BUFFER_BACKENDS: dict[str, Callable[[str], AbstractAsyncContextManager[Any]]] = {"postgres": _pg_buffer}
 
 
 # --- seams: states the stores have no public writer for ------------------------------------
@@ -114,9 +130,14 @@ async def session_store(request: pytest.FixtureRequest, tmp_path: Path) -> Async
         yield store
 
 
-@pytest.fixture(params=_params(BUFFER_BACKENDS))
-async def buffer_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[BufferStore]:
-    """An empty, open BufferStore on each backend (closed, and so flushed, afterwards)."""
+@pytest.fixture(params=_params({**BUFFER_BACKENDS, **PG_BUFFER_BACKENDS}))
+async def buffer_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConnectorStore]:
+    """An empty, open connector store on each backend (closed, and so flushed, afterwards)."""
+    if request.param in PG_BUFFER_BACKENDS:
+        server = request.getfixturevalue("pg_server")  # started on first use, once per run
+        async with fresh_schema(server) as url, PG_BUFFER_BACKENDS[request.param](url) as store:
+            yield store
+        return
     async with BUFFER_BACKENDS[request.param](tmp_path) as store:
         yield store
 

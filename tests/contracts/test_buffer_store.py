@@ -1,4 +1,5 @@
-"""BufferStore contract (``relay/connector/store.py``), run on every backend of ``buffer_store``.
+"""Connector store contract (``relay/connector/store_api.py``), run on every backend of
+``buffer_store`` (SQLite and PostgreSQL).
 
 Reads see only committed rows, except acks: a received ack counts at once, before its commit.
 Writes that are not awaited (``ack``, ``clear_flip``) are checked after ``flush``.
@@ -7,12 +8,13 @@ Writes that are not awaited (``ack``, ``clear_flip``) are checked after ``flush`
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from typing import Any
 
 import pytest
 
-from relay.connector.store import BufferStore, GatewayRecord
+from relay.connector.store import GatewayRecord
+from relay.connector.store_api import INTEGRITY_ERRORS
+from relay.connector.store_api import ConnectorStore as BufferStore
 
 T0 = 1_714_557_600.0  # 2024-05-01 10:00 UTC
 
@@ -64,7 +66,7 @@ async def test_buffer_unacked_after_in_seq_order(
 async def test_buffer_append_duplicate_buffer_id_fails(store: BufferStore) -> None:
     """buffer_id is unique: a second append with it raises IntegrityError and stores nothing."""
     await append(store, "a")
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await append(store, "a", gateway_id="gw2")
     assert [r["buffer_id"] for r in await store.buffer_rows()] == ["a"]
 
@@ -232,7 +234,7 @@ async def test_buffer_record_outbound_key_needs_result(store: BufferStore) -> No
 async def test_buffer_record_outbound_same_key_twice_fails_whole_job(store: BufferStore) -> None:
     """A key stored already fails the second job with IntegrityError: neither its row nor its result lands."""
     await _send(store, "42", "first", idempotency_key="k1", result={"n": 1})
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(INTEGRITY_ERRORS):
         await _send(store, "42", "second", idempotency_key="k1", result={"n": 2})
     assert [r["action"]["text"] for r in await store.outbox()] == ["first"]
     assert await store.idempotent_result("gw1", "k1") == {"n": 1}
@@ -247,7 +249,7 @@ async def test_buffer_failed_job_leaves_other_queued_jobs_committed(store: Buffe
     dup = _send(store, "42", "dup", idempotency_key="k1", result={"n": 2})
     other = _send(store, "9", "other")
     results = await asyncio.gather(dup, other, return_exceptions=True)
-    assert isinstance(results[0], sqlite3.IntegrityError)
+    assert isinstance(results[0], INTEGRITY_ERRORS)
     assert results[1] is None
     assert [r["action"]["text"] for r in await store.outbox()] == ["first", "other"]
     assert [r["acked"] for r in await store.buffer_rows()] == [True]
@@ -275,3 +277,58 @@ async def test_buffer_prune_idempotency_forgets_older_keys(
     await store.prune_idempotency(before)
     assert [k for k in ("k0", "k1") if await store.idempotent_result("gw1", k) is not None] == kept
     assert len(await store.outbox()) == 2
+
+
+# --- platform sends ------------------------------------------------------------------------
+
+
+def _queue(store: BufferStore, send_id: str, text: str, key: str | None = None) -> asyncio.Future[None]:
+    return store.record_outbound(
+        gateway_id="gw1",
+        platform="telegram",
+        bot_id="bot1",
+        action={"op": "send", "chat_id": "42", "content": text},
+        now=T0,
+        idempotency_key=key,
+        platform_send=(send_id, f"req-{send_id}"),
+    )
+
+
+async def test_buffer_platform_sends_queue_in_order_and_are_found_by_id_and_key(store: BufferStore) -> None:
+    """A queued platform send is pending in queue order, listed in the outbox, and found by its
+    send id and by its idempotency key; unknown ids and keys find nothing."""
+    await asyncio.gather(_queue(store, "s1", "one", key="k1"), _queue(store, "s2", "two"))
+    pending = await store.pending_platform_sends("telegram", "bot1")
+    assert [(p.send_id, p.request_id, p.action["content"]) for p in pending] == [
+        ("s1", "req-s1", "one"),
+        ("s2", "req-s2", "two"),
+    ]
+    assert await store.pending_platform_sends("telegram", "other-bot") == []
+    found = await store.platform_send("s2")
+    assert found is not None
+    assert (found.send_id, found.done, found.result) == ("s2", False, None)
+    assert await store.platform_send("nope") is None
+    keyed = await store.platform_send_by_key("gw1", "k1")
+    assert keyed is not None
+    assert keyed.send_id == "s1"
+    assert await store.platform_send_by_key("gw2", "k1") is None
+    assert len(await store.outbox()) == 2
+    # the key waits with its send: no result is stored for it before the send finishes
+    assert await store.idempotent_result("gw1", "k1") is None
+
+
+async def test_buffer_finish_platform_send_stores_result_with_its_key(store: BufferStore) -> None:
+    """Attempts are counted; a finished send leaves the queue with its result, and its
+    idempotency key then answers with that result."""
+    await _queue(store, "s1", "one", key="k1")
+    store.note_platform_attempt("s1", "HTTP 502")
+    store.note_platform_attempt("s1", "HTTP 502")
+    await store.flush()
+    (send,) = await store.pending_platform_sends("telegram", "bot1")
+    assert send.attempts == 2
+    await store.finish_platform_send(send, {"success": True, "message_id": "7"}, T0 + 5)
+    assert await store.pending_platform_sends("telegram", "bot1") == []
+    done = await store.platform_send("s1")
+    assert done is not None
+    assert (done.done, done.result) == (True, {"success": True, "message_id": "7"})
+    assert await store.idempotent_result("gw1", "k1") == {"success": True, "message_id": "7"}

@@ -3,8 +3,10 @@ names, and the commands docs/deploy.md shows for our own CLIs parse with our arg
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -52,11 +54,31 @@ def test_connector_fly_toml_is_always_on_with_its_db_on_the_volume() -> None:
     assert svc["min_machines_running"] == 1
     assert svc["auto_stop_machines"] == "off"
     assert t["mounts"]["destination"] == "/data"
-    args = shlex.split(t["processes"]["app"])
-    assert args[:2] == ["hermes-relay", "serve"]
-    ns = relay_parser().parse_args(args[1:])
-    assert (ns.host, ns.db) == ("0.0.0.0", "/data/relay.db")
+    sh, dash_c, script = shlex.split(t["processes"]["app"])
+    assert (sh, dash_c) == ("sh", "-c")
+    args = shlex.split(script)
+    assert args[:3] == ["exec", "hermes-relay", "serve"]
+    ns = relay_parser().parse_args(args[2:])
+    assert ns.host == "0.0.0.0"
     assert svc["internal_port"] == ns.port
+
+
+@pytest.mark.parametrize(
+    ("relay_db", "db"),
+    [(None, "/data/relay.db"), ("postgresql://u:p@db.internal:5432/relay?sslmode=disable", None)],
+    ids=["volume-sqlite", "secret-postgres-url"],
+)
+def test_connector_fly_command_takes_its_db_from_the_relay_db_secret(
+    relay_db: str | None, db: str | None
+) -> None:
+    """The connector's command uses the volume's SQLite file, or the RELAY_DB secret verbatim."""
+    _sh, _c, script = shlex.split(_toml("connector")["processes"]["app"])
+    echo = script.replace("exec hermes-relay serve", "printf '%s\\n'")
+    env = {k: v for k, v in os.environ.items() if k != "RELAY_DB"}
+    if relay_db is not None:
+        env["RELAY_DB"] = relay_db
+    out = subprocess.run(["sh", "-c", echo], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == (db or relay_db)
 
 
 def test_sidecar_process_command_parses() -> None:
@@ -68,7 +90,7 @@ def test_sidecar_process_command_parses() -> None:
 
 def test_both_apps_build_from_the_shared_dockerfile_at_the_root() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    for path in ("pyproject.toml", "gateway", "relay"):
+    for path in ("pyproject.toml", "common", "gateway", "relay"):
         assert re.search(rf"^COPY .*{path}", dockerfile, re.M), path
     for app in ("sidecar", "connector"):
         assert (DEPLOY / app / _toml(app)["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
