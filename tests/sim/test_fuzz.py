@@ -1,4 +1,4 @@
-"""``sim/fuzz.py`` (issue #13): every parser target holds on a few hundred examples, and each
+"""``sim/fuzz/`` (issue #13): every parser target holds on a few hundred examples, and each
 target reports a failure (with its falsifying input and exception) when its parser is broken."""
 
 from __future__ import annotations
