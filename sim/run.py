@@ -124,7 +124,12 @@ class Run:
         self.generation["connector"] += 1
         proc = Process("connector", self.generation["connector"], self.db_faults)
         self.connector = proc
-        connector = await proc.call(Connector.create(str(self.root / "relay.db"), clock=self.clock))
+        try:
+            connector = await proc.call(Connector.create(str(self.root / "relay.db"), clock=self.clock))
+        except asyncio.CancelledError:
+            if proc.alive:
+                raise
+            return  # killed while starting: the crash restarts it
         proc.app = connector
         self.link.serve = connector.ws.serve
         self.note(f"connector #{proc.generation} started")
@@ -139,16 +144,22 @@ class Run:
         (home / "config.yaml").write_text(text)
         sc = Sidecar(load_config(home, SIDECAR_ENV), port=0, clock=self.clock, env={}, dial=self.link.dial)
         self.sidecar = proc
-        await proc.call(sc.start())
         proc.app = sc
+        try:
+            await proc.call(sc.start())
+        except asyncio.CancelledError:
+            if proc.alive:
+                raise
+            return  # killed while starting: the crash restarts it
         self.note(f"sidecar #{proc.generation} started")
 
-    async def crash(self, side: str, why: str, *, fault: bool = True) -> None:
+    async def crash(self, side: str, why: str, *, fault: bool = True) -> bool:
         """``kill -9`` of ``side`` (a fault unless the run is over), then what the OS would
-        close: its listening socket and HTTP client sessions (nothing durable)."""
+        close: its listening socket and HTTP client sessions (nothing durable). False when
+        that process was not running (already dead, or not started yet)."""
         proc = self.sidecar if side == "sidecar" else self.connector
         if proc is None or not proc.alive:
-            return
+            return False
         if fault:
             self.count(f"crash_{side}")
             self.note(f"kill -9 {side} #{proc.generation} ({why})")
@@ -158,14 +169,19 @@ class Run:
         if isinstance(app, Sidecar):
             if app._runner is not None:
                 await app._runner.cleanup()
-            await app.http.close()
+            http = getattr(app, "http", None)  # made early in start()
+            if http is not None:
+                await http.close()
         elif isinstance(app, Connector) and app._http is not None:
             await app._http.close()
+        return True
 
     async def _crash_then_restart(self, c: Crash, steps: int) -> None:
         for _ in range(steps):
             await asyncio.sleep(0)
-        await self.crash(c.side, "at a frame boundary" if c.after is not None else "scheduled")
+        if not await self.crash(c.side, "at a frame boundary" if c.after is not None else "scheduled"):
+            self.restarts_pending -= 1  # it was down already: its own restart is on its way
+            return
         await self.clock.sleep(c.restart_s)
         if c.side == "sidecar":
             await self.start_sidecar()

@@ -103,11 +103,18 @@ async def wake(request: web.Request) -> web.Response:
 
 def accept_poke(sc: SidecarSurface) -> dict[str, Any]:
     """An authorized poke: merged into the last accepted one within ``POKE_MERGE_S`` (1 s of
-    monotonic time), else the watcher wakes (a dormant relay re-dials at once) and the
-    scheduler and board re-plan. Returns ``/wake``'s 202 body (``merged``, ``woke``, ``state``).
-    The simulator pokes through this too."""
+    monotonic time) while the watcher is live, else the watcher wakes (a dormant relay re-dials
+    at once; a draining one re-dials when its flip completes) and the scheduler and board
+    re-plan. Returns ``/wake``'s 202 body (``merged``, ``woke``, ``state``). The simulator pokes
+    through this too.
+
+    Only a live sidecar merges: a poke that finds it draining or dormant again (a wake, a
+    handshake and a flip can all fit in one second with ``cooldown_seconds: 0``) announces a
+    message buffered after that flip, and merging it left the message waiting for the next
+    poke (found by ``python -m sim``, seed 4568)."""
     now = sc.clock.monotonic()
-    if sc.last_poke_at is not None and now - sc.last_poke_at < POKE_MERGE_S:
+    live = sc.watcher.state is WatchState.LIVE
+    if live and sc.last_poke_at is not None and now - sc.last_poke_at < POKE_MERGE_S:
         sc.metrics.pokes.labels(result="merged").inc()
         return {"merged": True}
     sc.last_poke_at = now

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import pytest
@@ -13,6 +15,8 @@ from aiohttp import web
 from common.clock import FakeClock
 from gateway.config import load_config
 from gateway.core.watcher import WatchState
+from gateway.http.server import accept_poke
+from gateway.metrics import Metrics
 from gateway.runtime.fly import suspend_machine
 from gateway.runtime.sidecar import Sidecar
 from relay.protocol.token import mint_token
@@ -79,6 +83,38 @@ async def test_wake_accepts_relay_token_and_merges_within_1s(sidecar: Sidecar) -
     await sidecar.clock.advance(1.0)
     status, doc = await _get(sidecar, "/wake", {"Authorization": "Bearer w4ke"})
     assert doc["merged"] is False
+
+
+class _Watcher:
+    """The part of the idle watcher a poke sees: its state, and wake() (dormant -> live)."""
+
+    def __init__(self) -> None:
+        self.state = WatchState.DORMANT
+        self.wakes = 0
+
+    def wake(self, reason: str) -> bool:
+        self.wakes += 1
+        woke = self.state is WatchState.DORMANT
+        self.state = WatchState.LIVE
+        return woke
+
+
+def test_a_poke_that_finds_the_sidecar_dormant_again_within_1s_wakes_it() -> None:
+    """Poke, wake, handshake and flip back fit in one second (cooldown 0): the next poke
+    announces a message buffered after that flip and must wake, not merge (python -m sim,
+    seed 4568: the message waited for the next poke). A draining sidecar is not merged either."""
+    clock = FakeClock()
+    sc: Any = SimpleNamespace(clock=clock, metrics=Metrics(), watcher=_Watcher(), last_poke_at=None, pokes=0)
+    sc.on_poke = lambda: None
+    sc.state_name = lambda: sc.watcher.state.value
+    assert accept_poke(sc)["woke"] is True
+    assert accept_poke(sc) == {"merged": True}  # live within 1 s: one wake is enough
+    sc.watcher.state = WatchState.DORMANT  # flipped back within the second
+    doc = accept_poke(sc)
+    assert (doc["merged"], doc["woke"]) == (False, True)
+    sc.watcher.state = WatchState.DRAINING
+    assert accept_poke(sc)["merged"] is False
+    assert sc.watcher.wakes == 3
 
 
 async def test_status_metrics_and_presence(sidecar: Sidecar) -> None:
