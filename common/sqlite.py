@@ -77,10 +77,9 @@ async def migrate(db: aiosqlite.Connection, migrations: Sequence[str]) -> int:
     """
     await db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
     for index, script in enumerate(migrations, start=1):
-        await db.execute("BEGIN IMMEDIATE")
         try:
-            async with db.execute("SELECT version FROM schema_version") as cur:
-                row = await cur.fetchone()
+            await db.execute("BEGIN IMMEDIATE")
+            row = await read_one(db, "SELECT version FROM schema_version")
             current = row[0] if row else 0
             if current >= index:
                 await db.execute("ROLLBACK")
@@ -93,7 +92,7 @@ async def migrate(db: aiosqlite.Connection, migrations: Sequence[str]) -> int:
                 await db.execute("INSERT INTO schema_version (version) VALUES (?)", (index,))
             await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            await _rollback(db)
             raise
     return len(migrations)
 
@@ -183,13 +182,26 @@ async def write_tx(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connecti
     plain autocommit write in WAL mode can. SQLite still answers BEGIN IMMEDIATE with "database
     is locked" without running its busy handler in some cases (its deadlock avoidance), so the
     BEGIN is retried with a short backoff for up to ``BUSY_RETRY_S``: nothing is held at that
-    point, so a retry cannot deadlock. Rolls back on any error.
+    point, so a retry cannot deadlock.
+
+    Rolls back on any error, including a ``CancelledError`` that arrives while ``BEGIN`` or
+    ``COMMIT`` is on the database thread: the statement still runs there, and a transaction
+    left open made every later ``BEGIN`` on the connection fail with "cannot start a
+    transaction within a transaction" (a sidecar whose inbound worker was cancelled by a
+    dropped socket mid-admit could then store nothing more).
     """
     async with _lock(db):
-        await _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
         try:
+            await _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
             yield db
+            await db.execute("COMMIT")
         except BaseException:
-            await db.execute("ROLLBACK")
+            await _rollback(db)
             raise
-        await db.execute("COMMIT")
+
+
+async def _rollback(db: aiosqlite.Connection) -> None:
+    """``ROLLBACK`` whatever is open; nothing open (a BEGIN that never ran, a COMMIT that did)
+    is fine. Queued behind the statement it undoes, so it runs after it."""
+    with contextlib.suppress(sqlite3.Error, ValueError):
+        await db.execute("ROLLBACK")

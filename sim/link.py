@@ -5,7 +5,9 @@ and hands the server end to the connector's ``SessionHandler.serve`` (in the con
 process), or fails with ``ConnectionRefusedError`` while the connector is down. Each direction
 delivers in order after a latency drawn from the schedule. Faults, chosen per frame by the
 schedule: the socket dies at this frame boundary (this and every frame still in flight lost,
-both ends see 1006), a ``going_idle_ack`` is lost or late, an ``inbound`` is delivered twice
+both ends see 1006), or a drawn number of loop turns after a frame arrived (while the receiver
+is still handling it: its reader and workers are cancelled mid-step), a ``going_idle_ack`` is
+lost or late, an ``inbound`` is delivered twice
 (the copy later, so also out of order). ``sever(side)`` is a process dying: its sockets drop.
 """
 
@@ -30,6 +32,7 @@ class LinkFaults:
     """Chances per frame (0..1) of each link fault."""
 
     drop: float = 0.0
+    drop_mid: float = 0.0
     ack_lost: float = 0.0
     ack_late: float = 0.0
     duplicate: float = 0.0
@@ -259,8 +262,18 @@ class Link:
                 if end._close_code is None:
                     end._close_code = msg.data
                 end._inbox.put_nowait(aiohttp.WSMessage(WS.CLOSED, None, None))
+            if msg.type is WS.TEXT and self.faults.drop_mid and self._draw() < self.faults.drop_mid:
+                self._spawn(self._kill_after(pair, int(self._draw() * 40)))
             if msg.type is WS.TEXT and self.on_delivered is not None:
                 self.on_delivered(to, self.delivered[to])
+
+    async def _kill_after(self, pair: Pair, turns: int) -> None:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        if not pair.dead:
+            self._count("socket_drop_mid")
+            self._trace(f"socket {pair.number} dropped {turns} loop turns after a frame")
+            self._kill(pair)
 
     def _kill(self, pair: Pair) -> None:
         pair.dead = True

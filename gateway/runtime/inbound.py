@@ -92,6 +92,10 @@ class Inbound:
                 len(new),
                 f" ({dupes} duplicate(s) re-acked)" if dupes else "",
             )
+        if new or dupes:
+            # A duplicate kicks too: the admit that stored it may have been cancelled (its
+            # socket dropped) after the commit and before this kick, leaving its board task
+            # queued with nothing to run it until the next message (found by python -m sim).
             self.activity.inbound()
             self.board.kick()
 
