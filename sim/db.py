@@ -22,25 +22,27 @@ from common.clock import Clock
 
 
 class DbFaults:
-    """Draws "SQLite busy" holds (a writer waits in SQLite's busy handler) from the schedule.
-
-    ``chance`` of a hold per ``BEGIN``, held 0.05-2 s of virtual time; ``count`` holds so far.
-    """
+    """Draws "SQLite busy" holds from the schedule: a ``BEGIN`` that waits in SQLite's busy
+    handler for 0.05-2 s of virtual time (``chance`` per ``BEGIN``; ``count`` holds so far).
+    The statement runs first and the caller waits after it, as on aiosqlite's thread: a caller
+    cancelled while it waits still has its ``BEGIN`` applied."""
 
     def __init__(self, draw: Callable[[], float], clock: Clock, chance: float) -> None:
         self._draw = draw
-        self._clock = clock
+        self.clock = clock
         self.chance = chance
         self.count = 0
 
-    async def before(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    def hold_s(self, args: tuple[Any, ...]) -> float:
+        """Seconds this call is held (0: none)."""
         if not self.chance or not args or not isinstance(args[0], str):
-            return
+            return 0.0
         if not args[0].lstrip().upper().startswith("BEGIN"):
-            return
+            return 0.0
         if self._draw() < self.chance:
             self.count += 1
-            await self._clock.sleep(0.05 + 1.95 * self._draw())
+            return 0.05 + 1.95 * self._draw()
+        return 0.0
 
 
 class InlineConnection(aiosqlite.Connection):
@@ -61,14 +63,14 @@ class InlineConnection(aiosqlite.Connection):
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or self._connection is None:
             raise ValueError("Connection closed")
-        if self._faults is not None:
-            await self._faults.before(fn, args)
-            if self._connection is None:
-                raise ValueError("Connection closed")
         result = fn(*args, **kwargs)
-        # The real hop hands the result back on a later loop turn: a caller cancelled now still
-        # had its statement run, as with aiosqlite's thread.
-        await asyncio.sleep(0)
+        # The real hop hands the result back on a later loop turn (or after a busy wait): a
+        # caller cancelled meanwhile still had its statement run, as with aiosqlite's thread.
+        hold = self._faults.hold_s(args) if self._faults is not None else 0.0
+        if hold:
+            await self._faults.clock.sleep(hold)  # type: ignore[union-attr]
+        else:
+            await asyncio.sleep(0)
         return result
 
     def stop(self) -> asyncio.Future[Any] | None:
