@@ -2,9 +2,10 @@
 
 Each process runs in its own ``contextvars.Context`` (``OWNER`` names it), so every task it
 starts, directly or not, is recorded as its own by the task factory, and every database it opens
-is an ``InlineConnection`` registered to it. ``crash()`` is ``kill -9``: the sockets drop, the
-databases close without a commit, then its tasks are cancelled (whatever their cleanup tries
-can no longer reach a file or the network). ``start()`` is a fresh process over the same files.
+is an ``InlineConnection`` registered to it. ``Process.kill()`` is ``kill -9``: the databases
+close without a commit, then its tasks are cancelled (whatever their cleanup tries can no longer
+reach a file; the run has already dropped its sockets). A restart is a new ``Process`` over the
+same files.
 """
 
 from __future__ import annotations
