@@ -7,8 +7,10 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -59,22 +61,41 @@ def _quiet_logs() -> None:
     root.setLevel(logging.ERROR)
 
 
+class _Frozen(BaseException):
+    """Raised by the watchdog inside a loop that stopped yielding."""
+
+
 def one(seed: int, keep_trace: bool = False) -> dict[str, Any]:
     """Run ``seed`` in a fresh event loop; its verdict as a plain dict (the trace only when it
-    failed)."""
+    failed). Two real-time bounds of the harness's own: a schedule that takes more than
+    ``SEED_WALL_LIMIT_S`` is "hung"; a loop that never yields (so that bound cannot fire) is
+    interrupted by an alarm 5 s later and reported "frozen" with where it spins."""
     from sim.run import run_seed
     from sim.verdict import Verdict
 
     _quiet_logs()
     started = time.monotonic()
+    frozen: list[str] = []
 
-    async def bounded() -> Verdict:  # the harness's own bound, on real time
+    def watchdog(_signum: int, frame: Any) -> None:
+        stack = traceback.extract_stack(frame)[-4:]
+        frozen.append(" > ".join(f"{f.filename.rsplit('/', 1)[-1]}:{f.lineno}" for f in stack))
+        raise _Frozen
+
+    async def bounded() -> Verdict:
         return await asyncio.wait_for(run_seed(seed), SEED_WALL_LIMIT_S)
 
+    previous = signal.signal(signal.SIGALRM, watchdog)
+    signal.setitimer(signal.ITIMER_REAL, SEED_WALL_LIMIT_S + 5.0)
     try:
         v = asyncio.run(bounded())
     except TimeoutError:
         v = Verdict(seed=seed, violations=[f"hung: no verdict within {SEED_WALL_LIMIT_S:.0f} real seconds"])
+    except _Frozen:
+        v = Verdict(seed=seed, violations=[f"frozen: the event loop stopped yielding at {frozen[0]}"])
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
     out: dict[str, Any] = {
         "seed": seed,
         "faults": dict(v.faults),
@@ -164,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.seed is not None and not doc["violations"]:
             for line in results[0].get("trace", []):
                 print("   ", line)
+        took = "" if args.seed is not None else f" in {doc['wall_s']} s"  # --seed: same bytes each run
         print(
-            f"{doc['schedules']} schedule(s), {doc['virtual_hours']} virtual hours in {doc['wall_s']} s:"
+            f"{doc['schedules']} schedule(s), {doc['virtual_hours']} virtual hours{took}:"
             f" accepted {doc['accepted']}, answered {doc['answered']}, lost {doc['lost']},"
             f" duplicated {doc['duplicated']}, stranded {doc['stranded']},"
             f" failing seeds {len(doc['violations'])}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections import Counter
 from collections.abc import Callable, Generator
 from functools import partial
 from typing import Any
@@ -22,26 +23,30 @@ from common.clock import Clock
 
 
 class DbFaults:
-    """Draws "SQLite busy" holds from the schedule: a ``BEGIN`` that waits in SQLite's busy
-    handler for 0.05-2 s of virtual time (``chance`` per ``BEGIN``; ``count`` holds so far).
-    The statement runs first and the caller waits after it, as on aiosqlite's thread: a caller
-    cancelled while it waits still has its ``BEGIN`` applied."""
+    """Holds drawn from the schedule, on virtual time: a ``BEGIN`` that waits in SQLite's busy
+    handler for 0.05-2 s (``busy`` chance per BEGIN) and a ``SELECT`` slowed by I/O contention
+    for 1-200 ms (``slow_read`` chance per SELECT); ``counts`` by kind. The statement runs
+    first and its caller waits after it, as on aiosqlite's thread: a caller cancelled while it
+    waits still has its statement applied (a BEGIN left open, a read statement left unreset)."""
 
-    def __init__(self, draw: Callable[[], float], clock: Clock, chance: float) -> None:
+    def __init__(self, draw: Callable[[], float], clock: Clock, busy: float, slow_read: float) -> None:
         self._draw = draw
         self.clock = clock
-        self.chance = chance
-        self.count = 0
+        self.busy = busy
+        self.slow_read = slow_read
+        self.counts: Counter[str] = Counter()
 
     def hold_s(self, args: tuple[Any, ...]) -> float:
-        """Seconds this call is held (0: none)."""
-        if not self.chance or not args or not isinstance(args[0], str):
+        """Virtual seconds this call's caller waits for its result (0: the next loop turn)."""
+        if not args or not isinstance(args[0], str):
             return 0.0
-        if not args[0].lstrip().upper().startswith("BEGIN"):
-            return 0.0
-        if self._draw() < self.chance:
-            self.count += 1
+        verb = args[0].lstrip()[:6].upper()
+        if verb.startswith("BEGIN") and self.busy and self._draw() < self.busy:
+            self.counts["sqlite_busy"] += 1
             return 0.05 + 1.95 * self._draw()
+        if verb == "SELECT" and self.slow_read and self._draw() < self.slow_read:
+            self.counts["sqlite_slow_read"] += 1
+            return 0.001 + 0.199 * self._draw()
         return 0.0
 
 
@@ -64,8 +69,9 @@ class InlineConnection(aiosqlite.Connection):
         if not self._running or self._connection is None:
             raise ValueError("Connection closed")
         result = fn(*args, **kwargs)
-        # The real hop hands the result back on a later loop turn (or after a busy wait): a
-        # caller cancelled meanwhile still had its statement run, as with aiosqlite's thread.
+        # The real hop hands the result back on a later loop turn (or after a busy wait or a
+        # slow read): a caller cancelled meanwhile still had its statement run, as with
+        # aiosqlite's thread.
         hold = self._faults.hold_s(args) if self._faults is not None else 0.0
         if hold:
             await self._faults.clock.sleep(hold)  # type: ignore[union-attr]

@@ -55,7 +55,7 @@ def _label(data: str) -> str:
         if t == "inbound" and isinstance(frame.get("event"), dict):
             mid = str(frame["event"].get("message_id", ""))
         elif t == "outbound" and isinstance(frame.get("action"), dict):
-            mid = str(frame["action"].get("text", ""))[:24]
+            mid = str(frame["action"].get("content", ""))[:24]
         elif t == "inbound_ack":
             ids = frame.get("bufferIds") or [frame.get("bufferId")]
             mid = f"x{len(ids)}" if isinstance(ids, list) else ""

@@ -19,8 +19,10 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 from aioresponses import CallbackResult, aioresponses
 
 from common.clock import Clock
@@ -29,8 +31,26 @@ from sim.schedule import Schedule
 from sim.world import Process
 
 
+class MockResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds responses without the ``stream_writer`` argument aiohttp 3.14
+    requires (pnuckowski/aioresponses#289): without this class every simulated answer raised
+    ``TypeError`` in the caller (every provider turn an apology, every poke a failure)."""
+
+    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+def respond(**kwargs: Any) -> CallbackResult:
+    """aioresponses' ``CallbackResult`` built as a ``MockResponse``."""
+    return CallbackResult(response_class=MockResponse, **kwargs)
+
+
 class Outside:
-    """The platform, provider and wake path of one run (see the module doc)."""
+    """The platform, provider and wake path of one run (see the module doc). ``sent`` reads
+    the replies the connector has sent, ``violate`` records a broken promise: the provider
+    asked for a message whose reply was already sent (an answered turn never calls the model
+    again, SPEC 8.1)."""
 
     def __init__(
         self,
@@ -41,8 +61,12 @@ class Outside:
         connector: Callable[[], Process | None],
         note: Callable[[str], None],
         count: Callable[[str], None],
+        sent: Callable[[], list[tuple[str, str]]],
+        violate: Callable[[str], None],
     ) -> None:
         self.s = schedule
+        self._sent = sent
+        self._violate = violate
         self.clock = clock
         self.draw = schedule.rng.random
         self._sidecar = sidecar
@@ -101,21 +125,25 @@ class Outside:
     async def _provider(self, url: Any, **kwargs: Any) -> CallbackResult:
         body = kwargs.get("json") or json.loads(kwargs.get("data") or "{}")
         text = str(body["messages"][-1]["content"])
+        mid = text.removeprefix("m:")
+        if any(reply == f"re:{mid}" for _chat, reply in self._sent()):
+            self.note(f"provider asked again for {text} after re:{mid} was sent")
+            self._violate(f"{mid}: the model was asked again after its reply was sent")
         await self.clock.sleep(0.2 + 2.0 * self.draw())
         if self.s.provider_failure and self.draw() < self.s.provider_failure:
             self.count("provider_failure")
             self.note(f"provider fails for {text}")
-            return CallbackResult(status=500, payload={"error": "simulated outage"})
+            return respond(status=500, payload={"error": "simulated outage"})
         usage: Any = {"prompt_tokens": 10, "completion_tokens": 3, "cost": 0.0001}
         if self.s.provider_garbage and self.draw() < self.s.provider_garbage:
             self.count("provider_garbage")
             usage = {"prompt_tokens": self.s.rng.choice(["lots", 1e400, [1], None, -5]), "cost": "free"}
             self.note(f"provider answers {text} with garbage usage")
-        return CallbackResult(
+        return respond(
             status=200,
             payload={
                 "model": "sim-model",
-                "choices": [{"message": {"role": "assistant", "content": "re:" + text.removeprefix("m:")}}],
+                "choices": [{"message": {"role": "assistant", "content": f"re:{mid}"}}],
                 "usage": usage,
             },
         )
@@ -130,7 +158,7 @@ class Outside:
             self.note("poke lost")
             raise ConnectionResetError("poke lost")
         self.note("poke")
-        return CallbackResult(status=202, payload=accept_poke(proc.app))
+        return respond(status=202, payload=accept_poke(proc.app))
 
     async def _presence(self, url: Any, **kwargs: Any) -> CallbackResult:
-        return CallbackResult(status=404)  # no /presence in the simulation: pokes only
+        return respond(status=404)  # no /presence in the simulation: pokes only

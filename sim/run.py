@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import logging
 import random
+import sqlite3
 import tempfile
 import uuid
 from collections import Counter
@@ -72,7 +74,7 @@ class Run:
             spawn_connector=self._spawn_connector,
         )
         self.link.on_delivered = self._on_delivered
-        self.db_faults = DbFaults(self.draw, self.clock, schedule.sqlite_busy)
+        self.db_faults = DbFaults(self.draw, self.clock, schedule.sqlite_busy, schedule.sqlite_slow_read)
         self.sidecar: Process | None = None
         self.connector: Process | None = None
         self.outside = Outside(
@@ -82,6 +84,8 @@ class Run:
             connector=lambda: self.connector,
             note=self.note,
             count=self.count,
+            sent=lambda: answers(self.root / "relay.db"),
+            violate=self.v.violations.append,
         )
         self.generation = Counter[str]()
         self.pending_crashes = list(schedule.crashes)
@@ -151,7 +155,23 @@ class Run:
             if proc.alive:
                 raise
             return  # killed while starting: the crash restarts it
+        if s.sqlite_fail:
+            self._failing_admission(sc, s.sqlite_fail)
         self.note(f"sidecar #{proc.generation} started")
+
+    def _failing_admission(self, sc: Sidecar, chance: float) -> None:
+        """The sidecar's inbox transaction for an inbound batch fails now and then (the disk
+        under it): nothing is stored, so nothing may be acked (PROTOCOL 7.3)."""
+        admit = sc.inbox.admit
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if self.draw() < chance:
+                self.count("sqlite_fail")
+                self.note("inbox admission failed: disk I/O error")
+                raise sqlite3.OperationalError("disk I/O error")
+            return await admit(*args, **kwargs)
+
+        sc.inbox.admit = failing  # type: ignore[method-assign]
 
     async def crash(self, side: str, why: str, *, fault: bool = True) -> bool:
         """``kill -9`` of ``side`` (a fault unless the run is over), then what the OS would
@@ -252,7 +272,7 @@ class Run:
             logging.getLogger().removeHandler(capture)
         self.v.virtual_s = self.clock.monotonic() - self.start_mono
         judge(self.v, self.outside.accepted, self.root / "relay.db", self.root / "home" / "state.db")
-        self.v.faults["sqlite_busy"] += self.db_faults.count
+        self.v.faults.update(self.db_faults.counts)
         return self.v
 
     def _unhandled(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -322,6 +342,10 @@ async def run_seed(seed: int, root: Path | None = None) -> Verdict:
 
     original = uuid.uuid4
     uuid.uuid4 = seeded_uuid4
+    # A statement abandoned by a cancelled reader lives as long as its cursor: in a long-lived
+    # process a cursor caught in a reference cycle (a traceback) can outlive the snapshot it
+    # froze until a collection runs. No collection during a schedule: such bugs stay visible.
+    gc.disable()
     try:
         if root is not None:
             return await Run(draw(seed), root).go()
@@ -329,3 +353,5 @@ async def run_seed(seed: int, root: Path | None = None) -> Verdict:
             return await Run(draw(seed), Path(tmp)).go()
     finally:
         uuid.uuid4 = original
+        gc.enable()
+        gc.collect()

@@ -49,13 +49,16 @@ class Schedule:
     provider_failure: float
     provider_garbage: float
     sqlite_busy: float
+    sqlite_slow_read: float
+    sqlite_fail: float
 
 
 def draw(seed: int) -> Schedule:
     """The schedule of ``seed``: 3-12 messages to 1-3 chats over up to two hours (in bursts, so
     the sidecar sleeps and wakes between them), idle timeouts of 1-5 minutes, cooldowns of 0,
     5 or 30 s, up to three crashes of either process, and per-kind fault chances (each kind off
-    in about a third of the schedules)."""
+    in about a third of the schedules). ``sqlite_fail``: the sidecar's inbox transaction fails
+    (a disk I/O error, or "locked" past the busy timeout while a CLI writes the same file)."""
     rng = random.Random(seed)
 
     def chance(hi: float) -> float:
@@ -101,4 +104,6 @@ def draw(seed: int) -> Schedule:
         provider_failure=chance(0.3),
         provider_garbage=chance(0.2),
         sqlite_busy=chance(0.1),
+        sqlite_slow_read=chance(0.3),
+        sqlite_fail=chance(0.3),
     )

@@ -63,7 +63,11 @@ def answers(relay_db: Path) -> list[tuple[str, str]]:
         return []
     with closing(_read(relay_db)) as db:
         rows = db.execute("SELECT chat_id, action FROM outbox ORDER BY seq").fetchall()
-    return [(chat, str(json.loads(action).get("text", ""))) for chat, action in rows]
+    out = []
+    for chat, raw in rows:
+        action = json.loads(raw)  # a send carries ``content`` (``text`` in older rows)
+        out.append((chat, str(action.get("content", action.get("text", "")))))
+    return out
 
 
 def leftovers(relay_db: Path, state_db: Path) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -16,6 +15,7 @@ from yarl import URL as YURL
 from gateway.agent.provider import Completion, ProviderError, complete, parse_cost, parse_tokens
 from gateway.agent.resolve import Resolved
 from gateway.config import Provider
+from sim.outside import MockResponse
 
 URL = "http://llm.test/v1/chat/completions"
 KEY = "k3y-Value-0123"  # does not start with sk-: only the exact-value rule can catch it
@@ -28,23 +28,15 @@ def answer(content: Any = "hello", **extra: Any) -> dict[str, Any]:
     return {"choices": [{"message": {"role": "assistant", "content": content}}], **extra}
 
 
-class _Response(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without the ``stream_writer`` argument aiohttp 3.14
-    requires (pnuckowski/aioresponses#289); supply a stand-in with nothing left to upload."""
-
-    def __init__(self, method: str, url: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
 class Mocked:
-    """``aioresponses`` for the one provider URL, with responses built as ``_Response``."""
+    """``aioresponses`` for the one provider URL, with responses built as ``MockResponse``
+    (aioresponses 0.7.9 and aiohttp 3.14: see ``sim.outside.MockResponse``)."""
 
     def __init__(self, m: aioresponses) -> None:
         self.m = m
 
     def post(self, **kwargs: Any) -> None:
-        self.m.post(URL, response_class=_Response, **kwargs)
+        self.m.post(URL, response_class=MockResponse, **kwargs)
 
     def sent(self) -> dict[str, Any]:
         """The keyword arguments of the first request made."""
