@@ -33,7 +33,6 @@ from aiohttp.test_utils import TestServer
 from bench.common import emit_rows, pct
 from gateway.inbox.store import InboxStore
 from gateway.kanban.sources import add_inbound_tasks
-from gateway.kanban.store import TaskStore
 from gateway.statedb import open_state_db
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
@@ -82,8 +81,7 @@ class _Rig:
 
     async def _on(self, batch: list[dict[str, Any]]) -> None:
         now = time.time()
-        tasks = TaskStore(self.inbox.db)
-        await self.inbox.admit(batch, now, in_tx=lambda items: add_inbound_tasks(tasks, items, now))
+        await self.inbox.admit(batch, now, in_tx=lambda conn, items: add_inbound_tasks(conn, items, now))
 
 
 async def _cycles(cycles: int, tmp: str, *, timer: bool) -> list[float]:
