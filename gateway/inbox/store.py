@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
+import msgspec
 
 from common.sqlite import read_all, read_one, run_tx, write_one
 from gateway.core.turn import TurnEvent, TurnState, transition
@@ -118,6 +119,20 @@ def _bad_unicode(value: Any, path: str) -> str | None:
     return None
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def _valid_unicode(frame: dict[str, Any]) -> bool:
+    """True when every string of ``frame`` is valid UTF-8 text, in one pass of C: msgspec
+    refuses to encode a lone surrogate. False also for anything else it cannot encode (very
+    deep nesting): ``_bad_unicode`` then decides, in Python."""
+    try:
+        _encode(frame)
+    except Exception:  # UnicodeEncodeError above all; the walk gives the exact answer
+        return False
+    return True
+
+
 def _id_text(value: Any) -> str | None:
     """An id kept as a string (numbers too); None when absent, empty or not a scalar."""
     if value is None or isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -136,7 +151,7 @@ def check_frame(frame: dict[str, Any]) -> Rejected | None:
             "unknown_type",
             f"frame type {frame.get('type')!r} carries a bufferId but is not 'inbound'",
         )
-    bad = _bad_unicode(frame, "frame")
+    bad = None if _valid_unicode(frame) else _bad_unicode(frame, "frame")
     if bad is not None:
         return Rejected(bid_text, "invalid_unicode", f"{bad} is not valid unicode (lone surrogate)")
     ev = frame.get("event")

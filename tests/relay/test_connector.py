@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -342,3 +343,32 @@ async def test_connector_new_ingress_during_replay_queues_behind_backlog(env: En
     texts = [(await again.recv_type("inbound"))["event"]["text"] for _ in range(301)]
     await late
     assert texts == [f"m{i}" for i in range(300)] + ["late"]
+
+
+async def test_connector_replay_packs_many_entries_into_one_message_and_takes_a_batched_ack(env: Env) -> None:
+    """A backlog goes out several NDJSON lines per WS message, in order, after the descriptor
+    that counts it; one ``bufferIds`` ack (PROTOCOL.md 7.3) acks them all."""
+    await env.start()
+    first = env.raw()
+    await first.connect()  # the identity is known from now on
+    await first.close()
+    ids = []
+    for i in range(5):
+        status, body = await post(env.base + "/ingress/relay", {**MSG, "message_id": i, "text": f"m{i}"})
+        assert status == 202
+        ids.append(body["buffer_id"])
+    async with aiohttp.ClientSession() as s, s.ws_connect(env.ws_url) as ws:
+        await ws.send_str('{"type":"hello","platform":"relay","botId":""}\n')
+        descriptor = await ws.receive(timeout=10)
+        assert [json.loads(line)["descriptor"]["buffered"] for line in descriptor.data.splitlines()] == [5]
+        replay = await ws.receive(timeout=10)
+        lines = replay.data.splitlines()
+        assert [json.loads(line)["bufferId"] for line in lines] == ids  # one message, in order
+        await ws.send_str(json.dumps({"type": "inbound_ack", "bufferIds": ids}) + "\n")
+        await ws.send_str('{"type":"hello","platform":"relay","botId":""}\n')
+        await ws.receive(timeout=10)  # its descriptor: the ack before it was handled
+        assert env.connector is not None
+        store = env.connector.store
+        await store.flush()
+        assert await store.unacked_count("dev") == 0
+        assert all(r["acked"] for r in await store.buffer_rows())
