@@ -33,6 +33,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from bench.common import emit_rows
+from common import loop
 from gateway.inbox.store import InboxStore
 from gateway.kanban.sources import add_inbound_tasks
 from gateway.statedb import open_state_db
@@ -236,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    rows = asyncio.run(run(5_000 if args.quick else args.frames))
+    rows = loop.run(run(5_000 if args.quick else args.frames))
     emit_rows(rows, args.json)
     return 0
 

@@ -26,7 +26,14 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     """
     _ensure_folder(path)
     _private_file(path)
-    db = await aiosqlite.connect(path, isolation_level=None)
+    pending = aiosqlite.connect(path, isolation_level=None)
+    try:
+        db = await pending
+    except BaseException:
+        # aiosqlite queued its thread's stop; wait for the thread, or its last call back into
+        # this loop can land after the loop closed (a traceback on stderr as the process exits).
+        await asyncio.get_running_loop().run_in_executor(None, pending._thread.join, 5.0)
+        raise
     try:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={synchronous}")
@@ -48,8 +55,13 @@ def _private_file(path: str) -> None:
     readable by this user only (SPEC 8.1). Existing ``-wal``/``-shm`` files are tightened too."""
     if path == ":memory:" or path.startswith("file:"):
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    # Only a file that does not exist yet is opened here: closing any descriptor of a file
+    # drops every POSIX lock this process holds on it, so re-opening the database of a
+    # connection already open in this process (a second connection) would silently release
+    # that connection's SQLite locks; another process could then think it is the last one
+    # and delete the -wal and -shm files under it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for p in (path, path + "-wal", path + "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(p, 0o600)
@@ -132,6 +144,34 @@ BUSY_RETRY_S = 10.0
 _locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+_Hooks = weakref.WeakKeyDictionary[aiosqlite.Connection, Callable[[], None]]
+_write_hooks: _Hooks = weakref.WeakKeyDictionary()
+
+
+def on_write(db: aiosqlite.Connection, hook: Callable[[], None] | None) -> None:
+    """Call ``hook()`` after every ``write_one``, ``write_tx`` and ``run_tx`` on ``db`` (None:
+    stop). ``common.wal.WalCheckpointer`` learns of writes this way."""
+    if hook is None:
+        _write_hooks.pop(db, None)
+    else:
+        _write_hooks[db] = hook
+
+
+def _wrote(db: aiosqlite.Connection) -> None:
+    hook = _write_hooks.get(db)
+    if hook is not None:
+        hook()
+
+
+@contextlib.asynccontextmanager
+async def writes_held(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """No ``write_one``, ``write_tx`` or ``run_tx`` on ``db`` starts inside this block (they
+    wait for it, in the event loop); one already running finishes first. ``common.wal`` holds
+    it for the moment a checkpoint needs without a writer."""
+    async with _lock(db):
+        yield
+
+
 def _lock(db: aiosqlite.Connection) -> asyncio.Lock:
     lock = _locks.get(db)
     if lock is None:
@@ -157,7 +197,9 @@ async def write_one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> aio
     """One write statement in autocommit mode (one thread hop), never inside another task's
     ``write_tx``; retried while SQLite answers "locked" (a failed statement applied nothing)."""
     async with _lock(db):
-        return await _retry_locked(lambda: db.execute(sql, params))
+        cur = await _retry_locked(lambda: db.execute(sql, params))
+    _wrote(db)
+    return cur
 
 
 @contextlib.asynccontextmanager
@@ -179,6 +221,7 @@ async def write_tx(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connecti
             await db.execute("ROLLBACK")
             raise
         await db.execute("COMMIT")
+    _wrote(db)
 
 
 def _begin_immediate(conn: sqlite3.Connection) -> None:
@@ -220,7 +263,9 @@ async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
     """
     run = cast(Callable[..., Awaitable[T]], db._execute)
     async with _lock(db):
-        return await run(_in_transaction, db._conn, fn)
+        result = await run(_in_transaction, db._conn, fn)
+    _wrote(db)
+    return result
 
 
 async def run_read(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -68,7 +68,7 @@ def test_sidecar_process_command_parses() -> None:
 
 def test_both_apps_build_from_the_shared_dockerfile_at_the_root() -> None:
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    for path in ("pyproject.toml", "gateway", "relay"):
+    for path in ("pyproject.toml", "common", "gateway", "relay"):
         assert re.search(rf"^COPY .*{path}", dockerfile, re.M), path
     for app in ("sidecar", "connector"):
         assert (DEPLOY / app / _toml(app)["build"]["dockerfile"]).resolve() == DEPLOY / "Dockerfile"
@@ -108,3 +108,12 @@ def test_documented_commands_parse(cmd: str) -> None:
     args = shlex.split(cmd.replace("<", "").replace(">", ""))
     parser = sidecar_parser() if args[0] == "hermes-sidecar" else relay_parser()
     parser.parse_args(args[1:])
+
+
+def test_the_image_installs_the_fast_extra_and_it_names_uvloop() -> None:
+    """The image runs on uvloop (common/loop.py picks it when installed): the Dockerfile
+    installs the ``fast`` extra, and that extra is uvloop."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert re.search(r"^RUN pip install '\.\[fast\]'", dockerfile, re.M)
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("uvloop") for dep in extras["fast"])
