@@ -41,6 +41,9 @@ class SessionHandler:
     def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
         self._limiter = LogLimiter()
+        # Gateways whose stored flip is cleared with their first ack (one commit with it,
+        # so the replay's first page never waits on a second fsync of ours: issue #16).
+        self._clear_with_ack: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """``GET /relay``: upgrade, authenticate (bad token -> close 4401; a damped re-dial ->
@@ -99,6 +102,9 @@ class SessionHandler:
     def _on_ack(self, s: Session, frame: dict[str, Any]) -> None:
         """``bufferId`` (one) and/or ``bufferIds`` (PROTOCOL.md 7.3; non-strings ignored)."""
         now = self.c.clock.wall()
+        if s.gateway_id in self._clear_with_ack:
+            self._clear_with_ack.discard(s.gateway_id)
+            self.c.store.clear_flip(s.gateway_id, now)
         bid = frame.get("bufferId")
         if isinstance(bid, str):
             self.c.store.ack(s.gateway_id, bid, now)
@@ -152,8 +158,13 @@ class SessionHandler:
         self.c.poker(gid).cancel()
         if self.c.flipped.get(gid):
             # Not awaited: a stale "flipped" after a crash only costs a harmless extra poke.
+            # With a replay to send, it commits with the first ack instead of beside the
+            # gateway's first commit (the wake path).
             self.c.flipped[gid] = False
-            self.c.store.clear_flip(gid, self.c.clock.wall())
+            if first:
+                self._clear_with_ack.add(gid)
+            else:
+                self.c.store.clear_flip(gid, self.c.clock.wall())
         log.info("gateway %s: handshake complete; replaying unacked entries", gid)
         s.tasks.append(self.c.spawn(self._sender(s, first)))
         self.start_presence(s)
@@ -218,6 +229,7 @@ class SessionHandler:
             except ValueError as exc:
                 log.warning("gateway %s: invalid wakeAt ignored: %s", gid, exc)
         s.flipped = True
+        self._clear_with_ack.discard(gid)  # flipped again: the stored flip must stay set
         s.notify.set()
         for t in s.tasks:
             t.cancel()

@@ -372,3 +372,35 @@ async def test_connector_replay_packs_many_entries_into_one_message_and_takes_a_
         await store.flush()
         assert await store.unacked_count("dev") == 0
         assert all(r["acked"] for r in await store.buffer_rows())
+
+
+@pytest.mark.parametrize("flips_again", [False, True], ids=["acked", "flipped-again-first"])
+async def test_connector_clears_the_stored_flip_with_the_first_ack_of_a_replay(
+    env: Env, flips_again: bool
+) -> None:
+    """After a wake with a backlog, the stored flip is cleared together with the first ack
+    (not beside the gateway's first commit); a gateway that flips again before acking keeps
+    it set."""
+    await env.start()
+    assert env.connector is not None
+    store = env.connector.store
+    first = env.raw()
+    await first.connect()
+    await first.send({"type": "going_idle"})
+    await first.recv_type("going_idle_ack")
+    await first.close()
+    status, body = await post(env.base + "/ingress/relay", MSG)
+    assert (status, body["delivered"]) == (202, "buffered")
+    again = env.raw()
+    await again.connect()
+    replayed = await again.recv_type("inbound")
+    await store.flush()
+    assert (await store.gateways())["dev"].flipped  # nothing acked yet: still stored flipped
+    if flips_again:
+        await again.send({"type": "going_idle"})
+        await again.recv_type("going_idle_ack")
+    await again.send({"type": "inbound_ack", "bufferId": replayed["bufferId"]})
+    await again.send({"type": "hello", "platform": "relay", "botId": ""})
+    await again.recv_type("descriptor")  # the ack before it was handled
+    await store.flush()
+    assert (await store.gateways())["dev"].flipped is flips_again
