@@ -26,7 +26,6 @@ from common.clock import Clock, SystemClock
 from common.listen import bind_listener, prepare_home
 from common.sqlite import run_tx
 from common.tasks import TaskSet
-from common.wal import WalCheckpointer
 from gateway.agent.spend import SpendLedger
 from gateway.config import Config, load_config
 from gateway.conversation.chat import Conversation
@@ -197,11 +196,7 @@ class Sidecar:
         stack.callback(self.discovery.remove)
         self.db = await open_state_db(self.config.state_db)
         stack.push_async_callback(self.db.close)
-        # WAL housekeeping runs on real time whatever clock drives the sidecar: the log grows
-        # with real writes. Off this connection, so a checkpoint never stalls a cron tick.
-        checkpointer = WalCheckpointer(str(self.config.state_db), self.db, SystemClock())
-        await checkpointer.start()
-        stack.push_async_callback(checkpointer.aclose)
+        await stack.enter_async_context(services.checkpointing(str(self.config.state_db), self.db))
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)
         self.inbox = InboxStore(self.db)
@@ -234,7 +229,6 @@ class Sidecar:
             await run_tx(self.db, lambda conn: add_inbound_tasks(conn, leftover, now))
         stack.push_async_callback(self.suspend.aclose)
         stack.push_async_callback(self._background.aclose)
-        self._background.spawn(checkpointer.run(), name="wal-checkpointer")
         self._background.spawn(self.board.run(), name="dispatch-board")
         retention = services.retention(self.db, self.ops, self.config, self.clock)
         self._background.spawn(retention, name="history-retention")
