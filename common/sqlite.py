@@ -1,4 +1,7 @@
-"""Shared SQLite plumbing: open a WAL database with aiosqlite and apply keyed migrations.
+"""Shared SQLite plumbing: open a WAL database with aiosqlite, apply keyed migrations, read
+and write through the connection's thread (``read_all``, ``write_one``, ``write_tx``, and
+``run_tx``: a whole transaction as one function, one thread hop), and tell a listener of writes
+(``on_write``, for ``common.wal``).
 
 Every store of the project keeps one ``schema_version`` table (one row) and a list of migration
 scripts; migration ``i`` (1-based) runs once, in a transaction, when the version is below ``i``.
