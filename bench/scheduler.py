@@ -8,8 +8,9 @@ claim. Then a quiet period with nothing due counts the scheduler's loop wake-ups
 Baseline: APScheduler 3's in-memory ``AsyncIOScheduler`` with ``DateTrigger`` jobs at the same
 times, lateness measured in the job function. (Install with ``pip install -e '.[bench]'``.)
 
-Goal (issue "Cron engine"): p99 <= 3 ms, CPU no more than APScheduler's, no wake-ups while
-nothing is due.
+Goals (issue #16): p99 <= 2.5 ms, CPU <= 1.8x APScheduler's, the state.db WAL <= 64 MB
+during the window (checkpointed as the sidecar does, ``common.wal``), no wake-ups while
+nothing is due. Runs on ``common.loop`` (uvloop when installed), as the sidecar does.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from typing import Any
 import aiohttp
 
 from bench.common import emit_rows, pct
+from common import loop
 from common.clock import SystemClock
 from common.timefmt import rfc3339
+from common.wal import WalCheckpointer
 from gateway.config import load_config
 from gateway.cron.runner import CronContext
 from gateway.cron.scheduler import CronScheduler, first_run_at
@@ -39,7 +42,11 @@ from gateway.telemetry.writer import TelemetryWriter
 async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -> dict[str, Any]:
     clock = SystemClock()
     config = load_config(Path(tmp), {})
-    db = await open_state_db(Path(tmp) / "state.db", synchronous="NORMAL")
+    path = Path(tmp) / "state.db"
+    db = await open_state_db(path, synchronous="NORMAL")
+    # As the sidecar runs it: WAL checkpoints off the scheduler's connection, log bounded.
+    checkpointer = WalCheckpointer(str(path), db, clock)
+    await checkpointer.start()
     store = CronStore(db)
     t0 = clock.wall() + start_in
     for i in range(n):
@@ -56,12 +63,16 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         await store.add(job)
     lateness: list[float] = []
     all_fired = asyncio.Event()
+    wal_max = 0
 
     async def noop_turn(ctx: CronContext, job: Job, scheduled_for: float) -> int | None:
         now = clock.wall()
         run_id = await store.claim(job.id, scheduled_for, now, 60)
         if run_id is not None:
+            nonlocal wal_max
             lateness.append(now - scheduled_for)
+            if len(lateness) % 50 == 0:
+                wal_max = max(wal_max, checkpointer.wal_bytes())
             await store.finish(run_id, "succeeded", clock.wall())
             if len(lateness) >= n:
                 all_fired.set()
@@ -83,6 +94,7 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         )
         sched = CronScheduler(ctx, max_concurrent=64, run_fn=noop_turn)
         task = asyncio.create_task(sched.run())
+        housekeeping = asyncio.create_task(checkpointer.run())
         cpu0 = time.process_time()
         await all_fired.wait()
         await sched.wait_quiet()
@@ -91,12 +103,21 @@ async def ours(n: int, start_in: float, window: float, quiet: float, tmp: str) -
         await asyncio.sleep(quiet)
         idle_ticks = sched.ticks - ticks_before
         task.cancel()
+        housekeeping.cancel()
+        await asyncio.gather(task, housekeeping, return_exceptions=True)
+        await checkpointer.aclose()
     async with db.execute("SELECT COUNT(*) FROM job_runs WHERE status = 'succeeded'") as cur:
         row = await cur.fetchone()
     await db.close()
     if row is None or row[0] != n:
         raise RuntimeError(f"ledger has {row} succeeded rows, expected {n}")
-    return {"lateness": lateness, "cpu": cpu, "idle_wakeups": idle_ticks / quiet}
+    return {
+        "lateness": lateness,
+        "cpu": cpu,
+        "idle_wakeups": idle_ticks / quiet,
+        "wal_mb": wal_max / 1e6,
+        "checkpoints": dict(checkpointer.checkpoints),
+    }
 
 
 async def apscheduler3(n: int, start_in: float, window: float) -> dict[str, Any]:
@@ -130,7 +151,7 @@ async def run(n: int, window: float, quiet: float) -> list[dict[str, Any]]:
     b = await apscheduler3(n, 3.0, window)
     ms = 1000.0
     rows = []
-    for q, goal in (("p50", None), ("p99", 3.0)):
+    for q, goal in (("p50", None), ("p99", 2.5)):
         qq = 0.5 if q == "p50" else 0.99
         ov, bv = pct(o["lateness"], qq) * ms, pct(b["lateness"], qq) * ms
         rows.append(
@@ -149,8 +170,18 @@ async def run(n: int, window: float, quiet: float) -> list[dict[str, Any]]:
             "ours": round(o["cpu"], 3),
             "baseline": round(b["cpu"], 3),
             "ratio": round(o["cpu"] / b["cpu"], 2),
-            "goal": "<= APScheduler 3",
-            "met": o["cpu"] <= b["cpu"],
+            "goal": "<= 1.8x APScheduler 3",
+            "met": o["cpu"] <= 1.8 * b["cpu"],
+        }
+    )
+    rows.append(
+        {
+            "figure": "cron state.db WAL MB, largest seen during the window",
+            "ours": round(o["wal_mb"], 1),
+            "baseline": None,
+            "ratio": None,
+            "goal": "<= 64 MB",
+            "met": o["wal_mb"] <= 64,
         }
     )
     rows.append(
@@ -175,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     n, window = (2_000, 5.0) if args.quick else (args.jobs, args.window)
-    rows = asyncio.run(run(n, window, quiet=3.0))
+    rows = loop.run(run(n, window, quiet=3.0))
     emit_rows(rows, args.json)
     return 0
 

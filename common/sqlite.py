@@ -1,4 +1,7 @@
-"""Shared SQLite plumbing: open a WAL database with aiosqlite and apply keyed migrations.
+"""Shared SQLite plumbing: open a WAL database with aiosqlite, apply keyed migrations, read
+and write through the connection's thread (``read_all``, ``write_one``, ``write_tx``, and
+``run_tx``: a whole transaction as one function, one thread hop), and tell a listener of writes
+(``on_write``, for ``common.wal``).
 
 Every store of the project keeps one ``schema_version`` table (one row) and a list of migration
 scripts; migration ``i`` (1-based) runs once, in a transaction, when the version is below ``i``.
@@ -11,9 +14,10 @@ import contextlib
 import contextvars
 import os
 import sqlite3
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import aiosqlite
 
@@ -40,7 +44,16 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     """
     _ensure_folder(path)
     _private_file(path)
-    db = await CONNECT.get()(path)
+    pending = CONNECT.get()(path)
+    try:
+        db = await pending
+    except BaseException:
+        # aiosqlite queued its thread's stop; wait for the thread, or its last call back into
+        # this loop can land after the loop closed (a traceback on stderr as the process exits).
+        thread = getattr(pending, "_thread", None)
+        if thread is not None and thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, thread.join, 5.0)
+        raise
     try:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={synchronous}")
@@ -62,8 +75,13 @@ def _private_file(path: str) -> None:
     readable by this user only (SPEC 8.1). Existing ``-wal``/``-shm`` files are tightened too."""
     if path == ":memory:" or path.startswith("file:"):
         return
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    os.close(fd)
+    # Only a file that does not exist yet is opened here: closing any descriptor of a file
+    # drops every POSIX lock this process holds on it, so re-opening the database of a
+    # connection already open in this process (a second connection) would silently release
+    # that connection's SQLite locks; another process could then think it is the last one
+    # and delete the -wal and -shm files under it.
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     for p in (path, path + "-wal", path + "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(p, 0o600)
@@ -145,6 +163,34 @@ BUSY_RETRY_S = 10.0
 _locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
+_Hooks = weakref.WeakKeyDictionary[aiosqlite.Connection, Callable[[], None]]
+_write_hooks: _Hooks = weakref.WeakKeyDictionary()
+
+
+def on_write(db: aiosqlite.Connection, hook: Callable[[], None] | None) -> None:
+    """Call ``hook()`` after every ``write_one``, ``write_tx`` and ``run_tx`` on ``db`` (None:
+    stop). ``common.wal.WalCheckpointer`` learns of writes this way."""
+    if hook is None:
+        _write_hooks.pop(db, None)
+    else:
+        _write_hooks[db] = hook
+
+
+def _wrote(db: aiosqlite.Connection) -> None:
+    hook = _write_hooks.get(db)
+    if hook is not None:
+        hook()
+
+
+@contextlib.asynccontextmanager
+async def writes_held(db: aiosqlite.Connection) -> AsyncIterator[None]:
+    """No ``write_one``, ``write_tx`` or ``run_tx`` on ``db`` starts inside this block (they
+    wait for it, in the event loop); one already running finishes first. ``common.wal`` holds
+    it for the moment a checkpoint needs without a writer."""
+    async with _lock(db):
+        yield
+
+
 def _lock(db: aiosqlite.Connection) -> asyncio.Lock:
     lock = _locks.get(db)
     if lock is None:
@@ -170,7 +216,9 @@ async def write_one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> aio
     """One write statement in autocommit mode (one thread hop), never inside another task's
     ``write_tx``; retried while SQLite answers "locked" (a failed statement applied nothing)."""
     async with _lock(db):
-        return await _retry_locked(lambda: db.execute(sql, params))
+        cur = await _retry_locked(lambda: db.execute(sql, params))
+    _wrote(db)
+    return cur
 
 
 @contextlib.asynccontextmanager
@@ -198,6 +246,59 @@ async def write_tx(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connecti
         except BaseException:
             await _rollback(db)
             raise
+    _wrote(db)
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on the database thread, retried while SQLite answers "locked"
+    without running its busy handler (as ``write_tx`` does), for up to ``BUSY_RETRY_S``."""
+    delay, waited = 0.001, 0.0
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or waited >= BUSY_RETRY_S:
+                raise
+        time.sleep(delay)  # on the database thread, never the event loop: I/O contention
+        waited += delay
+        delay = min(delay * 2, 0.05)
+
+
+def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    _begin_immediate(conn)
+    try:
+        result = fn(conn)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+    return result
+
+
+async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` in **one** hop to ``db``'s thread.
+
+    ``fn`` gets the plain ``sqlite3.Connection`` and runs on the database thread: it must not
+    touch the event loop. Its return value is returned once the transaction committed; if it
+    raises, the transaction is rolled back and the error re-raised here. Serialised with
+    ``write_tx``/``write_one`` on the same connection (never inside another task's transaction).
+    A caller cancelled meanwhile does not stop the thread: the transaction still commits or rolls
+    back as a whole. Five statements cost one hand-off instead of five (issue #16).
+    """
+    run = cast(Callable[..., Awaitable[T]], db._execute)
+    async with _lock(db):
+        result = await run(_in_transaction, db._conn, fn)
+    _wrote(db)
+    return result
+
+
+async def run_read(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` on ``db``'s thread in one hop (no transaction of its own: each statement
+    reads committed data). ``fn`` must run every query it starts to completion (``fetchall``),
+    like ``read_all``, so a cancelled caller never leaves a statement open."""
+    run = cast(Callable[..., Awaitable[T]], db._execute)
+    return await run(fn, db._conn)
 
 
 async def _rollback(db: aiosqlite.Connection) -> None:

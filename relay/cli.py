@@ -25,6 +25,7 @@ from typing import Any, NoReturn
 import aiohttp
 from aiohttp import web
 
+from common import loop
 from common.errors import ConfigError, StartupError
 from common.listen import bind_listener
 from relay.connector import telegram as tg
@@ -298,7 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
     try:
-        asyncio.run(serve(args.host, args.port, db, secrets, args.max_frame_bytes, **options))
+        loop.run(serve(args.host, args.port, db, secrets, args.max_frame_bytes, **options))
     except StartupError as exc:
         print(f"hermes-relay: error: {exc}", file=sys.stderr)
         _exit_now_if_threads_linger(1)

@@ -68,6 +68,11 @@ class InlineConnection(aiosqlite.Connection):
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if not self._running or self._connection is None:
             raise ValueError("Connection closed")
+        if args and isinstance(args[0], str) and args[0].upper().startswith("PRAGMA BUSY_TIMEOUT"):
+            # One thread for every connection: SQLite's busy handler would block the loop while
+            # the holder it waits for cannot run. Busy is answered at once instead (a checkpoint
+            # reports busy and is retried; waits are the schedule's holds).
+            args = ("PRAGMA busy_timeout=0", *args[1:])
         result = fn(*args, **kwargs)
         # The real hop hands the result back on a later loop turn (or after a busy wait or a
         # slow read): a caller cancelled meanwhile still had its statement run, as with

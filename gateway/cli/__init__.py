@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 
+from common import loop
 from gateway.config import load_config
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -148,11 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         from gateway.cli.dev import run_dev
 
-        code = asyncio.run(run_dev(args))
+        code = loop.run(run_dev(args))
     else:
         from gateway.cli.run import _run
 
-        code = asyncio.run(_run(args.host, args.port, metrics_port=args.metrics_port))
+        code = loop.run(_run(args.host, args.port, metrics_port=args.metrics_port))
     if code != 0:
         _hard_exit(code)
     return code

@@ -14,12 +14,12 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from common.clock import wait_with_timeout
-from common.errors import ConfigError
+from common.sqlite import run_tx
 from gateway.core.activity import Activity
-from gateway.cron.plan import plan_due
 from gateway.cron.runner import CronContext, run_occurrence
-from gateway.cron.schedule import fires_between, next_fire, parse_schedule, timezone
+from gateway.cron.schedule import next_fire, parse_schedule, timezone
 from gateway.cron.store import Job
+from gateway.cron.tick import OVERLAP_ERROR, plan_tick
 
 log = logging.getLogger("gateway.cron")
 
@@ -96,60 +96,35 @@ class CronScheduler:
         if self.next_due is None:
             await self._kick.wait()
             return
-        delay = self.next_due - self.ctx.clock.wall()
-        if delay <= 0:
-            return
-        with contextlib.suppress(TimeoutError):
-            await wait_with_timeout(self.ctx.clock, self._kick.wait(), delay)
+        # A loop whose timers have millisecond resolution (uvloop's) may wake up to 1 ms
+        # before the deadline: sleep again until it is due, never tick (and read) early.
+        while (delay := self.next_due - self.ctx.clock.wall()) > 0 and not self._kick.is_set():
+            with contextlib.suppress(TimeoutError):
+                await wait_with_timeout(self.ctx.clock, self._kick.wait(), delay)
 
     async def tick(self) -> None:
         """Plan every due job once (record misses, start runs), then find the next due time.
 
-        Reads only due jobs and ``MIN(next_run_at)`` through an index: a tick costs the same
-        with 10 jobs or 10,000.
+        One transaction in one hop to the database thread (``gateway.cron.tick``). Reads only
+        due jobs and ``MIN(next_run_at)`` through an index: a tick costs the same with 10 jobs
+        or 10,000.
         """
-        store, clock = self.ctx.store, self.ctx.clock
         self.ticks += 1
-        now = clock.wall()
-        for job in await store.due(now):
-            try:
-                await self._fire_due(job, now)
-            except ConfigError as exc:
-                # A schedule or timezone that no longer parses would be due forever: pause it.
-                log.warning("cron job %s paused: bad schedule or timezone: %s", job.id, exc)
-                job.enabled = False
-                job.updated_at = now
-                await store.save(job)
-        self.next_due = await store.next_due()
+        now = self.ctx.clock.wall()
+        plan = await run_tx(self.ctx.store.db, lambda conn: plan_tick(conn, now))
+        for job_id, error in plan.paused:
+            log.warning("cron job %s paused: bad schedule or timezone: %s", job_id, error)
+        for job_id, count, catch_up in plan.missed:
+            log.info("cron job %s: %d occurrence(s) missed (catch_up %s)", job_id, count, catch_up)
+        for job_id in plan.skipped:
+            log.info("cron job %s skipped: previous run still running (overlap)", job_id)
+        if plan.start and self.on_due is not None:
+            self.on_due()
+        for job, runs in plan.start:
+            self._start(job, runs)
+        self.next_due = plan.next_due
         if self.on_planned is not None:
             self.on_planned()
-
-    async def _fire_due(self, job: Job, now: float) -> float | None:
-        store = self.ctx.store
-        assert job.next_run_at is not None
-        tz = timezone(job.tz)
-        sched = parse_schedule(job.schedule, job.created_at)
-        due = fires_between(sched, anchor=job.created_at, start=job.next_run_at, end=now, tz=tz)
-        new_next = next_fire(sched, anchor=job.created_at, after=now, tz=tz)
-        plan = plan_due(due, now, job.catch_up, job.misfire_grace_seconds)
-        # One transaction: move the job on (a spent one-shot retires) and record its misses.
-        if not await store.advance(
-            job.id, expected=job.next_run_at, next_run_at=new_next, missed=plan.missed, now=now
-        ):
-            return new_next  # another scheduler planned these occurrences
-        if plan.missed:
-            log.info(
-                "cron job %s: %d occurrence(s) missed (catch_up %s)", job.id, len(plan.missed), job.catch_up
-            )
-        if plan.run and await store.running(job.id):
-            for t in plan.run:
-                await store.record(job.id, t, "skipped_overlap", now, error="previous run still running")
-            log.info("cron job %s skipped: previous run still running (overlap)", job.id)
-        elif plan.run:
-            if self.on_due is not None:
-                self.on_due()
-            self._start(job, plan.run)
-        return new_next
 
     def _start(self, job: Job, occurrences: list[float]) -> None:
         task = asyncio.create_task(self._run_in_order(job, occurrences), name=f"cron-{job.id}")
@@ -165,9 +140,7 @@ class CronScheduler:
         store, clock = self.ctx.store, self.ctx.clock
         for i, t in enumerate(occurrences):
             if i and await store.running(job.id):
-                await store.record(
-                    job.id, t, "skipped_overlap", clock.wall(), error="previous run still running"
-                )
+                await store.record(job.id, t, "skipped_overlap", clock.wall(), error=OVERLAP_ERROR)
                 log.info("cron job %s skipped: previous run still running", job.id)
                 continue
             async with self._sem:

@@ -68,6 +68,38 @@ _COLS = (
 )
 
 
+DUE_SQL = f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ? ORDER BY next_run_at"
+"""Enabled jobs due at or before a time (param: now), earliest first."""
+NEXT_DUE_SQL = "SELECT MIN(next_run_at) FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL"
+ADVANCE_SQL = (
+    "UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
+    " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
+    " WHERE id = ? AND next_run_at IS ?"
+)
+"""Compare-and-set of a job's next run (params: ``advance_params``)."""
+MISSED_SQL = (
+    "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status)"
+    " VALUES (?, ?, ?, 'missed') ON CONFLICT (job_id, scheduled_for) DO NOTHING"
+)
+RUNNING_SQL = "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1"
+RECORD_SQL = (
+    "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status, error)"
+    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, scheduled_for) DO NOTHING"
+)
+
+
+def advance_params(
+    job_id: str, expected: float | None, next_run_at: float | None, now: float
+) -> tuple[Any, ...]:
+    """``ADVANCE_SQL``'s parameters: move from ``expected`` to ``next_run_at`` (None retires)."""
+    return (next_run_at, next_run_at, next_run_at, now, job_id, expected)
+
+
+def job_from_row(r: Any) -> Job:
+    """A ``Job`` from a row of ``SELECT {_COLS}``."""
+    return _job(r)
+
+
 def _job(r: Any) -> Job:
     return Job(
         id=r[0],
@@ -173,19 +205,11 @@ class CronStore:
 
     async def due(self, now: float) -> list[Job]:
         """Enabled jobs whose next run is at or before ``now``, earliest first."""
-        rows = await read_all(
-            self.db,
-            f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ? ORDER BY next_run_at",
-            (now,),
-        )
-        return [_job(r) for r in rows]
+        return [_job(r) for r in await read_all(self.db, DUE_SQL, (now,))]
 
     async def next_due(self) -> float | None:
         """The earliest next run of any enabled job (Unix seconds), or None."""
-        row = await read_one(
-            self.db,
-            "SELECT MIN(next_run_at) FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL",
-        )
+        row = await read_one(self.db, NEXT_DUE_SQL)
         return None if row is None or row[0] is None else float(row[0])
 
     async def remove(self, job_id: str) -> bool:
@@ -209,23 +233,15 @@ class CronStore:
         Without misses the compare-and-set is one autocommit statement (one thread hop instead
         of three: the common case, one occurrence on time).
         """
-        update = (
-            "UPDATE jobs SET next_run_at = ?, enabled = CASE WHEN ? IS NULL THEN 0 ELSE"
-            " enabled END, updated_at = CASE WHEN ? IS NULL THEN ? ELSE updated_at END"
-            " WHERE id = ? AND next_run_at IS ?"
-        )
-        params = (next_run_at, next_run_at, next_run_at, now, job_id, expected)
+        update = ADVANCE_SQL
+        params = advance_params(job_id, expected, next_run_at, now)
         if not missed:
             return (await self._write(update, params)).rowcount == 1
         async with write_tx(self.db):
             cur = await self.db.execute(update, params)
             if cur.rowcount != 1:
                 return False
-            await self.db.executemany(
-                "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status)"
-                " VALUES (?, ?, ?, 'missed') ON CONFLICT (job_id, scheduled_for) DO NOTHING",
-                [(job_id, t, now) for t in missed],
-            )
+            await self.db.executemany(MISSED_SQL, [(job_id, t, now) for t in missed])
         return True
 
     # --- ledger ----------------------------------------------------------------------------
@@ -243,11 +259,7 @@ class CronStore:
         self, job_id: str, scheduled_for: float, status: str, now: float, error: str | None = None
     ) -> int | None:
         """Record an occurrence that did not run (missed, skipped_overlap, blocked_*)."""
-        cur = await self._write(
-            "INSERT INTO job_runs (job_id, scheduled_for, finished_at, status, error)"
-            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job_id, scheduled_for) DO NOTHING",
-            (job_id, scheduled_for, now, status, error),
-        )
+        cur = await self._write(RECORD_SQL, (job_id, scheduled_for, now, status, error))
         return cur.lastrowid if cur.rowcount == 1 else None
 
     async def finish(self, run_id: int, status: str, now: float, **fields: Any) -> None:
@@ -274,12 +286,7 @@ class CronStore:
         await self._write(f"UPDATE job_runs SET {', '.join(sets)} WHERE id = ?", params)
 
     async def running(self, job_id: str) -> bool:
-        return (
-            await read_one(
-                self.db, "SELECT 1 FROM job_runs WHERE job_id = ? AND status = 'running' LIMIT 1", (job_id,)
-            )
-            is not None
-        )
+        return await read_one(self.db, RUNNING_SQL, (job_id,)) is not None
 
     async def fail_interrupted(self, now: float) -> int:
         """At start-up: running rows whose lease lapsed or whose owner died become failed."""

@@ -13,14 +13,16 @@ kept with ``status = 'rejected'`` and its error, and acked like the rest of its 
 from __future__ import annotations
 
 import json
+import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
+import msgspec
 
-from common.sqlite import read_all, read_one, write_one, write_tx
+from common.sqlite import read_all, read_one, run_tx, write_one
 from gateway.core.turn import TurnEvent, TurnState, transition
 
 _COLS = "id, buffer_id, platform, bot_id, chat_id, message_id, profile, event"
@@ -117,6 +119,20 @@ def _bad_unicode(value: Any, path: str) -> str | None:
     return None
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def _valid_unicode(frame: dict[str, Any]) -> bool:
+    """True when every string of ``frame`` is valid UTF-8 text, in one pass of C: msgspec
+    refuses to encode a lone surrogate. False also for anything else it cannot encode (very
+    deep nesting): ``_bad_unicode`` then decides, in Python."""
+    try:
+        _encode(frame)
+    except Exception:  # UnicodeEncodeError above all; the walk gives the exact answer
+        return False
+    return True
+
+
 def _id_text(value: Any) -> str | None:
     """An id kept as a string (numbers too); None when absent, empty or not a scalar."""
     if value is None or isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -135,7 +151,7 @@ def check_frame(frame: dict[str, Any]) -> Rejected | None:
             "unknown_type",
             f"frame type {frame.get('type')!r} carries a bufferId but is not 'inbound'",
         )
-    bad = _bad_unicode(frame, "frame")
+    bad = None if _valid_unicode(frame) else _bad_unicode(frame, "frame")
     if bad is not None:
         return Rejected(bid_text, "invalid_unicode", f"{bad} is not valid unicode (lone surrogate)")
     ev = frame.get("event")
@@ -154,6 +170,73 @@ def _safe(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+InTx = Callable[[sqlite3.Connection, list[InboxItem]], None]
+"""Work done on the database thread inside an admission's transaction (the new items)."""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO inbox (buffer_id, platform, bot_id, chat_id, message_id,"
+    " profile, event, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_QUARANTINE = (
+    "INSERT OR IGNORE INTO inbox (buffer_id, platform, chat_id, message_id, event,"
+    " received_at, status, turn_state, finished_at, error)"
+    " VALUES (?, '', '', ?, ?, ?, 'rejected', 'undelivered', ?, ?)"
+)
+
+
+def admit_rows(
+    conn: sqlite3.Connection, frames: list[dict[str, Any]], now: float, in_tx: InTx | None = None
+) -> Admission:
+    """``InboxStore.admit``'s body, on the database thread inside the caller's transaction:
+    each frame is checked on its own (a quarantined one never stops the batch), stored or
+    counted as a duplicate, then ``in_tx(conn, new)`` runs. Raises ``sqlite3.Error`` on a
+    storage error (the caller rolls the whole batch back)."""
+    out = Admission()
+    for frame in frames:
+        bid = frame.get("bufferId")
+        bid_text = None if bid is None else str(bid)
+        rejected = check_frame(frame)
+        if rejected is not None:
+            if _quarantine(conn, frame, rejected, now):
+                out.rejected.append(rejected)
+            else:
+                out.duplicates += 1
+            continue
+        ev = frame["event"]
+        src = ev["source"]
+        platform = _id_text(src.get("platform")) or ""
+        bot_id = _id_text(src.get("bot_id")) or ""
+        chat_id = _id_text(src.get("chat_id")) or ""
+        profile = src.get("profile") if isinstance(src.get("profile"), str) else None
+        message_id = _id_text(ev.get("message_id"))
+        if message_id is None:
+            # No message id: the bufferId alone de-duplicates (a frame with neither cannot be
+            # told apart from a resend, so it gets a fresh key).
+            message_id = f"buffer:{bid_text}" if bid_text else f"local:{uuid.uuid4().hex}"
+        cur = conn.execute(
+            _INSERT, (bid_text, platform, bot_id, chat_id, message_id, profile, json.dumps(ev), now)
+        )
+        if cur.rowcount == 1 and cur.lastrowid is not None:
+            item = InboxItem(cur.lastrowid, bid_text, platform, chat_id, message_id, profile, ev, bot_id)
+            out.new.append(item)
+        else:
+            out.duplicates += 1
+    if out.new and in_tx is not None:
+        in_tx(conn, out.new)
+    return out
+
+
+def _quarantine(conn: sqlite3.Connection, frame: dict[str, Any], why: Rejected, now: float) -> bool:
+    """Keep an unusable frame as a ``rejected`` row; False if it was kept already."""
+    bid = why.buffer_id
+    key = f"rejected:{_safe(bid)}" if bid is not None else f"rejected:{uuid.uuid4().hex}"
+    cur = conn.execute(
+        _QUARANTINE,
+        (None if bid is None else _safe(bid), key, json.dumps(frame, default=repr), now, now, why.error),
+    )
+    return cur.rowcount == 1
+
+
 class InboxStore:
     """The ``inbox`` table of state.db.
 
@@ -169,61 +252,15 @@ class InboxStore:
         self,
         frames: list[dict[str, Any]],
         now: float,
-        in_tx: Callable[[list[InboxItem]], Awaitable[None]] | None = None,
+        in_tx: InTx | None = None,
     ) -> Admission:
         """Persist new inbound events (and quarantine unusable frames) in one durable
-        transaction. ``now``: Unix seconds. ``in_tx(new)`` runs inside the same transaction
-        (the sidecar creates the board tasks there: one commit, never a row without its task).
-        Raises only on a storage error (nothing of the batch is then committed)."""
-        out = Admission()
-        async with write_tx(self.db):
-            for frame in frames:
-                bid = frame.get("bufferId")
-                bid_text = None if bid is None else str(bid)
-                rejected = check_frame(frame)
-                if rejected is not None:
-                    if await self._quarantine(frame, rejected, now):
-                        out.rejected.append(rejected)
-                    else:
-                        out.duplicates += 1
-                    continue
-                ev = frame["event"]
-                src = ev["source"]
-                platform = _id_text(src.get("platform")) or ""
-                bot_id = _id_text(src.get("bot_id")) or ""
-                chat_id = _id_text(src.get("chat_id")) or ""
-                profile = src.get("profile") if isinstance(src.get("profile"), str) else None
-                message_id = _id_text(ev.get("message_id"))
-                if message_id is None:
-                    # No message id: the bufferId alone de-duplicates (a frame with neither
-                    # cannot be told apart from a resend, so it gets a fresh key).
-                    message_id = f"buffer:{bid_text}" if bid_text else f"local:{uuid.uuid4().hex}"
-                cur = await self.db.execute(
-                    "INSERT OR IGNORE INTO inbox (buffer_id, platform, bot_id, chat_id, message_id,"
-                    " profile, event, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (bid_text, platform, bot_id, chat_id, message_id, profile, json.dumps(ev), now),
-                )
-                if cur.rowcount == 1 and cur.lastrowid is not None:
-                    out.new.append(
-                        InboxItem(cur.lastrowid, bid_text, platform, chat_id, message_id, profile, ev, bot_id)
-                    )
-                else:
-                    out.duplicates += 1
-            if out.new and in_tx is not None:
-                await in_tx(out.new)
-        return out
-
-    async def _quarantine(self, frame: dict[str, Any], why: Rejected, now: float) -> bool:
-        """Keep an unusable frame as a ``rejected`` row; False if it was kept already."""
-        bid = why.buffer_id
-        key = f"rejected:{_safe(bid)}" if bid is not None else f"rejected:{uuid.uuid4().hex}"
-        cur = await self.db.execute(
-            "INSERT OR IGNORE INTO inbox (buffer_id, platform, chat_id, message_id, event,"
-            " received_at, status, turn_state, finished_at, error)"
-            " VALUES (?, '', '', ?, ?, ?, 'rejected', 'undelivered', ?, ?)",
-            (None if bid is None else _safe(bid), key, json.dumps(frame, default=repr), now, now, why.error),
-        )
-        return cur.rowcount == 1
+        transaction, in **one** hop to the database thread (``run_tx``: however many frames,
+        one BEGIN IMMEDIATE ... COMMIT). ``now``: Unix seconds. ``in_tx(conn, new)`` runs on
+        the database thread inside the same transaction (the sidecar creates the board tasks
+        there: one commit, never a row without its task). Raises only on a storage error
+        (nothing of the batch is then committed)."""
+        return await run_tx(self.db, lambda conn: admit_rows(conn, frames, now, in_tx))
 
     async def unfinished(self) -> list[InboxItem]:
         """Pending and interrupted (running) items, oldest first: the work left by a restart."""

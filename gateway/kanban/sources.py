@@ -5,8 +5,10 @@ something that has one already does nothing."""
 
 from __future__ import annotations
 
+import sqlite3
+
 from gateway.inbox.store import InboxItem
-from gateway.kanban.store import TaskStore
+from gateway.kanban.store import insert_task
 
 
 def inbox_ref(item_id: int) -> str:
@@ -34,15 +36,12 @@ def parse_cron_ref(ref: str) -> tuple[str, float]:
     return job_id, float(at)
 
 
-async def add_inbound_tasks(store: TaskStore, items: list[InboxItem], now: float) -> None:
+def add_inbound_tasks(conn: sqlite3.Connection, items: list[InboxItem], now: float) -> None:
     """One ready task per inbox item, assigned to its ``source.profile`` (else the default
-    profile), inside the caller's ``write_tx`` (the inbox admission's, so the row and its task
-    commit together). ``now``: Unix seconds. Idempotent per item."""
+    profile), on the database thread inside the caller's transaction (the inbox admission's
+    ``run_tx``, so the row and its task commit together). ``now``: Unix seconds. Idempotent
+    per item."""
     for item in items:
-        await store.insert(
-            title=f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
-            assignee=item.profile or "default",
-            source="inbound",
-            ref=inbox_ref(item.id),
-            now=now,
-        )
+        title = f"inbound {item.platform}:{item.chat_id} message {item.message_id}"
+        row = (title, "", item.profile or "default", 0, "inbound", inbox_ref(item.id), "ready")
+        insert_task(conn, row, now)

@@ -9,9 +9,10 @@ Every write goes through ``write_tx`` (BEGIN IMMEDIATE), so other processes' wri
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import aiosqlite
 
@@ -68,6 +69,33 @@ class Task:
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+TaskRow = tuple[str, str, str | None, int, str, str | None, str]
+"""A new task: (title, body, assignee, priority, source, ref, status)."""
+
+
+def insert_task(conn: sqlite3.Connection, row: TaskRow, now: float) -> int | None:
+    """Insert one task and its ``created`` event on the database thread, inside the caller's
+    transaction (``run_tx``). ``now``: Unix seconds. Returns the new id, or None for a
+    duplicate ``(source, ref)``. Raises ``ValueError`` naming a bad ``source`` or ``status``."""
+    title, body, assignee, priority, source, ref, status = row
+    if source not in SOURCES:
+        raise ValueError(f"source {source!r} must be one of {', '.join(SOURCES)}")
+    if status not in ("todo", "ready"):
+        raise ValueError(f"a new task's status {status!r} must be todo or ready")
+    cur = conn.execute(
+        "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
+        " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        (title, body, assignee, status, priority, now, source, ref),
+    )
+    if cur.rowcount != 1 or cur.lastrowid is None:
+        return None
+    conn.execute(
+        "INSERT INTO task_events (task_id, kind, payload, at) VALUES (?, ?, ?, ?)",
+        (cur.lastrowid, "created", json.dumps({"source": source, "assignee": assignee}, sort_keys=True), now),
+    )
+    return cur.lastrowid
 
 
 class TaskStore:
@@ -172,19 +200,9 @@ class TaskStore:
     ) -> int | None:
         """``create`` inside the caller's ``write_tx``: the new id, or None for a duplicate
         ``(source, ref)``. Raises ``ValueError`` naming a bad ``source`` or ``status``."""
-        if source not in SOURCES:
-            raise ValueError(f"source {source!r} must be one of {', '.join(SOURCES)}")
-        if status not in ("todo", "ready"):
-            raise ValueError(f"a new task's status {status!r} must be todo or ready")
-        cur = await self.db.execute(
-            "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
-            " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            (title, body, assignee, status, priority, now, source, ref),
-        )
-        if cur.rowcount != 1 or cur.lastrowid is None:
-            return None
-        await self.event(cur.lastrowid, "created", {"source": source, "assignee": assignee}, now)
-        return cur.lastrowid
+        row = (title, body, assignee, priority, source, ref, status)
+        insert = cast(Callable[..., Awaitable[int | None]], self.db._execute)
+        return await insert(insert_task, self.db._conn, row, now)
 
     async def finish(
         self, task_id: int, status: str, now: float, *, result: str | None = None, error: str | None = None

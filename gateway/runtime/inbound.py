@@ -71,7 +71,7 @@ class Inbound:
         """The transport's ``on_inbound``: persist the batch (it is acked once this returns)."""
         now = self.clock.wall()
         admission = await self.inbox.admit(
-            frames, now, in_tx=lambda items: add_inbound_tasks(self.tasks, items, now)
+            frames, now, in_tx=lambda conn, items: add_inbound_tasks(conn, items, now)
         )
         new, dupes = admission.new, admission.duplicates
         self.ops.on_inbound_persisted()  # the transport acks this batch next (wake latency)

@@ -2,6 +2,7 @@
 an async context manager whose exit is its part of shutdown, and the background pieces it runs:
 
 - ``recording``: the operator history's ``stopped -> <state>`` and ``<state> -> stopped`` rows;
+- ``checkpointing``: state.db's WAL checkpoints, off the connection every store shares;
 - ``serving``: the aiohttp apps on their bound sockets;
 - ``relay``: the transport's start, and at exit one bounded flip and the terminal disconnect
   (``relay_transport`` builds the transport from the config);
@@ -11,6 +12,7 @@ an async context manager whose exit is its part of shutdown, and the background 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -22,6 +24,7 @@ from aiohttp import web
 
 from common.clock import Clock, wait_with_timeout
 from common.errors import StartupError
+from common.wal import WalCheckpointer
 from gateway.config import Config
 from gateway.conversation.store import SessionStore
 from gateway.ops.recorder import OpsRecorder
@@ -43,6 +46,23 @@ async def recording(ops: OpsRecorder, state: Callable[[], str]) -> AsyncIterator
         await ops.history.aclose()
         raise
     await ops.aclose(state())
+
+
+@contextlib.asynccontextmanager
+async def checkpointing(path: str, db: aiosqlite.Connection, clock: Clock) -> AsyncIterator[WalCheckpointer]:
+    """state.db's WAL checkpoints off the shared connection (``common/wal.py``), for as long
+    as the block runs: started, then cancelled and the automatic checkpoint restored. On the
+    sidecar's clock like every other timer (a fake clock in tests and the simulator, where a
+    real-time timer would make a schedule's order depend on the machine's speed)."""
+    checkpointer = WalCheckpointer(path, db, clock)
+    await checkpointer.start()
+    task = asyncio.create_task(checkpointer.run(), name="wal-checkpointer")
+    try:
+        yield checkpointer
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await checkpointer.aclose()
 
 
 @contextlib.asynccontextmanager

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from common.clock import Clock, SystemClock
 from common.listen import bind_listener, prepare_home
-from common.sqlite import write_tx
+from common.sqlite import run_tx
 from common.tasks import TaskSet
 from gateway.agent.spend import SpendLedger
 from gateway.config import Config, load_config
@@ -199,6 +199,9 @@ class Sidecar:
         stack.callback(self.discovery.remove)
         self.db = await open_state_db(self.config.state_db)
         stack.push_async_callback(self.db.close)
+        await stack.enter_async_context(
+            services.checkpointing(str(self.config.state_db), self.db, self.clock)
+        )
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)
         self.inbox = InboxStore(self.db)
@@ -227,8 +230,8 @@ class Sidecar:
         leftover = await self.inbox.unfinished()
         if leftover:
             log.info("resuming %d unfinished inbox item(s) from the last run", len(leftover))
-            async with write_tx(self.db):  # a no-op for items whose task exists
-                await add_inbound_tasks(self.tasks, leftover, self.clock.wall())
+            now = self.clock.wall()  # a no-op for items whose task exists
+            await run_tx(self.db, lambda conn: add_inbound_tasks(conn, leftover, now))
         stack.push_async_callback(self.suspend.aclose)
         stack.push_async_callback(self._background.aclose)
         self._background.spawn(self.board.run(), name="dispatch-board")

@@ -17,7 +17,7 @@ from common.errors import FrameTooLarge, ProtocolError, TokenError
 from relay.connector.surface import Session
 from relay.connector.wake import hold_presence
 from relay.protocol import frames as F
-from relay.protocol.framing import CLOSE_FRAME_TOO_LARGE, FrameReader, LogLimiter, encode_frame
+from relay.protocol.framing import CLOSE_FRAME_TOO_LARGE, FrameReader, LogLimiter, encode_frame, pack_lines
 from relay.protocol.sockets import ServerSocket
 
 if TYPE_CHECKING:
@@ -27,6 +27,9 @@ log = logging.getLogger("relay.connector")
 
 REPLAY_PAGE = 2000
 """Unacked entries read from the store per sender round trip."""
+PACK_BYTES = 64 * 1024
+"""Most bytes of NDJSON lines the sender packs into one WS message (one line alone may be
+larger, up to the frame limit)."""
 HEARTBEAT_S = 30.0
 """WS ping interval on gateway sockets: a half-open socket is closed within 1.5 x this, so the
 4409 hold-down never protects a dead socket for long."""
@@ -39,6 +42,9 @@ class SessionHandler:
     def __init__(self, connector: ConnectorSurface) -> None:
         self.c = connector
         self._limiter = LogLimiter()
+        # Gateways whose stored flip is cleared with their first ack (one commit with it,
+        # so the replay's first page never waits on a second fsync of ours: issue #16).
+        self._clear_with_ack: set[str] = set()
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """``GET /relay``: upgrade, then ``serve`` the socket."""
@@ -103,14 +109,15 @@ class SessionHandler:
     def _on_ack(self, s: Session, frame: dict[str, Any]) -> None:
         """``bufferId`` (one) and/or ``bufferIds`` (PROTOCOL.md 7.3; non-strings ignored)."""
         now = self.c.clock.wall()
+        if s.gateway_id in self._clear_with_ack:
+            self._clear_with_ack.discard(s.gateway_id)
+            self.c.store.clear_flip(s.gateway_id, now)
         bid = frame.get("bufferId")
         if isinstance(bid, str):
             self.c.store.ack(s.gateway_id, bid, now)
         many = frame.get("bufferIds")
         if isinstance(many, list):
-            for bid in many:
-                if isinstance(bid, str):
-                    self.c.store.ack(s.gateway_id, bid, now)
+            self.c.store.ack_many(s.gateway_id, [b for b in many if isinstance(b, str)], now)
 
     async def _on_hello(self, s: Session, frame: dict[str, Any]) -> None:
         platform, bot_id = frame.get("platform"), frame.get("botId", "")
@@ -133,12 +140,20 @@ class SessionHandler:
                 self.c.wake_urls[gid] = wake_url
             await self.c.store.remember(gid, platform, bot_id, wake_url, self.c.clock.wall())
         # PROTOCOL.md 7.2: the first descriptor says how many entries the replay will carry.
-        buffered = None if s.handshaken else await self.c.store.unacked_count(gid)
+        # Its first page is read here, before the descriptor goes out, so the replay's read
+        # never contends with the gateway persisting (and a short backlog needs no COUNT).
+        first: list[tuple[int, str]] = []
+        buffered = None
+        if not s.handshaken:
+            first = await self.c.store.unacked_after(gid, 0, REPLAY_PAGE)
+            buffered = len(first) if len(first) < REPLAY_PAGE else await self.c.store.unacked_count(gid)
         await s.ws.send_str(encode_frame(F.descriptor(platform, buffered=buffered)))
         if not s.handshaken:
-            await self._complete_handshake(s, (platform, bot_id))
+            await self._complete_handshake(s, (platform, bot_id), first)
 
-    async def _complete_handshake(self, s: Session, identity: tuple[str, str]) -> None:
+    async def _complete_handshake(
+        self, s: Session, identity: tuple[str, str], first: list[tuple[int, str]]
+    ) -> None:
         gid = s.gateway_id
         s.handshaken, s.identity = True, identity
         old = self.c.sessions.get(gid)
@@ -150,11 +165,16 @@ class SessionHandler:
         self.c.poker(gid).cancel()
         if self.c.flipped.get(gid):
             # Not awaited: a stale "flipped" after a crash only costs a harmless extra poke.
+            # With a replay to send, it commits with the first ack instead of beside the
+            # gateway's first commit (the wake path).
             self.c.flipped[gid] = False
-            self.c.store.clear_flip(gid, self.c.clock.wall())
+            if first:
+                self._clear_with_ack.add(gid)
+            else:
+                self.c.store.clear_flip(gid, self.c.clock.wall())
         await self.c.cluster.socket_up(s)  # PostgreSQL: the newest generation, on any instance
         log.info("gateway %s: handshake complete; replaying unacked entries", gid)
-        s.tasks.append(self.c.spawn(self._sender(s)))
+        s.tasks.append(self.c.spawn(self._sender(s, first)))
         self.start_presence(s)
 
     def start_presence(self, s: Session) -> None:
@@ -181,20 +201,31 @@ class SessionHandler:
                 url,
             )
 
-    async def _sender(self, s: Session) -> None:
-        """Stream the gateway's unacked entries in seq order: the backlog, then live ones."""
+    async def _sender(self, s: Session, first: list[tuple[int, str]] | None = None) -> None:
+        """Stream the gateway's unacked entries in seq order: the backlog, then live ones.
+
+        ``first``: the first page, read by the handshake before the descriptor went out (so
+        the replay starts without another read; empty: read now, after the session is
+        registered, so an entry appended meanwhile is not missed). Each page goes out packed
+        several NDJSON lines to a WS message (``pack_lines``, at most ``PACK_BYTES`` each;
+        PROTOCOL.md section 2 has every receiver take several frames per message): one send
+        per message instead of one per entry."""
         cursor = 0
+        pending = first or None
         while s.live:
-            s.notify.clear()
-            rows = await self.c.store.unacked_after(s.gateway_id, cursor, REPLAY_PAGE)
+            if pending is not None:
+                rows, pending = pending, None
+            else:
+                s.notify.clear()
+                rows = await self.c.store.unacked_after(s.gateway_id, cursor, REPLAY_PAGE)
             if not rows:
                 await s.notify.wait()
                 continue
-            for seq, line in rows:
+            for message, last_seq in pack_lines(rows, min(PACK_BYTES, self.c.max_frame_bytes)):
                 if not s.live:
                     return
-                await s.ws.send_str(line)
-                cursor = seq
+                await s.ws.send_str(message)
+                cursor = last_seq
 
     async def _on_going_idle(self, s: Session, frame: dict[str, Any]) -> None:
         gid = s.gateway_id
@@ -206,6 +237,7 @@ class SessionHandler:
             except ValueError as exc:
                 log.warning("gateway %s: invalid wakeAt ignored: %s", gid, exc)
         s.flipped = True
+        self._clear_with_ack.discard(gid)  # flipped again: the stored flip must stay set
         s.notify.set()
         for t in s.tasks:
             t.cancel()

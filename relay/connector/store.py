@@ -211,6 +211,14 @@ class BufferStore(PlatformSendStore, IdempotencyStore):
         self._acking.add(buffer_id)
         self._enqueue(ACK_SQL, (now, buffer_id, gateway_id), wait=False)
 
+    def ack_many(self, gateway_id: str, buffer_ids: list[str], now: float) -> None:
+        """Mark many entries acked (PROTOCOL.md 7.3's batch): one queued job, so the writer
+        applies them in one ``executemany`` and one commit; seen by reads at once."""
+        if not buffer_ids:
+            return
+        self._acking.update(buffer_ids)
+        self._enqueue_job(tuple((ACK_SQL, (now, bid, gateway_id)) for bid in buffer_ids), wait=False)
+
     async def unacked_after(self, gateway_id: str, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``.
 

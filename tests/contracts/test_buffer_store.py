@@ -279,6 +279,20 @@ async def test_buffer_prune_idempotency_forgets_older_keys(
     assert len(await store.outbox()) == 2
 
 
+async def test_buffer_ack_many_acks_each_entry_of_its_gateway(store: BufferStore) -> None:
+    """A batched ack (PROTOCOL.md 7.3) hides its entries at once and commits them all; an id
+    of another gateway or never appended changes nothing."""
+    for bid in ("a", "b", "c"):
+        await append(store, bid)
+    await append(store, "d", gateway_id="gw2")
+    store.ack_many("gw1", ["a", "c", "d", "ghost"], T0 + 1)
+    assert [f for _, f in await store.unacked_after("gw1", 0, 100)] == ["frame-b"]
+    await store.flush()
+    acked = {r["buffer_id"]: r["acked"] for r in await store.buffer_rows()}
+    assert acked == {"a": True, "b": False, "c": True, "d": False}
+    assert await store.unacked_count("gw2") == 1
+
+
 # --- platform sends ------------------------------------------------------------------------
 
 

@@ -141,3 +141,30 @@ def _ts(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+class EarlyClock(FakeClock):
+    """A FakeClock whose sleeps end 0.5 ms before their deadline, as uvloop's millisecond
+    timers may (a sleep that short ends on time)."""
+
+    async def sleep(self, seconds: float) -> None:
+        await super().sleep(seconds - 0.0005 if seconds > 0.0005 else seconds)
+
+
+async def test_scheduler_sleeps_again_when_its_timer_fires_early(tmp_path: Path, llm: FakeLLM) -> None:
+    """A timer that fires before the due time never makes the loop tick early: it sleeps the
+    rest, then fires the job at its time."""
+    rig = await CronRig(fake_config(tmp_path / "home", llm), EarlyClock()).start()
+    try:
+        job = await rig.add(schedule="every 1h", prompt="report")
+        ticks = rig.sched.ticks
+        await rig.clock.advance(HOUR - 0.0005)  # t=1 h - 0.5 ms: the early timer fires
+        await rig.clock.settle()
+        assert rig.sched.ticks == ticks  # no early tick: asleep again until the hour
+        assert rig.clock.pending == [pytest.approx(0.0005, abs=1e-6)]
+        await rig.clock.advance(0.0005)  # t=1 h: due
+        await rig.quiet()
+        assert rig.sched.ticks == ticks + 1
+        assert await rig.statuses(job.id) == ["succeeded"]
+    finally:
+        await rig.close()

@@ -130,3 +130,16 @@ def test_documented_commands_parse(cmd: str) -> None:
     args = shlex.split(cmd.replace("<", "").replace(">", ""))
     parser = sidecar_parser() if args[0] == "hermes-sidecar" else relay_parser()
     parser.parse_args(args[1:])
+
+
+def test_the_image_installs_the_fast_and_postgres_extras() -> None:
+    """The image runs on uvloop (common/loop.py picks it when installed) and its connector can
+    use PostgreSQL: the Dockerfile installs the ``fast`` and ``postgres`` extras, which are
+    uvloop and asyncpg."""
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    match = re.search(r"^RUN pip install '\.\[([a-z,]+)\]'", dockerfile, re.M)
+    assert match is not None
+    assert set(match.group(1).split(",")) >= {"fast", "postgres"}
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(dep.startswith("uvloop") for dep in extras["fast"])
+    assert any(dep.startswith("asyncpg") for dep in extras["postgres"])

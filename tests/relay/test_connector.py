@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -342,3 +343,64 @@ async def test_connector_new_ingress_during_replay_queues_behind_backlog(env: En
     texts = [(await again.recv_type("inbound"))["event"]["text"] for _ in range(301)]
     await late
     assert texts == [f"m{i}" for i in range(300)] + ["late"]
+
+
+async def test_connector_replay_packs_many_entries_into_one_message_and_takes_a_batched_ack(env: Env) -> None:
+    """A backlog goes out several NDJSON lines per WS message, in order, after the descriptor
+    that counts it; one ``bufferIds`` ack (PROTOCOL.md 7.3) acks them all."""
+    await env.start()
+    first = env.raw()
+    await first.connect()  # the identity is known from now on
+    await first.close()
+    ids = []
+    for i in range(5):
+        status, body = await post(env.base + "/ingress/relay", {**MSG, "message_id": i, "text": f"m{i}"})
+        assert status == 202
+        ids.append(body["buffer_id"])
+    async with aiohttp.ClientSession() as s, s.ws_connect(env.ws_url) as ws:
+        await ws.send_str('{"type":"hello","platform":"relay","botId":""}\n')
+        descriptor = await ws.receive(timeout=10)
+        assert [json.loads(line)["descriptor"]["buffered"] for line in descriptor.data.splitlines()] == [5]
+        replay = await ws.receive(timeout=10)
+        lines = replay.data.splitlines()
+        assert [json.loads(line)["bufferId"] for line in lines] == ids  # one message, in order
+        await ws.send_str(json.dumps({"type": "inbound_ack", "bufferIds": ids}) + "\n")
+        await ws.send_str('{"type":"hello","platform":"relay","botId":""}\n')
+        await ws.receive(timeout=10)  # its descriptor: the ack before it was handled
+        assert env.connector is not None
+        store = env.connector.store
+        await store.flush()
+        assert await store.unacked_count("dev") == 0
+        assert all(r["acked"] for r in await store.buffer_rows())
+
+
+@pytest.mark.parametrize("flips_again", [False, True], ids=["acked", "flipped-again-first"])
+async def test_connector_clears_the_stored_flip_with_the_first_ack_of_a_replay(
+    env: Env, flips_again: bool
+) -> None:
+    """After a wake with a backlog, the stored flip is cleared together with the first ack
+    (not beside the gateway's first commit); a gateway that flips again before acking keeps
+    it set."""
+    await env.start()
+    assert env.connector is not None
+    store = env.connector.store
+    first = env.raw()
+    await first.connect()
+    await first.send({"type": "going_idle"})
+    await first.recv_type("going_idle_ack")
+    await first.close()
+    status, body = await post(env.base + "/ingress/relay", MSG)
+    assert (status, body["delivered"]) == (202, "buffered")
+    again = env.raw()
+    await again.connect()
+    replayed = await again.recv_type("inbound")
+    await store.flush()
+    assert (await store.gateways())["dev"].flipped  # nothing acked yet: still stored flipped
+    if flips_again:
+        await again.send({"type": "going_idle"})
+        await again.recv_type("going_idle_ack")
+    await again.send({"type": "inbound_ack", "bufferId": replayed["bufferId"]})
+    await again.send({"type": "hello", "platform": "relay", "botId": ""})
+    await again.recv_type("descriptor")  # the ack before it was handled
+    await store.flush()
+    assert (await store.gateways())["dev"].flipped is flips_again

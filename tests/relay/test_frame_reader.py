@@ -10,7 +10,7 @@ import pytest
 
 from common.errors import FrameTooLarge, ProtocolError
 from common.tasks import TaskSet
-from relay.protocol.framing import FrameReader
+from relay.protocol.framing import FrameReader, pack_lines
 
 
 def test_reader_decodes_text_and_binary_messages_across_message_boundaries() -> None:
@@ -81,3 +81,40 @@ async def test_task_set_aclose_cancels_and_awaits_every_task() -> None:
     assert b.cancelled()
     await asyncio.sleep(0)  # done callbacks run on the next loop turn
     assert len(tasks) == 0
+
+
+@pytest.mark.parametrize(
+    ("rows", "max_bytes", "messages"),
+    [
+        ([], 100, []),
+        ([(1, '{"a":1}\n'), (2, '{"b":2}\n')], 100, [('{"a":1}\n{"b":2}\n', 2)]),
+        ([(1, '{"a":1}\n'), (2, '{"b":2}\n')], 10, [('{"a":1}\n', 1), ('{"b":2}\n', 2)]),
+        (
+            [(3, '{"a":1}'), (4, '{"long":"' + "x" * 20 + '"}\n')],
+            12,
+            [('{"a":1}\n', 3), ('{"long":"' + "x" * 20 + '"}\n', 4)],
+        ),
+        ([(1, '{"é":1}\n'), (2, '{"b":2}\n')], 16, [('{"é":1}\n', 1), ('{"b":2}\n', 2)]),
+    ],
+    ids=["none", "one-message", "split-at-limit", "newline-added-long-line-alone", "utf8-bytes-counted"],
+)
+def test_pack_lines_packs_in_order_within_the_byte_limit(
+    rows: list[tuple[int, str]], max_bytes: int, messages: list[tuple[str, int]]
+) -> None:
+    """Lines keep their order, each ends in a newline, a message stays within max_bytes (UTF-8)
+    unless one line alone is longer, and each message reports its last seq."""
+    assert list(pack_lines(rows, max_bytes)) == messages
+
+
+def test_reader_takes_what_only_the_stdlib_parses() -> None:
+    """Lines msgspec refuses (NaN, a 100-digit integer, an escaped lone surrogate) still parse
+    as the stdlib parses them; text no parser takes is still dropped as not_json."""
+    drops: list[ProtocolError] = []
+    reader = FrameReader(drops.append, 4096)
+    frames = reader.feed(
+        '{"type":"a","x":NaN}\n{"type":"b","n":' + "9" * 100 + '}\n{"type":"c","s":"\\ud800"}\n{x\n'
+    )
+    assert [f["type"] for f in frames] == ["a", "b", "c"]
+    assert frames[1]["n"] == int("9" * 100)
+    assert frames[2]["s"] == "\ud800"
+    assert [e.kind for e in drops] == ["not_json"]

@@ -1,0 +1,47 @@
+"""``common.sqlite.run_tx``: a whole transaction as one function on the database thread."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from common.sqlite import open_db, read_all, run_tx, write_tx
+
+
+async def test_run_tx_commits_and_returns_what_the_function_returns(tmp_path: Path) -> None:
+    """Every statement of the function commits together; its value comes back."""
+    db = await open_db(str(tmp_path / "t.db"))
+    try:
+        await db.execute("CREATE TABLE t (x INTEGER)")
+
+        def body(conn: sqlite3.Connection) -> int:
+            conn.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+            return int(conn.execute("SELECT COUNT(*) FROM t").fetchone()[0])
+
+        assert await run_tx(db, body) == 2
+        assert await read_all(db, "SELECT x FROM t ORDER BY x") == [(1,), (2,)]
+    finally:
+        await db.close()
+
+
+async def test_run_tx_rolls_everything_back_when_the_function_raises(tmp_path: Path) -> None:
+    """A failing statement after a good one leaves nothing behind; the error reaches the caller,
+    and the connection takes the next transaction."""
+    db = await open_db(str(tmp_path / "t.db"))
+    try:
+        await db.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+
+        def body(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO t VALUES (1)")
+            conn.execute("INSERT INTO t VALUES (1)")
+
+        with pytest.raises(sqlite3.IntegrityError):
+            await run_tx(db, body)
+        assert await read_all(db, "SELECT x FROM t") == []
+        async with write_tx(db):
+            await db.execute("INSERT INTO t VALUES (3)")
+        assert await read_all(db, "SELECT x FROM t") == [(3,)]
+    finally:
+        await db.close()
