@@ -146,7 +146,14 @@ class Run:
         s = self.s
         text = SIDECAR_CONFIG.format(idle=s.idle_timeout_min, cooldown=s.cooldown_s, ack=s.ack_timeout_s)
         (home / "config.yaml").write_text(text)
-        sc = Sidecar(load_config(home, SIDECAR_ENV), port=0, clock=self.clock, env={}, dial=self.link.dial)
+        sc = Sidecar(
+            load_config(home, SIDECAR_ENV),
+            port=0,
+            clock=self.clock,
+            env={},
+            dial=self.link.dial,
+            wal_clock=self.clock,
+        )
         self.sidecar = proc
         proc.app = sc
         try:

@@ -51,9 +51,10 @@ async def recording(ops: OpsRecorder, state: Callable[[], str]) -> AsyncIterator
 @contextlib.asynccontextmanager
 async def checkpointing(path: str, db: aiosqlite.Connection, clock: Clock) -> AsyncIterator[WalCheckpointer]:
     """state.db's WAL checkpoints off the shared connection (``common/wal.py``), for as long
-    as the block runs: started, then cancelled and the automatic checkpoint restored. On the
-    sidecar's clock like every other timer (a fake clock in tests and the simulator, where a
-    real-time timer would make a schedule's order depend on the machine's speed)."""
+    as the block runs: started, then cancelled and the automatic checkpoint restored. ``clock``
+    is real time in the sidecar whatever drives the rest (the log grows with real writes); the
+    simulator passes its virtual clock (a real-time timer there would make a schedule's order
+    depend on the machine's speed)."""
     checkpointer = WalCheckpointer(path, db, clock)
     await checkpointer.start()
     task = asyncio.create_task(checkpointer.run(), name="wal-checkpointer")

@@ -75,6 +75,8 @@ class Sidecar:
     ``loader``: how a reload (SIGHUP, ``/admin/notify``) reads the config again; default
     ``load_config(config.home, env, strict=True)``. ``dev`` passes one that re-applies its
     demo overrides. ``dial`` opens the relay socket (default: aiohttp; the simulator's link).
+    ``wal_clock`` times the WAL checkpointer: real time by default whatever ``clock`` is (the
+    log grows with real writes); the simulator passes its virtual clock.
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class Sidecar:
         metrics_port: int | None = None,
         loader: Callable[[], Config] | None = None,
         dial: Dial | None = None,
+        wal_clock: Clock | None = None,
     ) -> None:
         self.config = config
         self.host = host
@@ -96,6 +99,7 @@ class Sidecar:
         self._loader = loader
         self.dormant_since: float | None = None  # wall time of the last entry into dormant
         self.clock: Clock = clock or SystemClock()
+        self._wal_clock: Clock = wal_clock or SystemClock()
         self.env = dict(os.environ if env is None else env)
         self.metrics = Metrics()
         self.activity = Activity(self.clock)
@@ -200,7 +204,7 @@ class Sidecar:
         self.db = await open_state_db(self.config.state_db)
         stack.push_async_callback(self.db.close)
         await stack.enter_async_context(
-            services.checkpointing(str(self.config.state_db), self.db, self.clock)
+            services.checkpointing(str(self.config.state_db), self.db, self._wal_clock)
         )
         self.http = aiohttp.ClientSession()
         stack.push_async_callback(self.http.close)
