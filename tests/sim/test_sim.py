@@ -58,6 +58,7 @@ async def test_thirty_schedules_keep_the_promise_under_every_kind_of_fault() -> 
     assert accepted > 100
     for kind in (
         "socket_drop",
+        "socket_drop_mid",
         "ack_lost",
         "ack_late",
         "duplicate",
@@ -66,6 +67,8 @@ async def test_thirty_schedules_keep_the_promise_under_every_kind_of_fault() -> 
         "crash_sidecar",
         "crash_connector",
         "sqlite_busy",
+        "sqlite_slow_read",
+        "sqlite_fail",
         "provider_failure",
         "provider_garbage",
     ):
