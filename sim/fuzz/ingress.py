@@ -121,15 +121,18 @@ def fuzz_ingress_body(examples: int) -> TargetResult:
     ``build_event`` (depth limit, NaN/Infinity, surrogates, invalid UTF-8), arbitrary JSON
     values and bodies near the valid shape: an event of the documented shape or a 4xx
     ``IngressError``, nothing else."""
-    strategy = st.one_of(
+    return run_target("ingress-body", examples, _bodies(near_valid_bodies), check_ingress)
+
+
+def _bodies(near_valid: st.SearchStrategy[Any]) -> st.SearchStrategy[tuple[str, Any]]:
+    """``("raw", bytes)`` or ``("value", JSON value)``: random bytes, a near-valid body encoded
+    (lone surrogates kept), any JSON value, or the near-valid body as a value."""
+    return st.one_of(
         st.tuples(st.just("raw"), _raw_bodies()),
-        st.tuples(
-            st.just("raw"), near_valid_bodies.map(lambda b: _dumps(b).encode("utf-8", "surrogatepass"))
-        ),
+        st.tuples(st.just("raw"), near_valid.map(lambda b: _dumps(b).encode("utf-8", "surrogatepass"))),
         st.tuples(st.just("value"), json_values()),
-        st.tuples(st.just("value"), near_valid_bodies),
+        st.tuples(st.just("value"), near_valid),
     )
-    return run_target("ingress-body", examples, strategy, check_ingress)
 
 
 # --- Telegram update --------------------------------------------------------------------------
@@ -200,12 +203,4 @@ def check_telegram(case: tuple[str, Any]) -> None:
 def fuzz_telegram_update(examples: int) -> TargetResult:
     """The Telegram webhook Update: raw bytes, arbitrary JSON and near-valid updates through
     ``ingress_body`` and ``build_event``: ignored, an event, or a 4xx ``IngressError``."""
-    strategy = st.one_of(
-        st.tuples(st.just("raw"), _raw_bodies()),
-        st.tuples(
-            st.just("raw"), near_valid_updates.map(lambda u: _dumps(u).encode("utf-8", "surrogatepass"))
-        ),
-        st.tuples(st.just("value"), json_values()),
-        st.tuples(st.just("value"), near_valid_updates),
-    )
-    return run_target("telegram-update", examples, strategy, check_telegram)
+    return run_target("telegram-update", examples, _bodies(near_valid_updates), check_telegram)
