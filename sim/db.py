@@ -77,9 +77,10 @@ class InlineConnection(aiosqlite.Connection):
         # The real hop hands the result back on a later loop turn (or after a busy wait or a
         # slow read): a caller cancelled meanwhile still had its statement run, as with
         # aiosqlite's thread.
-        hold = self._faults.hold_s(args) if self._faults is not None else 0.0
-        if hold:
-            await self._faults.clock.sleep(hold)  # type: ignore[union-attr]
+        faults = self._faults
+        hold = faults.hold_s(args) if faults is not None else 0.0
+        if faults is not None and hold:
+            await faults.clock.sleep(hold)
         else:
             await asyncio.sleep(0)
         return result
