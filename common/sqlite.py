@@ -306,3 +306,84 @@ async def _rollback(db: aiosqlite.Connection) -> None:
     is fine. Queued behind the statement it undoes, so it runs after it."""
     with contextlib.suppress(sqlite3.Error, ValueError):
         await db.execute("ROLLBACK")
+
+
+ROWS_PER_INSERT = 64
+"""Rows per multi-row ``INSERT`` of ``insert_rows``: 64 rows of up to 15 columns stay under
+the 999 bound variables of old SQLite builds, and full chunks reuse one cached statement."""
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    key: Sequence[str] = (),
+) -> list[int | None]:
+    """Insert ``rows`` (tuples of ``columns``) into ``table`` (an ``AUTOINCREMENT`` table) as
+    multi-row ``INSERT ... VALUES (...), (...)`` statements of up to ``ROWS_PER_INSERT`` rows,
+    on the database thread inside the caller's write transaction. Returns, per row in order,
+    its new id, or None when ``key`` is given and the row was ignored as a duplicate
+    (``INSERT OR IGNORE``: of a stored row or of an earlier row of ``rows``).
+
+    Why not one ``execute`` per row or ``RETURNING``: each step of a statement lets go of the
+    GIL and must win it back from the event loop thread, a wait of up to the switch interval
+    under load (``sys.getswitchinterval()``, 5 ms). One step per 64 rows is what keeps an
+    admission fast while the loop is busy (issue #16). The ids are known without reading them
+    back: under the write lock an ``AUTOINCREMENT`` table gives each new row the next id, so a
+    statement that inserted all its n rows gave them ``last - n + 1 .. last``. A statement that
+    ignored some (only with ``key``) looks its rows up by ``key`` among the ids it made.
+    Raises ``sqlite3.Error`` as ``execute`` does (``IntegrityError`` for a conflict when
+    ``key`` is empty)."""
+    out: list[int | None] = []
+    if not rows:
+        return out
+    found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    prev = int(found[0]) if found is not None else 0
+    verb = "INSERT OR IGNORE" if key else "INSERT"
+    one = "(" + ", ".join("?" * len(columns)) + ")"
+    head = f"{verb} INTO {table} ({', '.join(columns)}) VALUES "
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        cur = conn.execute(head + ", ".join([one] * len(chunk)), [v for row in chunk for v in row])
+        made = cur.rowcount
+        last = cur.lastrowid if made > 0 and cur.lastrowid is not None else prev
+        if made == len(chunk) and last - made == prev:
+            out.extend(range(prev + 1, last + 1))
+        elif key:
+            out.extend(_look_up(conn, table, columns, chunk, key, prev, last))
+        else:
+            raise sqlite3.DatabaseError(
+                f"{table}: {made} of {len(chunk)} rows inserted with ids up to {last} after {prev};"
+                " expected consecutive new ids"
+            )
+        prev = last
+    return out
+
+
+def _look_up(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: Sequence[str],
+    chunk: Sequence[Sequence[Any]],
+    key: Sequence[str],
+    after: int,
+    last: int,
+) -> list[int | None]:
+    """``insert_rows``' answer for a statement that ignored some rows: each row's id when a row
+    it made (id in ``after + 1 .. last``) holds exactly its values, the first such row of
+    ``chunk`` taking it; else None (a duplicate)."""
+    where = " AND ".join(f"{k} IS ?" for k in key)
+    sql = f"SELECT id, {', '.join(columns)} FROM {table} WHERE {where} AND id > ? AND id <= ?"
+    at = [columns.index(k) for k in key]
+    taken: set[int] = set()
+    ids: list[int | None] = []
+    for row in chunk:
+        hit = None
+        for stored in conn.execute(sql, [*(row[i] for i in at), after, last]).fetchall():
+            if stored[0] not in taken and tuple(stored[1:]) == tuple(row):
+                hit = int(stored[0])
+                taken.add(hit)
+                break
+        ids.append(hit)
+    return ids

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sqlite3
 
 from gateway.inbox.store import InboxItem
-from gateway.kanban.store import insert_task
+from gateway.kanban.store import TaskRow, insert_tasks
 
 
 def inbox_ref(item_id: int) -> str:
@@ -41,7 +41,16 @@ def add_inbound_tasks(conn: sqlite3.Connection, items: list[InboxItem], now: flo
     profile), on the database thread inside the caller's transaction (the inbox admission's
     ``run_tx``, so the row and its task commit together). ``now``: Unix seconds. Idempotent
     per item."""
-    for item in items:
-        title = f"inbound {item.platform}:{item.chat_id} message {item.message_id}"
-        row = (title, "", item.profile or "default", 0, "inbound", inbox_ref(item.id), "ready")
-        insert_task(conn, row, now)
+    rows: list[TaskRow] = [
+        (
+            f"inbound {item.platform}:{item.chat_id} message {item.message_id}",
+            "",
+            item.profile or "default",
+            0,
+            "inbound",
+            inbox_ref(item.id),
+            "ready",
+        )
+        for item in items
+    ]
+    insert_tasks(conn, rows, now)

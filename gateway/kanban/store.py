@@ -8,6 +8,7 @@ Every write goes through ``write_tx`` (BEGIN IMMEDIATE), so other processes' wri
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable
@@ -16,7 +17,7 @@ from typing import Any, Protocol, TypeVar, cast
 
 import aiosqlite
 
-from common.sqlite import read_all, read_one, write_tx
+from common.sqlite import insert_rows, read_all, read_one, write_tx
 from gateway.core.lease import lapsed
 
 STATUSES = ("todo", "ready", "running", "done", "failed", "blocked")
@@ -79,23 +80,40 @@ def insert_task(conn: sqlite3.Connection, row: TaskRow, now: float) -> int | Non
     """Insert one task and its ``created`` event on the database thread, inside the caller's
     transaction (``run_tx``). ``now``: Unix seconds. Returns the new id, or None for a
     duplicate ``(source, ref)``. Raises ``ValueError`` naming a bad ``source`` or ``status``."""
-    title, body, assignee, priority, source, ref, status = row
-    if source not in SOURCES:
-        raise ValueError(f"source {source!r} must be one of {', '.join(SOURCES)}")
-    if status not in ("todo", "ready"):
-        raise ValueError(f"a new task's status {status!r} must be todo or ready")
-    cur = conn.execute(
-        "INSERT INTO tasks (title, body, assignee, status, priority, created_at, source,"
-        " ref) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        (title, body, assignee, status, priority, now, source, ref),
-    )
-    if cur.rowcount != 1 or cur.lastrowid is None:
-        return None
-    conn.execute(
-        "INSERT INTO task_events (task_id, kind, payload, at) VALUES (?, ?, ?, ?)",
-        (cur.lastrowid, "created", json.dumps({"source": source, "assignee": assignee}, sort_keys=True), now),
-    )
-    return cur.lastrowid
+    return insert_tasks(conn, [row], now)[0]
+
+
+def insert_tasks(conn: sqlite3.Connection, rows: list[TaskRow], now: float) -> list[int | None]:
+    """``insert_task`` for many rows in a few multi-row statements (an inbox admission's
+    batch): per row, in order, its new id or None for a duplicate ``(source, ref)`` (a later
+    row of ``rows`` repeating an earlier one's is a duplicate too; rows without a ``ref``
+    never are). Raises ``ValueError`` naming a bad ``source`` or ``status`` before anything is written."""
+    for _, _, _, _, source, _, status in rows:
+        if source not in SOURCES:
+            raise ValueError(f"source {source!r} must be one of {', '.join(SOURCES)}")
+        if status not in ("todo", "ready"):
+            raise ValueError(f"a new task's status {status!r} must be todo or ready")
+    values = [
+        (title, body, assignee, status, priority, now, source, ref)
+        for title, body, assignee, priority, source, ref, status in rows
+    ]
+    ids = insert_rows(conn, "tasks", _TASK_COLUMNS, values, key=("source", "ref"))
+    events = [
+        (tid, "created", _created_payload(row[4], row[2]), now)
+        for tid, row in zip(ids, rows, strict=True)
+        if tid is not None
+    ]
+    insert_rows(conn, "task_events", ("task_id", "kind", "payload", "at"), events)
+    return ids
+
+
+_TASK_COLUMNS = ("title", "body", "assignee", "status", "priority", "created_at", "source", "ref")
+
+
+@functools.lru_cache(maxsize=64)
+def _created_payload(source: str, assignee: str | None) -> str:
+    """A ``created`` event's payload (JSON text; cached: a batch repeats a handful of them)."""
+    return json.dumps({"source": source, "assignee": assignee}, sort_keys=True)
 
 
 class TaskStore:

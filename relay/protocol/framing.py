@@ -24,6 +24,19 @@ CLOSE_FRAME_TOO_LARGE = 1009
 _decode = msgspec.json.Decoder().decode
 
 
+class NonFinite(float):
+    """A float the stdlib parsed from ``NaN``, ``Infinity``, ``-Infinity`` or an out-of-range
+    number such as ``1e999`` (JSON has no such values; the stdlib reads them anyway). It is a
+    plain ``float`` to every reader; its type tells an encoder that refuses non-finite floats
+    (msgspec writes them as ``null``) to hand the object to the stdlib, which writes them back
+    as they came (``gateway.inbox.store`` stores events this way)."""
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    return value if value - value == 0.0 else NonFinite(text)
+
+
 def utf8_len(text: str) -> int:
     """Size of ``text`` in UTF-8 bytes, cheap for ASCII-sized strings. A lone surrogate (which
     UTF-8 cannot encode) counts as the 3 bytes it takes with ``surrogatepass``: sizing never
@@ -86,9 +99,10 @@ def decode_line(line: str) -> dict[str, Any]:
         # msgspec is strict where the stdlib is lenient (NaN, infinity, escaped lone
         # surrogates), hits the recursion limit, or cannot take a str holding a raw lone
         # surrogate at all: the stdlib decides those, so every line parses to what it parsed
-        # to before (integers of any size included).
+        # to before (integers of any size included). Non-finite floats come back as
+        # ``NonFinite``, so whoever stores them keeps them.
         try:
-            obj = json.loads(line)
+            obj = json.loads(line, parse_constant=NonFinite, parse_float=_parse_float)
         except (ValueError, RecursionError) as exc:
             raise ProtocolError(f"line is not json: {exc}", "not_json") from None
     if not isinstance(obj, dict):

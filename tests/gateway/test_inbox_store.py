@@ -121,3 +121,51 @@ async def test_an_illegal_step_raises_and_writes_nothing(db: aiosqlite.Connectio
     assert row is not None
     assert row.state is TurnState.RECEIVED
     assert [i.id for i in await store.unfinished()] == [item.id]
+
+
+async def test_a_batch_is_matched_row_by_row_across_statements(db: aiosqlite.Connection) -> None:
+    """A batch of 200 (four multi-row statements) with repeats inside it: a resent bufferId,
+    a second bufferId for one message, a stored one; each new frame gets its own row and its
+    own task, in the batch's order, and every repeat counts as a duplicate."""
+    from gateway.kanban.sources import add_inbound_tasks
+    from gateway.kanban.store import TaskStore
+
+    store = InboxStore(db)
+    await store.admit([frame("old", message_id="m-old")], 0.0)
+    batch = [frame(f"b{i}", message_id=f"m{i}") for i in range(200)]
+    batch[50] = frame("b10", message_id="other")  # bufferId of frame 10 again
+    batch[60] = frame("fresh", message_id="m20")  # message of frame 20 again
+    batch[70] = frame("old", message_id="m-old")  # stored before
+    admission = await store.admit(batch, 1.0, in_tx=lambda conn, items: add_inbound_tasks(conn, items, 1.0))
+    assert admission.duplicates == 3
+    expected = [f"m{i}" for i in range(200) if i not in (50, 60, 70)]
+    assert [item.message_id for item in admission.new] == expected
+    assert [item.buffer_id for item in admission.new] == [
+        f"b{i}" for i in range(200) if i not in (50, 60, 70)
+    ]
+    for item in admission.new[:3] + admission.new[-3:]:
+        stored = await store.get(item.id)
+        assert stored is not None
+        assert stored.message_id == item.message_id
+    board = TaskStore(db)
+    tasks = await board.all()
+    assert {t.ref for t in tasks} == {f"inbox:{item.id}" for item in admission.new}
+    assert [e["kind"] for e in await board.events(tasks[0].id)] == ["created"]
+
+
+async def test_non_finite_numbers_are_stored_as_they_came(db: aiosqlite.Connection) -> None:
+    """NaN and 1e999 (the stdlib reads them, msgspec does not) come back as the same values
+    from state.db: not as null."""
+    import math
+
+    from relay.protocol.framing import decode_line
+
+    line = (
+        '{"type":"inbound","bufferId":"n1","event":{"text":"t","message_id":"1","score":NaN,'
+        '"big":1e999,"source":{"platform":"relay","chat_id":"c"}}}'
+    )
+    admission = await InboxStore(db).admit([decode_line(line)], 0.0)
+    stored = await InboxStore(db).get(admission.new[0].id)
+    assert stored is not None
+    assert math.isnan(stored.event["score"])
+    assert stored.event["big"] == math.inf

@@ -295,3 +295,37 @@ async def test_a_claim_under_this_very_pid_is_lapsed_at_start_up(store: TaskStor
     assert task
     await dispatch_once(store, spawn_fn=lambda t: None, now=NOW, owner=OWNER)
     assert await store.requeue_lapsed(NOW + 1) == [task.id]
+
+
+async def test_insert_tasks_answers_each_row_in_order(store: TaskStore) -> None:
+    """A batch over several multi-row statements: new rows get their ids in order, a ref made
+    before or earlier in the batch is a duplicate (None), rows without a ref are all new, and
+    every new task has one ``created`` event naming its assignee."""
+    from common.sqlite import run_tx
+    from gateway.kanban.store import TaskRow, insert_tasks
+
+    await store.create(title="old", source="cron", ref="cron:j@1.0", now=NOW)
+    rows: list[TaskRow] = [(f"t{i}", "", "alpha", 0, "inbound", f"inbox:{i}", "ready") for i in range(100)]
+    rows[30] = ("again", "", "alpha", 0, "inbound", "inbox:7", "ready")
+    rows[40] = ("old", "", "beta", 0, "cron", "cron:j@1.0", "ready")
+    ids = await run_tx(store.db, lambda conn: insert_tasks(conn, rows, NOW))
+    assert ids[30] is None
+    assert ids[40] is None
+    made = [i for i in ids if i is not None]
+    assert len(made) == 98
+    assert made == sorted(made)
+    for i in (0, 7, 99):
+        task = await store.get(ids[i])  # type: ignore[arg-type]
+        assert task is not None
+        assert task.ref == f"inbox:{i}"
+        assert [(e["kind"], e["payload"]) for e in await store.events(task.id)] == [
+            ("created", {"assignee": "alpha", "source": "inbound"})
+        ]
+    manual: list[TaskRow] = [("m", "", None, 0, "manual", None, "todo")] * 2
+    two = await run_tx(store.db, lambda conn: insert_tasks(conn, manual, NOW))
+    assert None not in two
+    assert len(set(two)) == 2
+    with pytest.raises(ValueError, match="'later'"):
+        await run_tx(
+            store.db, lambda conn: insert_tasks(conn, [("x", "", None, 0, "manual", None, "later")], NOW)
+        )
