@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import re
+import sqlite3
 from typing import Any
 
 import aiosqlite
+
+from common.sqlite import ROWS_PER_INSERT, run_tx
 
 log = logging.getLogger("relay.store")
 
@@ -129,21 +134,54 @@ class StoreWriter(GroupWriter):
         await self._r.close()
 
     async def _commit(self, jobs: list[Job]) -> None:
-        """Run ``jobs`` in one transaction; roll it back and raise on any error."""
+        """Run ``jobs`` in one transaction in one hop to the write connection's thread
+        (``run_tx``: BEGIN IMMEDIATE ... COMMIT, rolled back and raised on any error)."""
         ops = [st for statements, _ in jobs for st in statements]
-        try:
-            await self._w.execute("BEGIN")
-            # Consecutive ops with the same SQL become one executemany (order is kept).
-            i = 0
-            while i < len(ops):
-                j = i
-                while j < len(ops) and ops[j][0] == ops[i][0]:
-                    j += 1
-                if ops[i][0]:
-                    await self._w.executemany(ops[i][0], [op[1] for op in ops[i:j]])
-                i = j
-            await self._w.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                await self._w.execute("ROLLBACK")
-            raise
+        await run_tx(self._w, lambda conn: apply_statements(conn, ops))
+
+
+_ACK_MANY = (
+    "UPDATE buffer SET acked_at = ? WHERE +gateway_id = ? AND acked_at IS NULL"
+    " AND buffer_id IN (SELECT value FROM json_each(?))"
+)
+"""``ACK_SQL`` for many buffer ids: the unary ``+`` keeps SQLite on the ``buffer_id`` index
+(not a walk of the gateway's unacked entries)."""
+_ROW = re.compile(r"^(INSERT [^;]* VALUES )(\(\?(?:, \?)*\))$")
+"""A one-row ``INSERT ... VALUES (?, ...)`` with nothing after its values."""
+
+
+def apply_statements(conn: sqlite3.Connection, ops: list[Statement]) -> None:
+    """Run ``ops`` in order on the database thread, inside the caller's transaction, with as
+    few statement steps as the same effect allows: consecutive acks of one gateway at one
+    time become one ``UPDATE ... IN (json_each)``; consecutive rows of one ``INSERT ... VALUES``
+    become multi-row statements of up to ``ROWS_PER_INSERT`` rows; anything else runs as one
+    ``executemany`` per run of equal SQL. Each step lets go of the GIL and must win it back
+    from the event loop (issue #16): one step per row was most of a busy connector's wait.
+    Raises ``sqlite3.Error`` as the statements do (a conflicting row as ``executemany``
+    would)."""
+    i = 0
+    while i < len(ops):
+        sql = ops[i][0]
+        j = i
+        while j < len(ops) and ops[j][0] == sql and _same_ack(sql, ops[i][1], ops[j][1]):
+            j += 1
+        run = [params for _, params in ops[i:j]]
+        single = _ROW.match(sql) if sql else None
+        if not sql:
+            pass  # a flush marker
+        elif sql == ACK_SQL:
+            now, _, gateway_id = run[0]
+            conn.execute(_ACK_MANY, (now, gateway_id, json.dumps([p[1] for p in run])))
+        elif single is not None and len(run) > 1:
+            head, one = single.groups()
+            for start in range(0, len(run), ROWS_PER_INSERT):
+                chunk = run[start : start + ROWS_PER_INSERT]
+                conn.execute(head + ", ".join([one] * len(chunk)), [v for row in chunk for v in row])
+        else:
+            conn.executemany(sql, run)
+        i = j
+
+
+def _same_ack(sql: str, first: tuple[Any, ...], other: tuple[Any, ...]) -> bool:
+    """Whether ``other`` joins ``first``'s run: always, except acks of another time or gateway."""
+    return sql != ACK_SQL or (first[0] == other[0] and first[2] == other[2])

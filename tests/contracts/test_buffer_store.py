@@ -293,6 +293,26 @@ async def test_buffer_ack_many_acks_each_entry_of_its_gateway(store: BufferStore
     assert await store.unacked_count("gw2") == 1
 
 
+async def test_buffer_one_group_of_many_appends_and_acks_keeps_each_ones_effect(store: BufferStore) -> None:
+    """150 appends queued at once (one group: multi-row statements on SQLite) with a
+    duplicate among them, then acks of two gateways at two times: the duplicate alone fails,
+    every other entry is stored in order, and each ack marks only its own gateway's entry."""
+    await append(store, "dup")
+    appends = [append(store, f"e{i}", gateway_id="gw2" if i % 3 == 0 else "gw1") for i in range(150)]
+    appends.insert(70, append(store, "dup"))
+    results = await asyncio.gather(*appends, return_exceptions=True)
+    assert [i for i, r in enumerate(results) if r is not None] == [70]
+    assert isinstance(results[70], INTEGRITY_ERRORS)
+    rows = await store.buffer_rows()
+    assert [r["buffer_id"] for r in rows] == ["dup"] + [f"e{i}" for i in range(150)]
+    store.ack_many("gw1", ["e1", "e2", "e3"], T0 + 1)  # e3 is gw2's
+    store.ack_many("gw2", ["e3", "e6"], T0 + 2)
+    store.ack("gw1", "e4", T0 + 3)
+    await store.flush()
+    acked = {r["buffer_id"] for r in await store.buffer_rows() if r["acked"]}
+    assert acked == {"e1", "e2", "e3", "e4", "e6"}
+
+
 # --- platform sends ------------------------------------------------------------------------
 
 
