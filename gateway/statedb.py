@@ -282,6 +282,13 @@ MIGRATIONS = [
     CREATE INDEX wake_history_at ON wake_history (at);
     CREATE INDEX job_runs_finished ON job_runs (finished_at);
     """,
+    # 10: the spend index holds answered rows only: an admission (answered_at NULL) no longer
+    # writes it (issue #16). Every reader filters on answered_at >= ?, which SQLite takes as
+    # implying the index's NOT NULL.
+    """
+    DROP INDEX inbox_answered;
+    CREATE INDEX inbox_answered ON inbox (answered_at) WHERE answered_at IS NOT NULL;
+    """,
 ]
 
 
