@@ -9,7 +9,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp_jinja2
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -17,7 +16,7 @@ from common.clock import wait_with_timeout
 from gateway.core.watcher import WatchState
 from gateway.http.auth import status_authorized, wake_authorized
 from gateway.http.surface import SidecarSurface
-from gateway.ops.page import environment_options, page_context
+from gateway.ops.page import render_page
 
 log = logging.getLogger("gateway.http")
 
@@ -54,7 +53,6 @@ def build_internal_app(sidecar: SidecarSurface) -> web.Application:
     out of the public services, so only the private network (and ``fly proxy``) sees it."""
     app = web.Application(middlewares=[_resume_check])
     app[SIDECAR] = sidecar
-    aiohttp_jinja2.setup(app, **environment_options())
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", operator_page)
     app.router.add_get("/api/overview", api_overview)
@@ -73,10 +71,11 @@ async def api_overview(request: web.Request) -> web.Response:
 async def operator_page(request: web.Request) -> web.Response:
     """The operator page: the overview rendered server-side (``gateway/ops/page.py``)."""
     doc = await request.app[SIDECAR].overview()
-    resp = aiohttp_jinja2.render_template("overview.html", request, page_context(doc))
-    resp.headers["Content-Security-Policy"] = PAGE_CSP
-    resp.headers["Cache-Control"] = "no-store"
-    return resp
+    return web.Response(
+        text=render_page(doc),
+        content_type="text/html",
+        headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-store"},
+    )
 
 
 def _authorized(request: web.Request) -> bool:
