@@ -127,8 +127,14 @@ async def wait_with_timeout(clock: Clock, awaitable: Awaitable[T], seconds: floa
     """Await ``awaitable`` for at most ``seconds`` of ``clock`` time.
 
     Returns its result; raises ``TimeoutError`` when the clock's sleep finishes first (the
-    awaitable is then cancelled). Exceptions of the awaitable propagate.
+    awaitable is then cancelled). Exceptions of the awaitable propagate. On the real clock
+    this is ``asyncio.timeout`` around the awaitable itself (one timer, no task: the cron
+    scheduler and the watcher sleep this way between every two ticks); any other clock races
+    the awaitable against the clock's own ``sleep``.
     """
+    if type(clock) is SystemClock:
+        async with asyncio.timeout(max(0.0, seconds)):
+            return await awaitable
     task = asyncio.ensure_future(awaitable)
     timer = asyncio.ensure_future(clock.sleep(seconds))
     try:
