@@ -68,6 +68,30 @@ _COLS = (
 )
 
 
+def _values(job: Job) -> dict[str, Any]:
+    """A job's stored columns by name (skills as JSON, enabled as 0/1)."""
+    return {
+        "id": job.id,
+        "name": job.name,
+        "prompt": job.prompt,
+        "schedule": job.schedule,
+        "tz": job.tz,
+        "profile": job.profile,
+        "model": job.model,
+        "provider": job.provider,
+        "provider_snapshot": job.provider_snapshot,
+        "model_snapshot": job.model_snapshot,
+        "skills": json.dumps(job.skills),
+        "deliver_to": job.deliver_to,
+        "catch_up": job.catch_up,
+        "misfire_grace_seconds": job.misfire_grace_seconds,
+        "enabled": int(job.enabled),
+        "created_at": job.created_at,
+        "next_run_at": job.next_run_at,
+        "updated_at": job.updated_at,
+    }
+
+
 DUE_SQL = f"SELECT {_COLS} FROM jobs WHERE enabled = 1 AND next_run_at <= ? ORDER BY next_run_at"
 """Enabled jobs due at or before a time (param: now), earliest first."""
 NEXT_DUE_SQL = "SELECT MIN(next_run_at) FROM jobs WHERE enabled = 1 AND next_run_at IS NOT NULL"
@@ -145,56 +169,19 @@ class CronStore:
     # --- jobs ------------------------------------------------------------------------------
 
     async def add(self, job: Job) -> None:
+        """Insert a new job (every column)."""
+        values = _values(job)
         await self._write(
-            f"INSERT INTO jobs ({_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                job.id,
-                job.name,
-                job.prompt,
-                job.schedule,
-                job.tz,
-                job.profile,
-                job.model,
-                job.provider,
-                job.provider_snapshot,
-                job.model_snapshot,
-                json.dumps(job.skills),
-                job.deliver_to,
-                job.catch_up,
-                job.misfire_grace_seconds,
-                int(job.enabled),
-                job.created_at,
-                job.next_run_at,
-                job.updated_at,
-            ),
+            f"INSERT INTO jobs ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            tuple(values.values()),
         )
 
     async def save(self, job: Job) -> None:
-        """Overwrite every column of an existing job."""
-        await self._write(
-            "UPDATE jobs SET name=?, prompt=?, schedule=?, tz=?, profile=?, model=?, provider=?,"
-            " provider_snapshot=?, model_snapshot=?, skills=?, deliver_to=?, catch_up=?,"
-            " misfire_grace_seconds=?, enabled=?, next_run_at=?, updated_at=? WHERE id=?",
-            (
-                job.name,
-                job.prompt,
-                job.schedule,
-                job.tz,
-                job.profile,
-                job.model,
-                job.provider,
-                job.provider_snapshot,
-                job.model_snapshot,
-                json.dumps(job.skills),
-                job.deliver_to,
-                job.catch_up,
-                job.misfire_grace_seconds,
-                int(job.enabled),
-                job.next_run_at,
-                job.updated_at,
-                job.id,
-            ),
-        )
+        """Overwrite every column of an existing job but its id and creation time."""
+        values = _values(job)
+        del values["id"], values["created_at"]
+        sets = ", ".join(f"{column} = ?" for column in values)
+        await self._write(f"UPDATE jobs SET {sets} WHERE id = ?", (*values.values(), job.id))
 
     async def get(self, job_id: str) -> Job | None:
         row = await read_one(self.db, f"SELECT {_COLS} FROM jobs WHERE id = ?", (job_id,))

@@ -174,6 +174,14 @@ class TaskStore:
             (task_id, kind, json.dumps(payload, sort_keys=True), now),
         )
 
+    async def _change(
+        self, task_id: int, sql: str, params: tuple[Any, ...], kind: str, payload: dict[str, Any], now: float
+    ) -> None:
+        """One change to a task (``sql`` with ``params``) and the ``kind`` event recording it
+        (call inside a ``write_tx``)."""
+        await self.db.execute(sql, params)
+        await self.event(task_id, kind, payload, now)
+
     async def create(
         self,
         *,
@@ -229,12 +237,15 @@ class TaskStore:
         if status not in ("done", "failed"):
             raise ValueError(f"finish status {status!r} must be done or failed")
         async with write_tx(self.db):
-            await self.db.execute(
+            await self._change(
+                task_id,
                 "UPDATE tasks SET status = ?, finished_at = ?, result = ?, error = ?,"
                 " claim_lock = NULL, claim_expires_at = NULL WHERE id = ?",
                 (status, now, result, error, task_id),
+                "finished",
+                {"status": status, "error": error},
+                now,
             )
-            await self.event(task_id, "finished", {"status": status, "error": error}, now)
 
     async def requeue_lapsed(self, now: float) -> list[int]:
         """At start-up: ``running`` tasks whose claim lapsed (lease over or owner gone) go back
@@ -245,12 +256,15 @@ class TaskStore:
             )
             ids = [r[0] for r in rows if lapsed(r[1], r[2], now)]
             for task_id, lock, _ in (r for r in rows if r[0] in ids):
-                await self.db.execute(
+                await self._change(
+                    task_id,
                     "UPDATE tasks SET status = 'ready', started_at = NULL, claim_lock = NULL,"
                     " claim_expires_at = NULL WHERE id = ?",
                     (task_id,),
+                    "requeued",
+                    {"lapsed_claim": lock},
+                    now,
                 )
-                await self.event(task_id, "requeued", {"lapsed_claim": lock}, now)
         return ids
 
     async def claim(
@@ -277,29 +291,34 @@ class TaskStore:
             result = plan(ready, await self.running_counts())
             by_id = {t.id: t for t in ready}
             for task_id in result.auto_assigned_default:
-                await self.db.execute(
-                    "UPDATE tasks SET assignee = ? WHERE id = ?", (default_assignee, task_id)
-                )
-                await self.event(
+                await self._change(
                     task_id,
+                    "UPDATE tasks SET assignee = ? WHERE id = ?",
+                    (default_assignee, task_id),
                     "assigned",
                     {"assignee": default_assignee, "source": "kanban.default_assignee"},
                     now,
                 )
             for task_id, assignee, error in result.blocked:
-                await self.db.execute(
+                await self._change(
+                    task_id,
                     "UPDATE tasks SET status = 'blocked', error = ?, finished_at = ? WHERE id = ?",
                     (error, now, task_id),
+                    "blocked",
+                    {"assignee": assignee, "error": error},
+                    now,
                 )
-                await self.event(task_id, "blocked", {"assignee": assignee, "error": error}, now)
             claimed: list[Task] = []
             for task_id, assignee in result.spawned:
-                await self.db.execute(
+                await self._change(
+                    task_id,
                     "UPDATE tasks SET status = 'running', started_at = ?, claim_lock = ?,"
                     " claim_expires_at = ? WHERE id = ? AND status = 'ready'",
                     (now, owner, now + lease_s, task_id),
+                    "claimed",
+                    {"assignee": assignee, "owner": owner},
+                    now,
                 )
-                await self.event(task_id, "claimed", {"assignee": assignee, "owner": owner}, now)
                 claimed.append(
                     replace(
                         by_id[task_id],

@@ -75,24 +75,11 @@ class OutboundHandler:
         if self.c.platform_outbox.handles(platform, bot_id):
             # Listed in the outbox and queued for the platform in one transaction (send order =
             # frame order); the worker answers the gateway when the platform confirms.
-            committed = self.c.store.record_outbound(
-                gateway_id=s.gateway_id,
-                platform=platform,
-                bot_id=bot_id,
-                action=action,
-                now=self.c.clock.wall(),
-                platform_send=(uuid.uuid4().hex, rid),
-            )
+            committed = self._record(s, platform, bot_id, action, platform_send=(uuid.uuid4().hex, rid))
             self.c.spawn(self._platform_queued(s, rid, bot_id, committed))
             return
         result = result_for(action)
-        committed = self.c.store.record_outbound(
-            gateway_id=s.gateway_id,
-            platform=platform,
-            bot_id=bot_id,
-            action=action,
-            now=self.c.clock.wall(),
-        )
+        committed = self._record(s, platform, bot_id, action)
         self.c.spawn(self.reply(s, rid, result, committed))
 
     async def _outbound_keyed(
@@ -125,15 +112,7 @@ class OutboundHandler:
             await self._platform_keyed(s, rid, key, slot, settled, platform, bot_id, action)
             return
         result = result_for(action)
-        committed = self.c.store.record_outbound(
-            gateway_id=s.gateway_id,
-            platform=platform,
-            bot_id=bot_id,
-            action=action,
-            now=self.c.clock.wall(),
-            idempotency_key=key,
-            result=result,
-        )
+        committed = self._record(s, platform, bot_id, action, idempotency_key=key, result=result)
         self.c.spawn(self._commit_keyed(s, rid, slot, settled, result, committed))
 
     async def _platform_queued(
@@ -172,14 +151,8 @@ class OutboundHandler:
             self.c.spawn(self._platform_duplicate(s, rid, slot, settled, queued))
             return
         send_id = uuid.uuid4().hex
-        committed = self.c.store.record_outbound(
-            gateway_id=s.gateway_id,
-            platform=platform,
-            bot_id=bot_id,
-            action=action,
-            now=self.c.clock.wall(),
-            idempotency_key=key,
-            platform_send=(send_id, rid),
+        committed = self._record(
+            s, platform, bot_id, action, idempotency_key=key, platform_send=(send_id, rid)
         )
         self.c.spawn(self._platform_keyed_settle(s, rid, bot_id, slot, settled, send_id, committed))
 
@@ -268,6 +241,31 @@ class OutboundHandler:
             await self._outbound_keyed(s, rid, key, platform, bot_id, action)
             return
         await self.reply(s, rid, {**stored, "duplicate": True})
+
+    def _record(
+        self,
+        s: Session,
+        platform: str,
+        bot_id: str,
+        action: dict[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        result: dict[str, Any] | None = None,
+        platform_send: tuple[str, str | None] | None = None,
+    ) -> asyncio.Future[None]:
+        """Queue the gateway's outbound ``action`` for the outbox, stamped now (with its
+        idempotency key and stored result, or its platform send ``(send id, requestId)``);
+        the future settles when it committed (``ConnectorStore.record_outbound``)."""
+        return self.c.store.record_outbound(
+            gateway_id=s.gateway_id,
+            platform=platform,
+            bot_id=bot_id,
+            action=action,
+            now=self.c.clock.wall(),
+            idempotency_key=idempotency_key,
+            result=result,
+            platform_send=platform_send,
+        )
 
     async def reply(
         self, s: Session, rid: str, result: dict[str, Any], committed: asyncio.Future[None] | None = None

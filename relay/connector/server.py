@@ -282,12 +282,8 @@ class Connector:
         gateway_id: str | None = None,
         telegram_update: tuple[str, int] | None = None,
     ) -> dict[str, str]:
-        """Persist one chat message for whichever gateway fronts ``(platform, bot_id)``.
-
-        Returns ``{delivered: live|buffered, buffer_id}`` after the durable commit. Raises
-        ``IngressError`` (400 bad field, 404 unknown identity, 413 too long for one frame)
-        before anything is stored, or 503 when the store fails (nothing stored).
-        """
+        """``IngressRoutes.ingest`` (``relay/connector/ingress_routes.py`` has its answers and
+        errors): the way the Telegram poller and webhook hand a message in."""
         return await self.ingress.ingest(
             platform, bot_id, body, gateway_id=gateway_id, telegram_update=telegram_update
         )
