@@ -119,6 +119,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _retention_days(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days; expected >= 1") from None
+    if not value >= 1 or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} days: expected a number >= 1 (Telegram resends for a day)"
+        )
+    return value
+
+
 def _port(text: str) -> int:
     value = _positive_int(text)
     if value > 65535:
@@ -153,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway allowed to connect (repeatable; also env RELAY_GATEWAYS)",
     )
     s.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES)
+    s.add_argument(
+        "--retention-days",
+        type=_retention_days,
+        default=None,
+        metavar="DAYS",
+        help="delete acked messages, sent replies and seen Telegram update ids after DAYS (>= 1,"
+        " default 7; idempotency keys stay at least 7 days); env RELAY_RETENTION_DAYS",
+    )
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _telegram_args(s)
     s.add_argument(
@@ -290,8 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             " (or RELAY_INGRESS_TOKEN), or pass --insecure-ingress",
             2,
         )
+    retention_days = args.retention_days
+    if retention_days is None:
+        try:
+            retention_days = _retention_days(os.environ.get("RELAY_RETENTION_DAYS") or "7")
+        except argparse.ArgumentTypeError as exc:
+            return _error(f"RELAY_RETENTION_DAYS {exc}", 2)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options: dict[str, Any] = {
+        "retention_s": retention_days * 86400.0,
         "telegram": bots,
         "telegram_webhook_secret": secret,
         "telegram_api_base": _api_base(),

@@ -78,6 +78,12 @@ __all__ = [
 
 log = logging.getLogger("relay.connector")
 
+RETENTION_S = 7 * 86400.0
+"""Default for how long the connector keeps what it no longer needs (``Connector.prune``):
+seven days, ``hermes-relay serve --retention-days`` / ``RELAY_RETENTION_DAYS``."""
+PRUNE_EVERY_S = 86400.0
+"""Seconds between two prunes (the first runs at start)."""
+
 T = TypeVar("T")
 
 DEV_GATEWAY_ID = "dev"
@@ -95,6 +101,8 @@ class Connector:
     ``telegram`` maps gateway id -> Bot API token (that bot's chats go to that gateway; the
     webhook needs ``telegram_webhook_secret``; calls go to ``telegram_api_base``).
     ``ingress_token``: ``/ingress/*`` and ``/outbox`` need ``Authorization: Bearer <token>``.
+    ``retention_s``: what the connector no longer needs is deleted after this many seconds
+    (``prune``, at start and daily).
     """
 
     def __init__(
@@ -110,8 +118,10 @@ class Connector:
         telegram_webhook_secret: str | None = None,
         telegram_api_base: str = "https://api.telegram.org",
         ingress_token: str | None = None,
+        retention_s: float = RETENTION_S,
     ) -> None:
         self.store = store
+        self.retention_s = retention_s
         self.secrets = dict(secrets or {})
         self.max_frame_bytes = max_frame_bytes
         self.max_body_bytes = max_body_bytes or max(DEFAULT_MAX_FRAME_BYTES, 4 * max_frame_bytes)
@@ -185,8 +195,25 @@ class Connector:
             self._http = aiohttp.ClientSession()
         return self._http
 
+    async def prune(self) -> None:
+        """Forget what is older than ``retention_s``: acked buffer entries (message text),
+        outbox rows (reply text), seen Telegram update ids; idempotency keys and finished
+        platform sends after at least ``IDEMPOTENCY_KEEP_S`` (PROTOCOL.md 7.1). Unacked entries
+        and unfinished sends stay, whatever their age."""
+        now = self.clock.wall()
+        await self.store.prune(now - self.retention_s, now - max(self.retention_s, IDEMPOTENCY_KEEP_S))
+
+    async def _prune_daily(self) -> None:
+        while True:
+            await self.clock.sleep(PRUNE_EVERY_S)
+            try:
+                await self.prune()
+            except Exception as exc:  # the next day tries again; nothing is lost by waiting
+                log.warning("connector retention prune failed: %s", exc)
+
     async def _restore(self) -> None:
-        await self.store.prune_idempotency(self.clock.wall() - IDEMPOTENCY_KEEP_S)
+        await self.prune()
+        self.spawn(self._prune_daily())
         self.routes = await self.store.identities()
         gateways = await self.store.gateways()
         for gid, rec in gateways.items():

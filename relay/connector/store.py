@@ -152,7 +152,7 @@ class BufferStore(PlatformSendStore, IdempotencyStore):
     """Durable connector state. Open with ``await BufferStore.open(path)``; ``close()`` flushes.
 
     Writes (``append``, ``ack``, ``record_outbound``, ``set_flip``, ``remember``,
-    ``prune_idempotency``) go through the group-commit writer; the awaitable ones return after
+    ``prune``) go through the group-commit writer; the awaitable ones return after
     their transaction committed, and a failed transaction raises its ``sqlite3.Error`` there.
     """
 

@@ -31,9 +31,3 @@ class IdempotencyStore(StoreWriter):
             return None
         stored = json.loads(row[0])
         return stored if isinstance(stored, dict) else None
-
-    async def prune_idempotency(self, before: float) -> None:
-        """Forget idempotency keys stored before ``before`` (Unix seconds); awaits the commit."""
-        fut = self._enqueue("DELETE FROM idempotency WHERE created_at < ?", (before,), wait=True)
-        assert fut is not None
-        await fut

@@ -30,6 +30,17 @@ Job = tuple[tuple[Statement, ...], "asyncio.Future[None] | None"]
 """One queued job: statements that commit together, and the future its caller awaits (or None)."""
 
 
+PRUNE_SQL = (
+    ("DELETE FROM buffer WHERE acked_at IS NOT NULL AND acked_at < {p}", "before"),
+    ("DELETE FROM outbox WHERE at < {p}", "before"),
+    ("DELETE FROM telegram_updates WHERE created_at < {p}", "before"),
+    ("DELETE FROM idempotency WHERE created_at < {p}", "keys_before"),
+    ("DELETE FROM platform_sends WHERE done_at IS NOT NULL AND done_at < {p}", "keys_before"),
+)
+"""``GroupWriter.prune``'s statements, each with its one parameter's name ({p}: the dialect's
+placeholder). Never an unacked entry or a platform send not yet done."""
+
+
 class GroupWriter:
     """One writer task draining a queue of jobs (each a tuple of statements that commit
     together) in groups of up to 5000, one transaction per group (``_commit``, per backend).
@@ -37,6 +48,8 @@ class GroupWriter:
     ``_acking``). Must be made inside a running event loop."""
 
     ack_sql: str = ACK_SQL
+    placeholder: str = "?"
+    """The backend's first bound parameter (``$1`` on PostgreSQL)."""
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -61,6 +74,17 @@ class GroupWriter:
     async def _commit(self, jobs: list[Job]) -> None:
         """Run ``jobs`` in one transaction; roll it back and raise on any error."""
         raise NotImplementedError
+
+    async def prune(self, before: float, keys_before: float) -> None:
+        """Forget what nobody needs any more, in one transaction (awaits its commit): buffer
+        entries acked before ``before``, outbox rows and seen Telegram update ids from before
+        ``before``; idempotency keys and finished platform sends from before ``keys_before``
+        (Unix seconds). Unacked entries and unfinished sends are never touched."""
+        values = {"before": before, "keys_before": keys_before}
+        statements = tuple((sql.format(p=self.placeholder), (values[name],)) for sql, name in PRUNE_SQL)
+        fut = self._enqueue_job(statements, wait=True)
+        assert fut is not None
+        await fut
 
     # --- writer ----------------------------------------------------------------------------
 

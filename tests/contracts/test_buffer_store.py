@@ -256,14 +256,14 @@ async def test_buffer_failed_job_leaves_other_queued_jobs_committed(store: Buffe
 
 
 @pytest.mark.parametrize(
-    ("before", "kept"),
+    ("keys_before", "kept"),
     [(T0, ["k0", "k1"]), (T0 + 1, ["k1"]), (T0 + 2, [])],
     ids=["at-oldest", "between", "after-newest"],
 )
-async def test_buffer_prune_idempotency_forgets_older_keys(
-    store: BufferStore, before: float, kept: list[str]
+async def test_buffer_prune_forgets_idempotency_keys_before_keys_before(
+    store: BufferStore, keys_before: float, kept: list[str]
 ) -> None:
-    """prune_idempotency forgets keys stored strictly before ``before``; their outbox rows stay."""
+    """prune forgets keys stored strictly before ``keys_before``, whatever ``before`` says."""
     for i in range(2):
         await store.record_outbound(
             gateway_id="gw1",
@@ -274,9 +274,50 @@ async def test_buffer_prune_idempotency_forgets_older_keys(
             idempotency_key=f"k{i}",
             result={"n": i},
         )
-    await store.prune_idempotency(before)
+    await store.prune(T0 - 1, keys_before)
     assert [k for k in ("k0", "k1") if await store.idempotent_result("gw1", k) is not None] == kept
     assert len(await store.outbox()) == 2
+
+
+async def test_buffer_prune_keeps_what_is_still_needed(store: BufferStore) -> None:
+    """Old acked entries, old outbox rows, old seen update ids and old finished sends go; an
+    old entry still unacked, an old send still queued and everything younger stay."""
+    day = 86400.0
+    for bid, at in (("old-acked", T0), ("old-unacked", T0), ("young-acked", T0 + 9 * day)):
+        await store.append(
+            buffer_id=bid,
+            gateway_id="gw1",
+            platform="telegram",
+            bot_id="bot1",
+            chat_id="c1",
+            frame=f"frame-{bid}",
+            now=at,
+            telegram_update=("bot1", 1 if bid == "old-acked" else 2 if bid == "old-unacked" else 3),
+        )
+    store.ack("gw1", "old-acked", T0 + 1)
+    store.ack("gw1", "young-acked", T0 + 9 * day)
+    for name, at in (("old", T0), ("young", T0 + 9 * day)):
+        await store.record_outbound(
+            gateway_id="gw1",
+            platform="relay",
+            bot_id="",
+            action={"chat_id": "42", "text": name},
+            now=at,
+        )
+    await asyncio.gather(_queue(store, "done-old", "a"), _queue(store, "queued-old", "b"))
+    (done, _) = await store.pending_platform_sends("telegram", "bot1")
+    await store.finish_platform_send(done, {"success": True}, T0 + 2)
+    await store.flush()
+    await store.prune(T0 + 8 * day, T0 + 8 * day)
+    rows = await store.buffer_rows()
+    assert [(r["buffer_id"], r["acked"]) for r in rows] == [("old-unacked", False), ("young-acked", True)]
+    assert [r["action"]["text"] for r in await store.outbox()] == ["young"]
+    assert [await store.update_seen("bot1", u) for u in (1, 2, 3)] == [False, False, True]
+    assert await store.platform_send("done-old") is None
+    queued = await store.platform_send("queued-old")
+    assert queued is not None
+    assert not queued.done
+    assert await store.unacked_count("gw1") == 1
 
 
 async def test_buffer_ack_many_acks_each_entry_of_its_gateway(store: BufferStore) -> None:

@@ -224,7 +224,7 @@ async def test_store_prunes_idempotency_keys_older_than_seven_days(tmp_path: Pat
                 idempotency_key=key,
                 result={"success": True},
             )
-        await store.prune_idempotency(now - IDEMPOTENCY_KEEP_S)
+        await store.prune(now - IDEMPOTENCY_KEEP_S, now - IDEMPOTENCY_KEEP_S)
         assert await store.idempotent_result("gw", "old") is None
         assert await store.idempotent_result("gw", "young") == {"success": True}
     finally:
@@ -669,3 +669,52 @@ async def test_connector_outbound_without_key_keeps_send_order(rig: Rig) -> None
     for _ in range(6):
         await raw.recv_type("outbound_result")
     assert [r["action"]["content"] for r in await rig.outbox()] == [str(i) for i in range(6)]
+
+
+async def test_connector_prunes_at_start_and_daily_keeping_keys_seven_days(tmp_path: Path) -> None:
+    """With a one-day retention: an acked entry two days old is gone at start; one acked now
+    is gone after the prunes of the next two days; an idempotency key stays its seven days even so."""
+    day = 86400.0
+    clock = FakeClock(wall=1_800_000_000.0)
+    path = str(tmp_path / "c.db")
+    store = await BufferStore.open(path)
+    for bid, age in (("two-days", 2 * day), ("now", 0.0)):
+        await store.append(
+            buffer_id=bid,
+            gateway_id="gw",
+            platform="relay",
+            bot_id="",
+            chat_id="c",
+            frame="f",
+            now=clock.wall() - age,
+        )
+        store.ack("gw", bid, clock.wall() - age)
+    await store.record_outbound(
+        gateway_id="gw",
+        platform="relay",
+        bot_id="",
+        action=SEND,
+        now=clock.wall(),
+        idempotency_key="k",
+        result={"success": True},
+    )
+    await store.close()
+    connector = await Connector.create(path, clock=clock, retention_s=day)
+
+    async def days(n: int) -> None:
+        for _ in range(n):  # one prune at a time: each commits (a real thread) before the next
+            await clock.advance(day)
+            await connector.store.flush()
+            await clock.settle()
+
+    try:
+        assert [r["buffer_id"] for r in await connector.store.buffer_rows()] == ["now"]
+        await days(2)
+        assert await connector.store.buffer_rows() == []
+        assert await connector.store.idempotent_result("gw", "k") == {"success": True}
+        await days(5)  # day 7: still kept
+        assert await connector.store.idempotent_result("gw", "k") == {"success": True}
+        await days(1)
+        assert await connector.store.idempotent_result("gw", "k") is None
+    finally:
+        await connector.close()

@@ -34,12 +34,6 @@ class PgSendStore(PgWriter):
         stored = json.loads(text)
         return stored if isinstance(stored, dict) else None
 
-    async def prune_idempotency(self, before: float) -> None:
-        """Forget idempotency keys stored before ``before`` (Unix seconds); awaits the commit."""
-        fut = self._enqueue("DELETE FROM idempotency WHERE created_at < $1", (before,), wait=True)
-        assert fut is not None
-        await fut
-
     async def pending_platform_sends(
         self, platform: str, bot_id: str, limit: int = 100
     ) -> list[PlatformSend]:

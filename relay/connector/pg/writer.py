@@ -67,6 +67,7 @@ class PgWriter(GroupWriter):
     """
 
     ack_sql = ACK_SQL
+    placeholder = "$1"
 
     def __init__(self, pool: asyncpg.Pool, channel: str) -> None:
         self._pool = pool
