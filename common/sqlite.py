@@ -266,13 +266,18 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 
 
 def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+    """``fn(conn)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``. If ``fn`` or the ``COMMIT``
+    fails (a deferred constraint, a full disk), whatever is still open is rolled back and the
+    original error raised: a transaction left open would fail every later ``BEGIN``."""
     _begin_immediate(conn)
     try:
         result = fn(conn)
+        conn.execute("COMMIT")
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
     return result
 
 
@@ -318,13 +323,15 @@ def insert_rows(
     table: str,
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
-    key: Sequence[str] = (),
+    *,
+    skip_conflicts: bool = False,
 ) -> list[int | None]:
-    """Insert ``rows`` (tuples of ``columns``) into ``table`` (an ``AUTOINCREMENT`` table) as
-    multi-row ``INSERT ... VALUES (...), (...)`` statements of up to ``ROWS_PER_INSERT`` rows,
-    on the database thread inside the caller's write transaction. Returns, per row in order,
-    its new id, or None when ``key`` is given and the row was ignored as a duplicate
-    (``INSERT OR IGNORE``: of a stored row or of an earlier row of ``rows``).
+    """Insert ``rows`` (tuples of ``columns``) into ``table`` (an ``AUTOINCREMENT`` table with
+    an ``id`` key) as multi-row ``INSERT ... VALUES (...), (...)`` statements of up to
+    ``ROWS_PER_INSERT`` rows, on the database thread inside the caller's write transaction.
+    Returns, per row in order, its new id, or None when ``skip_conflicts`` and the row was
+    skipped as a duplicate (``ON CONFLICT DO NOTHING``: a unique key of a stored row or of an
+    earlier row of ``rows``; a NOT NULL or CHECK violation still raises).
 
     Why not one ``execute`` per row or ``RETURNING``: each step of a statement lets go of the
     GIL and must win it back from the event loop thread, a wait of up to the switch interval
@@ -332,58 +339,60 @@ def insert_rows(
     admission fast while the loop is busy (issue #16). The ids are known without reading them
     back: under the write lock an ``AUTOINCREMENT`` table gives each new row the next id, so a
     statement that inserted all its n rows gave them ``last - n + 1 .. last``. A statement that
-    ignored some (only with ``key``) looks its rows up by ``key`` among the ids it made.
-    Raises ``sqlite3.Error`` as ``execute`` does (``IntegrityError`` for a conflict when
-    ``key`` is empty)."""
+    skipped some reads back the rows it made (every id past the one before it, in id order,
+    which is the order of its ``VALUES``) and pairs them with its rows in order; values must
+    come back as given (column-typed, no affinity conversion), else ``sqlite3.DatabaseError``
+    rather than a guess. Raises ``sqlite3.Error`` as ``execute`` does (``IntegrityError`` for a
+    conflict without ``skip_conflicts``)."""
     out: list[int | None] = []
     if not rows:
         return out
-    found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
-    prev = int(found[0]) if found is not None else 0
-    verb = "INSERT OR IGNORE" if key else "INSERT"
+    prev = _last_id(conn, table)
     one = "(" + ", ".join("?" * len(columns)) + ")"
-    head = f"{verb} INTO {table} ({', '.join(columns)}) VALUES "
+    head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
+    tail = " ON CONFLICT DO NOTHING" if skip_conflicts else ""
     for start in range(0, len(rows), ROWS_PER_INSERT):
         chunk = rows[start : start + ROWS_PER_INSERT]
-        cur = conn.execute(head + ", ".join([one] * len(chunk)), [v for row in chunk for v in row])
+        cur = conn.execute(head + ", ".join([one] * len(chunk)) + tail, [v for row in chunk for v in row])
         made = cur.rowcount
         last = cur.lastrowid if made > 0 and cur.lastrowid is not None else prev
         if made == len(chunk) and last - made == prev:
             out.extend(range(prev + 1, last + 1))
-        elif key:
-            out.extend(_look_up(conn, table, columns, chunk, key, prev, last))
-        else:
+            prev = last
+            continue
+        if not skip_conflicts:
             raise sqlite3.DatabaseError(
                 f"{table}: {made} of {len(chunk)} rows inserted with ids up to {last} after {prev};"
                 " expected consecutive new ids"
             )
-        prev = last
+        out.extend(_pair_made(conn, table, columns, chunk, prev) if made else [None] * len(chunk))
+        prev = _last_id(conn, table)  # a skipped row may have used up an id
     return out
 
 
-def _look_up(
-    conn: sqlite3.Connection,
-    table: str,
-    columns: Sequence[str],
-    chunk: Sequence[Sequence[Any]],
-    key: Sequence[str],
-    after: int,
-    last: int,
+def _last_id(conn: sqlite3.Connection, table: str) -> int:
+    """The largest id ``table`` ever gave (``sqlite_sequence``; 0 before its first row)."""
+    found = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+    return int(found[0]) if found is not None else 0
+
+
+def _pair_made(
+    conn: sqlite3.Connection, table: str, columns: Sequence[str], chunk: Sequence[Sequence[Any]], after: int
 ) -> list[int | None]:
-    """``insert_rows``' answer for a statement that ignored some rows: each row's id when a row
-    it made (id in ``after + 1 .. last``) holds exactly its values, the first such row of
-    ``chunk`` taking it; else None (a duplicate)."""
-    where = " AND ".join(f"{k} IS ?" for k in key)
-    sql = f"SELECT id, {', '.join(columns)} FROM {table} WHERE {where} AND id > ? AND id <= ?"
-    at = [columns.index(k) for k in key]
-    taken: set[int] = set()
+    """``insert_rows``' answer for a statement that skipped some rows: the rows it made (ids
+    past ``after``, in id order = ``VALUES`` order) paired in order with the rows of ``chunk``
+    that hold their values; the others None. Of equal rows only the first can have been made
+    (the rest conflict with it), and it is the one paired."""
+    made = conn.execute(f"SELECT id, {', '.join(columns)} FROM {table} WHERE id > ? ORDER BY id", (after,))
+    stored = made.fetchall()
     ids: list[int | None] = []
+    at = 0
     for row in chunk:
-        hit = None
-        for stored in conn.execute(sql, [*(row[i] for i in at), after, last]).fetchall():
-            if stored[0] not in taken and tuple(stored[1:]) == tuple(row):
-                hit = int(stored[0])
-                taken.add(hit)
-                break
-        ids.append(hit)
+        if at < len(stored) and tuple(stored[at][1:]) == tuple(row):
+            ids.append(int(stored[at][0]))
+            at += 1
+        else:
+            ids.append(None)
+    if at != len(stored):
+        raise sqlite3.DatabaseError(f"{table}: {len(stored) - at} new row(s) match none of the rows given")
     return ids

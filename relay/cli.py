@@ -29,7 +29,7 @@ from common import loop
 from common.errors import ConfigError, StartupError
 from common.listen import bind_listener
 from relay.connector import telegram as tg
-from relay.connector.server import Connector
+from relay.connector.server import RETENTION_S, Connector
 from relay.connector.store_api import StoreOpenError, redact_url
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
@@ -123,10 +123,12 @@ def _retention_days(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days; expected >= 1") from None
-    if not value >= 1 or value == float("inf"):
         raise argparse.ArgumentTypeError(
-            f"{text!r} days: expected a number >= 1 (Telegram resends for a day)"
+            f"{text!r} is not a number of days; expected a finite number >= 1"
+        ) from None
+    if not 1 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} days: expected a finite number >= 1 (Telegram resends an update for a day)"
         )
     return value
 
@@ -313,7 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     retention_days = args.retention_days
     if retention_days is None:
         try:
-            retention_days = _retention_days(os.environ.get("RELAY_RETENTION_DAYS") or "7")
+            retention_days = _retention_days(
+                os.environ.get("RELAY_RETENTION_DAYS") or str(RETENTION_S / 86400)
+            )
         except argparse.ArgumentTypeError as exc:
             return _error(f"RELAY_RETENTION_DAYS {exc}", 2)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

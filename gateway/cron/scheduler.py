@@ -13,7 +13,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from common.clock import wait_with_timeout
+from common.clock import wait_for_event
 from common.sqlite import run_tx
 from gateway.core.activity import Activity
 from gateway.cron.runner import CronContext, run_occurrence
@@ -99,8 +99,7 @@ class CronScheduler:
         # A loop whose timers have millisecond resolution (uvloop's) may wake up to 1 ms
         # before the deadline: sleep again until it is due, never tick (and read) early.
         while (delay := self.next_due - self.ctx.clock.wall()) > 0 and not self._kick.is_set():
-            with contextlib.suppress(TimeoutError):
-                await wait_with_timeout(self.ctx.clock, self._kick.wait(), delay)
+            await wait_for_event(self.ctx.clock, self._kick, delay)
 
     async def tick(self) -> None:
         """Plan every due job once (record misses, start runs), then find the next due time.

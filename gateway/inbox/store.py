@@ -185,9 +185,11 @@ _QUARANTINE = (
 
 def event_text(event: dict[str, Any]) -> str:
     """``event`` as the JSON text kept in ``inbox.event``: msgspec (a tenth of
-    ``json.dumps``' time), the stdlib for what msgspec refuses (non-finite floats, marked
-    ``NonFinite`` by ``relay.protocol.framing``, which msgspec would write as ``null``; integers
-    past 64 bits' range). Either text reads back to the same value."""
+    ``json.dumps``' time), the stdlib for what msgspec refuses to encode. Inbound frames come
+    from ``relay.protocol.framing.decode_line``, which marks every non-finite number it reads
+    as ``NonFinite`` (msgspec refuses that type; it would write a plain ``float('nan')`` as
+    ``null``), so the stored text reads back to the frame's values; a caller passing plain
+    non-finite floats gets ``null`` for them."""
     try:
         return _encode(event).decode()
     except (TypeError, UnicodeEncodeError, OverflowError, RecursionError):
@@ -237,7 +239,7 @@ def admit_rows(
             )
         )
         events.append(ev)
-    ids = insert_rows(conn, "inbox", _COLUMNS, rows, key=("platform", "chat_id", "message_id"))
+    ids = insert_rows(conn, "inbox", _COLUMNS, rows, skip_conflicts=True)
     for item_id, row, ev in zip(ids, rows, events, strict=True):
         if item_id is None:
             out.duplicates += 1

@@ -97,7 +97,7 @@ def insert_tasks(conn: sqlite3.Connection, rows: list[TaskRow], now: float) -> l
         (title, body, assignee, status, priority, now, source, ref)
         for title, body, assignee, priority, source, ref, status in rows
     ]
-    ids = insert_rows(conn, "tasks", _TASK_COLUMNS, values, key=("source", "ref"))
+    ids = insert_rows(conn, "tasks", _TASK_COLUMNS, values, skip_conflicts=True)
     events = [
         (tid, "created", _created_payload(row[4], row[2]), now)
         for tid, row in zip(ids, rows, strict=True)

@@ -11,7 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from common.clock import Clock, wait_with_timeout
+from common.clock import Clock, wait_for_event
 from gateway.config import ScaleToZero
 from gateway.core.activity import Activity
 from gateway.core.policy import IdleInputs, idle_deadline, is_idle
@@ -199,10 +199,7 @@ class IdleWatcher:
         if delay <= 0:
             await asyncio.sleep(0)  # never a synchronous spin, whatever the inputs
             return
-        try:
-            await wait_with_timeout(self.clock, self._kick.wait(), delay)
-        except TimeoutError:
-            pass
+        await wait_for_event(self.clock, self._kick, delay)
 
     async def _flip(self) -> None:
         idle_for = self.clock.monotonic() - self.activity.idle_since

@@ -12,13 +12,12 @@ number of rows dropped, bumps ``hermes_telemetry_dropped_rows_total``, and never
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 
 import aiosqlite
 
-from common.clock import Clock, SystemClock, wait_with_timeout
+from common.clock import Clock, SystemClock, wait_for_event
 from gateway.telemetry.record import Invocation, insert_invocations
 
 log = logging.getLogger("gateway.telemetry")
@@ -160,9 +159,7 @@ class TelemetryWriter:
     async def _run(self) -> None:
         while not self._closing:
             await self._queued.wait()
-            if not self._full.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await wait_with_timeout(self.clock, self._full.wait(), self.flush_interval_s)
+            await wait_for_event(self.clock, self._full, self.flush_interval_s)
             await self.flush()
 
     async def aclose(self) -> None:

@@ -213,7 +213,6 @@ class Connector:
 
     async def _restore(self) -> None:
         await self.prune()
-        self.spawn(self._prune_daily())
         self.routes = await self.store.identities()
         gateways = await self.store.gateways()
         for gid, rec in gateways.items():
@@ -232,6 +231,7 @@ class Connector:
                 self.routes[(tg.PLATFORM, bot_id)] = gid
                 await self.store.remember(gid, tg.PLATFORM, bot_id, None, self.clock.wall())
         self.cluster.start()
+        self.spawn(self._prune_daily())  # last: nothing left to fail in create()
         if not self.secrets:
             log.warning("no gateway configured: unauthenticated dev mode (any socket is accepted)")
 

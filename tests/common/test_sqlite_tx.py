@@ -45,3 +45,22 @@ async def test_run_tx_rolls_everything_back_when_the_function_raises(tmp_path: P
         assert await read_all(db, "SELECT x FROM t") == [(3,)]
     finally:
         await db.close()
+
+
+async def test_a_commit_that_fails_is_rolled_back_and_the_connection_stays_usable(tmp_path: Path) -> None:
+    """A deferred foreign key fails at COMMIT: run_tx raises it, nothing is kept, and the next
+    run_tx on the connection works (no transaction left open)."""
+    db = await open_db(str(tmp_path / "fk.db"))
+    try:
+        await db.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        await db.execute(
+            "CREATE TABLE child (id INTEGER PRIMARY KEY,"
+            " parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+        with pytest.raises(sqlite3.IntegrityError, match="FOREIGN KEY"):
+            await run_tx(db, lambda conn: conn.execute("INSERT INTO child (parent) VALUES (42)"))
+        await run_tx(db, lambda conn: conn.execute("INSERT INTO parent (id) VALUES (1)"))
+        assert await read_all(db, "SELECT id FROM parent") == [(1,)]
+        assert await read_all(db, "SELECT id FROM child") == []
+    finally:
+        await db.close()

@@ -116,8 +116,22 @@ async def test_relay_serve_with_an_unopenable_db_exits_1_with_one_line(tmp_path:
 
 @pytest.mark.parametrize(
     ("args", "needle"),
-    [(["serve", "--port", "nope"], "'nope'"), (["serve", "--bogus"], "--bogus"), ([], "command")],
-    ids=["bad-port", "unknown-flag", "no-command"],
+    [
+        (["serve", "--port", "nope"], "'nope'"),
+        (["serve", "--bogus"], "--bogus"),
+        ([], "command"),
+        (["serve", "--retention-days", "0.5"], "'0.5' days: expected a finite number >= 1"),
+        (["serve", "--retention-days", "inf"], "'inf' days"),
+        (["serve", "--retention-days", "week"], "'week' is not a number of days"),
+    ],
+    ids=[
+        "bad-port",
+        "unknown-flag",
+        "no-command",
+        "retention-below-a-day",
+        "retention-inf",
+        "retention-text",
+    ],
 )
 async def test_relay_cli_usage_error_is_one_line_exit_2(args: list[str], needle: str) -> None:
     """argparse errors exit 2 with a single line naming the bad value."""
@@ -128,3 +142,14 @@ async def test_relay_cli_usage_error_is_one_line_exit_2(args: list[str], needle:
     assert len(lines) == 1, proc.output
     assert needle in lines[0]
     assert lines[0].startswith("hermes-relay")
+
+
+async def test_relay_bad_retention_env_is_one_line_exit_2() -> None:
+    """RELAY_RETENTION_DAYS is checked like the flag, and the line names the variable."""
+    env = {"RELAY_GATEWAYS": "", "RELAY_RETENTION_DAYS": "-3"}
+    proc = await Proc([sys.executable, "-m", "relay", "serve", "--port", str(free_port())], env=env).start()
+    rc = await proc.wait(timeout=5)
+    assert rc == 2
+    lines = [line for line in proc.lines if line.strip()]
+    assert len(lines) == 1, proc.output
+    assert "RELAY_RETENTION_DAYS '-3' days" in lines[0]
