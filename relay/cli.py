@@ -30,7 +30,7 @@ from common.errors import ConfigError, StartupError
 from common.listen import bind_listener
 from relay.connector import telegram as tg
 from relay.connector.server import RETENTION_S, Connector
-from relay.connector.store_api import StoreOpenError, redact_url
+from relay.connector.store_api import StoreOpenError, is_pg_url, redact_url
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
 
@@ -167,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gateway allowed to connect (repeatable; also env RELAY_GATEWAYS)",
     )
     s.add_argument("--max-frame-bytes", type=_positive_int, default=DEFAULT_MAX_FRAME_BYTES)
+    s.add_argument(
+        "--import-sqlite",
+        default=None,
+        metavar="PATH",
+        help="with a postgresql:// --db: copy the SQLite connector database at PATH into it at start,"
+        " once, then rename it PATH.imported (absent file: nothing to do; env RELAY_IMPORT_SQLITE)",
+    )
     s.add_argument(
         "--retention-days",
         type=_retention_days,
@@ -321,14 +328,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         except argparse.ArgumentTypeError as exc:
             return _error(f"RELAY_RETENTION_DAYS {exc}", 2)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
+    import_sqlite = args.import_sqlite or os.environ.get("RELAY_IMPORT_SQLITE") or None
+    if import_sqlite is not None and not is_pg_url(db):
+        if os.path.realpath(import_sqlite) != os.path.realpath(db):
+            return _error(
+                f"--import-sqlite {import_sqlite}: importing needs a postgresql:// --db (it is {db})", 2
+            )
+        import_sqlite = None  # the SQLite file is the store itself: nothing to move
     options: dict[str, Any] = {
+        "import_sqlite": import_sqlite,
         "retention_s": retention_days * 86400.0,
         "telegram": bots,
         "telegram_webhook_secret": secret,
         "telegram_api_base": _api_base(),
         "ingress_token": ingress_token,
     }
-    db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
     try:
         loop.run(serve(args.host, args.port, db, secrets, args.max_frame_bytes, **options))
     except StartupError as exc:

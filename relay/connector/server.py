@@ -58,7 +58,7 @@ from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.provision import ProvisionRoutes
 from relay.connector.session import HEARTBEAT_S, REPLAY_PAGE, SessionHandler
 from relay.connector.store import IDEMPOTENCY_KEEP_S
-from relay.connector.store_api import ConnectorStore, open_store
+from relay.connector.store_api import ConnectorStore, import_into, is_pg_url, open_store
 from relay.connector.surface import Chats, Session
 from relay.connector.wake import WakePoker
 from relay.connector.webhook import TelegramWebhook
@@ -172,15 +172,21 @@ class Connector:
         self.cluster: Coordinator = coordinator_for(self)
 
     @classmethod
-    async def create(cls, db_path: str, **kwargs: Any) -> Connector:
-        """Open the store (a SQLite path or a ``postgresql://`` URL, ``open_store``), restore
-        routes, wake URLs and pending pokes, and return the connector.
+    async def create(cls, db_path: str, *, import_sqlite: str | None = None, **kwargs: Any) -> Connector:
+        """Open the store (a SQLite path or a ``postgresql://`` URL, ``open_store``), import the
+        SQLite connector database at ``import_sqlite`` into it first when there is one (a
+        PostgreSQL store only; the CLI refuses the flag with another SQLite file:
+        ``relay/connector/pg/importer.py``), restore routes, wake URLs and pending pokes, and
+        return the connector.
 
         Raises ``OSError``, ``sqlite3.Error`` or ``StoreOpenError`` when the database cannot be
-        opened (the store is closed again: nothing is left running).
+        opened or the import fails (the store is closed again: nothing is left running).
         """
         store = await open_store(db_path)
         try:
+            if import_sqlite is not None and is_pg_url(db_path):
+                clock: Clock = kwargs.get("clock") or SystemClock()
+                await import_into(store, import_sqlite, clock.wall())
             self = cls(store, **kwargs)
             await self._restore()
         except BaseException:

@@ -174,3 +174,22 @@ class ConnectorStore(Protocol):
     async def flush(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+async def import_into(store: ConnectorStore, path: str, now: float) -> dict[str, int] | None:
+    """Import the SQLite connector database at ``path`` into the PostgreSQL ``store`` (see
+    ``relay/connector/pg/importer.py``): the rows inserted per table, ``{}`` when it was imported
+    before, None when there is no such file. Raises ``StoreOpenError`` naming the file and why
+    when it cannot be imported (nothing is then committed or renamed)."""
+    from relay.connector.pg.importer import SqliteImportError, import_sqlite
+    from relay.connector.pg.store import PgStore
+
+    assert isinstance(store, PgStore)
+    try:
+        return await import_sqlite(path, store, now)
+    except SqliteImportError as exc:
+        raise StoreOpenError(f"--import-sqlite {exc}") from None
+    except Exception as exc:
+        raise StoreOpenError(
+            f"--import-sqlite {path}: copying into {redact_url(store.url)} failed: {_scrub(store.url, exc)}"
+        ) from None

@@ -71,14 +71,18 @@ def test_connector_fly_toml_is_always_on_with_its_db_on_the_volume() -> None:
 def test_connector_fly_command_takes_its_db_from_the_relay_db_secret(
     relay_db: str | None, db: str | None
 ) -> None:
-    """The connector's command uses the volume's SQLite file, or the RELAY_DB secret verbatim."""
+    """The connector's command uses the volume's SQLite file, or the RELAY_DB secret verbatim;
+    either way it names the volume's file for ``--import-sqlite`` (a no-op when it is the store,
+    the move to PostgreSQL when the secret is set)."""
     _sh, _c, script = shlex.split(_toml("connector")["processes"]["app"])
     echo = script.replace("exec hermes-relay serve", "printf '%s\\n'")
     env = {k: v for k, v in os.environ.items() if k != "RELAY_DB"}
     if relay_db is not None:
         env["RELAY_DB"] = relay_db
     out = subprocess.run(["sh", "-c", echo], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.splitlines()[-1] == (db or relay_db)
+    args = out.stdout.splitlines()
+    assert args[args.index("--db") + 1] == (db or relay_db)
+    assert args[args.index("--import-sqlite") + 1] == "/data/relay.db"
 
 
 def test_sidecar_process_command_parses() -> None:

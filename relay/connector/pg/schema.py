@@ -87,6 +87,15 @@ MIGRATIONS = [
         PRIMARY KEY (bot_id, update_id)
     );
     """,
+    # 2: SQLite files imported into this database (``relay/connector/pg/importer.py``): one row
+    # per source, so a restart after an import that was not yet renamed never copies it twice.
+    """
+    CREATE TABLE relay_imports (
+        source TEXT PRIMARY KEY,
+        imported_at DOUBLE PRECISION NOT NULL,
+        counts TEXT NOT NULL
+    );
+    """,
 ]
 
 MIGRATE_LOCK = 0x6865726D_00000001

@@ -75,6 +75,11 @@ class PgWriter(GroupWriter):
         self.instance = uuid.uuid4().hex[:12]
         super().__init__()
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """The store's asyncpg pool (``relay/connector/pg/importer.py`` copies through it)."""
+        return self._pool
+
     def _notify(self, kind: str, **fields: Any) -> Statement:
         return (NOTIFY_SQL, (self.channel, event(kind, **fields)))
 

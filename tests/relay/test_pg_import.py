@@ -1,0 +1,114 @@
+"""Moving a connector from SQLite to PostgreSQL: ``--import-sqlite`` copies everything the file
+holds (unacked entries in order, flip state and wake URLs, identities, idempotency keys, queued
+Telegram sends, seen update ids, the outbox) in one transaction, once, and renames the file."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.clock import FakeClock
+from relay.connector.server import Connector
+from relay.connector.store import BufferStore
+from relay.connector.store_api import StoreOpenError
+
+T0 = 1_800_000_000.0
+
+
+async def _sqlite_connector(path: Path) -> None:
+    """A SQLite connector database with something in every table."""
+    store = await BufferStore.open(str(path))
+    try:
+        await store.remember("gw", "telegram", "bot1", "https://gw.example/wake", T0)
+        await store.set_flip("gw", True, T0 + 3600, T0)
+        for i in range(5):
+            await store.append(
+                buffer_id=f"b{i}",
+                gateway_id="gw",
+                platform="telegram",
+                bot_id="bot1",
+                chat_id="c1",
+                frame=f'{{"type":"inbound","n":{i}}}\n',
+                now=T0 + i,
+                telegram_update=("bot1", 100 + i),
+            )
+        store.ack_many("gw", ["b0", "b1"], T0 + 10)
+        await store.record_outbound(
+            gateway_id="gw",
+            platform="relay",
+            bot_id="",
+            action={"op": "send", "chat_id": "42", "content": "kept"},
+            now=T0,
+            idempotency_key="k1",
+            result={"success": True, "message_id": "m1"},
+        )
+        await store.record_outbound(
+            gateway_id="gw",
+            platform="telegram",
+            bot_id="bot1",
+            action={"op": "send", "chat_id": "c1", "content": "queued"},
+            now=T0,
+            platform_send=("s1", "req-1"),
+        )
+        await store.flush()
+    finally:
+        await store.close()
+
+
+async def test_import_copies_every_table_once_and_renames_the_file(tmp_path: Path, pg_url: str) -> None:
+    path = tmp_path / "relay.db"
+    await _sqlite_connector(path)
+    keep = tmp_path / "copy.db"
+    shutil.copy(path, keep)
+    connector = await Connector.create(pg_url, import_sqlite=str(path), clock=FakeClock(wall=T0 + 20))
+    try:
+        store = connector.store
+        assert [frame for _, frame in await store.unacked_after("gw", 0, 100)] == [
+            f'{{"type":"inbound","n":{i}}}\n' for i in (2, 3, 4)
+        ]
+        gateways = await store.gateways()
+        assert (gateways["gw"].wake_url, gateways["gw"].flipped, gateways["gw"].wake_at) == (
+            "https://gw.example/wake",
+            True,
+            T0 + 3600,
+        )
+        assert connector.routes[("telegram", "bot1")] == "gw"
+        assert await store.idempotent_result("gw", "k1") == {"success": True, "message_id": "m1"}
+        (queued,) = await store.pending_platform_sends("telegram", "bot1")
+        assert (queued.send_id, queued.request_id, queued.action["content"]) == ("s1", "req-1", "queued")
+        assert await store.update_seen("bot1", 104)
+        assert [r["action"]["content"] for r in await store.outbox()] == ["kept", "queued"]
+        assert not path.exists()
+        assert (tmp_path / "relay.db.imported").exists()
+    finally:
+        await connector.close()
+    # A restart that finds the file again (killed between the commit and the rename) copies
+    # nothing twice: it only renames.
+    shutil.copy(keep, path)
+    again = await Connector.create(pg_url, import_sqlite=str(path), clock=FakeClock(wall=T0 + 30))
+    try:
+        assert len(await again.store.outbox()) == 2
+        assert len(await again.store.unacked_after("gw", 0, 100)) == 3
+        assert not path.exists()
+    finally:
+        await again.close()
+
+
+async def test_no_file_means_nothing_to_import(tmp_path: Path, pg_url: str) -> None:
+    connector = await Connector.create(pg_url, import_sqlite=str(tmp_path / "absent.db"))
+    try:
+        assert await connector.store.gateways() == {}
+    finally:
+        await connector.close()
+
+
+async def test_a_file_that_is_no_connector_database_stops_the_start_naming_it(
+    tmp_path: Path, pg_url: str
+) -> None:
+    path = tmp_path / "notes.db"
+    path.write_bytes(b"this is not sqlite")
+    with pytest.raises(StoreOpenError, match=r"--import-sqlite .*notes\.db"):
+        await Connector.create(pg_url, import_sqlite=str(path))
+    assert path.exists()  # never renamed: nothing was imported
