@@ -331,7 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
     import_sqlite = args.import_sqlite or os.environ.get("RELAY_IMPORT_SQLITE") or None
     if import_sqlite is not None and not is_pg_url(db):
-        if os.path.realpath(import_sqlite) != os.path.realpath(db):
+        # The SQLite store itself, or no file to move: nothing to do. Only a file that exists
+        # and would be left behind by another SQLite store is an error.
+        if os.path.exists(import_sqlite) and os.path.realpath(import_sqlite) != os.path.realpath(db):
             return _error(
                 f"--import-sqlite {import_sqlite}: importing needs a postgresql:// --db (it is {db})", 2
             )

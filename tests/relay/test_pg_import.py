@@ -4,6 +4,7 @@ Telegram sends, seen update ids, the outbox) in one transaction, once, and renam
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 
@@ -112,3 +113,55 @@ async def test_a_file_that_is_no_connector_database_stops_the_start_naming_it(
     with pytest.raises(StoreOpenError, match=r"--import-sqlite .*notes\.db"):
         await Connector.create(pg_url, import_sqlite=str(path))
     assert path.exists()  # never renamed: nothing was imported
+
+
+async def test_a_file_changed_since_its_import_brings_only_what_is_new(tmp_path: Path, pg_url: str) -> None:
+    """Import, roll back to SQLite (the file renamed back) and take one more message there, then
+    move again: the new entry arrives, nothing is doubled (outbox included), and the first
+    import's renamed file is kept beside the second's."""
+    path = tmp_path / "relay.db"
+    await _sqlite_connector(path)
+    first = await Connector.create(pg_url, import_sqlite=str(path))
+    await first.close()
+    shutil.copy(tmp_path / "relay.db.imported", path)  # a rollback that kept the backup
+    store = await BufferStore.open(str(path))
+    await store.append(
+        buffer_id="late",
+        gateway_id="gw",
+        platform="relay",
+        bot_id="",
+        chat_id="c1",
+        frame="late\n",
+        now=T0 + 50,
+    )
+    await store.close()
+    again = await Connector.create(pg_url, import_sqlite=str(path))
+    try:
+        frames = [frame for _, frame in await again.store.unacked_after("gw", 0, 100)]
+        assert frames[-1] == "late\n"
+        assert len(frames) == 4
+        assert len(await again.store.outbox()) == 2
+        assert (tmp_path / "relay.db.imported").exists()  # never overwritten
+        assert (tmp_path / "relay.db.imported.1").exists()
+    finally:
+        await again.close()
+
+
+async def test_the_import_tells_other_instances(tmp_path: Path, pg_url: str) -> None:
+    """An instance already serving from the database hears the imported route and wake URL."""
+    other = await Connector.create(pg_url)
+    try:
+        path = tmp_path / "relay.db"
+        await _sqlite_connector(path)
+        importer = await Connector.create(pg_url, import_sqlite=str(path))
+        try:
+            for _ in range(200):
+                if other.routes.get(("telegram", "bot1")) == "gw":
+                    break
+                await asyncio.sleep(0.01)  # LISTEN/NOTIFY crosses a real server: poll briefly
+            assert other.routes[("telegram", "bot1")] == "gw"
+            assert other.wake_urls["gw"] == "https://gw.example/wake"
+        finally:
+            await importer.close()
+    finally:
+        await other.close()
