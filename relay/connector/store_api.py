@@ -180,7 +180,8 @@ async def import_into(store: ConnectorStore, path: str, now: float) -> dict[str,
     """Import the SQLite connector database at ``path`` into the PostgreSQL ``store`` (see
     ``relay/connector/pg/importer.py``): the rows inserted per table, ``{}`` when it was imported
     before, None when there is no such file. Raises ``StoreOpenError`` naming the file and why
-    when it cannot be imported (nothing is then committed or renamed)."""
+    when it cannot be imported (nothing committed or renamed) or when its rename failed after
+    the commit (the message says so; the next start only renames it)."""
     from relay.connector.pg.importer import SqliteImportError, import_sqlite
     from relay.connector.pg.store import PgStore
 
