@@ -23,7 +23,7 @@ from typing import Any
 from common.sqlite import migrate, open_db, read_all, read_one
 from relay.connector.store_idempotency import IDEMPOTENCY_KEEP_S, KEY_SQL, IdempotencyStore
 from relay.connector.store_platform import PLATFORM_SEND_SQL, PlatformSend, PlatformSendStore
-from relay.connector.store_writer import ACK_SQL, Statement, StoreWriter
+from relay.connector.store_writer import Statement, StoreWriter
 
 __all__ = [
     "IDEMPOTENCY_KEEP_S",
@@ -205,19 +205,6 @@ class BufferStore(PlatformSendStore, IdempotencyStore):
             self._r, "SELECT 1 FROM telegram_updates WHERE bot_id = ? AND update_id = ?", (bot_id, update_id)
         )
         return row is not None
-
-    def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
-        """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
-        self._acking.add(buffer_id)
-        self._enqueue(ACK_SQL, (now, buffer_id, gateway_id), wait=False)
-
-    def ack_many(self, gateway_id: str, buffer_ids: list[str], now: float) -> None:
-        """Mark many entries acked (PROTOCOL.md 7.3's batch): one queued job, so the writer
-        applies them in one ``executemany`` and one commit; seen by reads at once."""
-        if not buffer_ids:
-            return
-        self._acking.update(buffer_ids)
-        self._enqueue_job(tuple((ACK_SQL, (now, bid, gateway_id)) for bid in buffer_ids), wait=False)
 
     async def unacked_after(self, gateway_id: str, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``.

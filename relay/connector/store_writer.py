@@ -75,6 +75,19 @@ class GroupWriter:
         """Run ``jobs`` in one transaction; roll it back and raise on any error."""
         raise NotImplementedError
 
+    def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
+        """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
+        self._acking.add(buffer_id)
+        self._enqueue(self.ack_sql, (now, buffer_id, gateway_id), wait=False)
+
+    def ack_many(self, gateway_id: str, buffer_ids: list[str], now: float) -> None:
+        """Mark many entries acked (PROTOCOL.md 7.3's batch): one queued job, one commit (on
+        SQLite one ``UPDATE`` for the run, ``apply_statements``); seen by reads at once."""
+        if not buffer_ids:
+            return
+        self._acking.update(buffer_ids)
+        self._enqueue_job(tuple((self.ack_sql, (now, bid, gateway_id)) for bid in buffer_ids), wait=False)
+
     async def prune(self, before: float, keys_before: float) -> None:
         """Forget what nobody needs any more, in one transaction (awaits its commit): buffer
         entries acked before ``before``, outbox rows and seen Telegram update ids from before

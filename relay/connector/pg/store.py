@@ -21,7 +21,7 @@ import asyncpg
 
 from relay.connector.pg.schema import migrate
 from relay.connector.pg.store_sends import KEY_SQL, PLATFORM_SEND_SQL, PgSendStore
-from relay.connector.pg.writer import ACK_SQL, APPEND_SQL, APPEND_UPDATE_SQL
+from relay.connector.pg.writer import APPEND_SQL, APPEND_UPDATE_SQL
 from relay.connector.store import GatewayRecord
 from relay.connector.store_writer import Statement
 
@@ -93,19 +93,6 @@ class PgStore(PgSendStore):
             "SELECT 1 FROM telegram_updates WHERE bot_id = $1 AND update_id = $2", bot_id, update_id
         )
         return row is not None
-
-    def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
-        """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
-        self._acking.add(buffer_id)
-        self._enqueue(ACK_SQL, (now, buffer_id, gateway_id), wait=False)
-
-    def ack_many(self, gateway_id: str, buffer_ids: list[str], now: float) -> None:
-        """Mark many entries acked (PROTOCOL.md 7.3's batch): one queued job, so the writer
-        applies them in one ``executemany`` and one commit; seen by reads at once."""
-        if not buffer_ids:
-            return
-        self._acking.update(buffer_ids)
-        self._enqueue_job(tuple((ACK_SQL, (now, bid, gateway_id)) for bid in buffer_ids), wait=False)
 
     async def unacked_after(self, gateway_id: str, after_seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` unacked ``(seq, frame line)`` of a gateway with seq > ``after_seq``;
