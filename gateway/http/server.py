@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from common.clock import wait_with_timeout
+from common.clock import wait_for_event
 from gateway.core.watcher import WatchState
 from gateway.http.auth import status_authorized, wake_authorized
 from gateway.http.surface import SidecarSurface
@@ -163,11 +163,8 @@ async def presence(request: web.Request) -> web.StreamResponse:
     sc.presence_streams += 1
     try:
         await resp.write(b": live\n\n")
-        while not sc.watcher.dormant.is_set():
-            try:
-                await wait_with_timeout(sc.clock, sc.watcher.dormant.wait(), PRESENCE_COMMENT_S)
-            except TimeoutError:
-                await resp.write(b": keepalive\n\n")
+        while not await wait_for_event(sc.clock, sc.watcher.dormant, PRESENCE_COMMENT_S):
+            await resp.write(b": keepalive\n\n")
     except (ConnectionResetError, ConnectionError):
         pass
     finally:

@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 
-from common.clock import Clock, wait_with_timeout
+from common.clock import Clock, wait_for_event
 from relay.client.backoff import Backoff
 from relay.connector.store_api import redact_url
 
@@ -45,10 +45,7 @@ OnEvent = Callable[[dict[str, Any]], None]
 
 async def _hold(con: asyncpg.Connection[Any], clock: Clock, lost: asyncio.Event) -> None:
     """Return when ``con`` is lost: its termination callback fired or a check failed."""
-    while not lost.is_set():
-        with contextlib.suppress(TimeoutError):
-            await wait_with_timeout(clock, lost.wait(), CHECK_EVERY_S)
-            return
+    while not await wait_for_event(clock, lost, CHECK_EVERY_S):
         try:
             await con.fetchval("SELECT 1", timeout=CHECK_TIMEOUT_S)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
