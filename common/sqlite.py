@@ -57,6 +57,7 @@ async def open_db(path: str, *, synchronous: str = "NORMAL") -> aiosqlite.Connec
     try:
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute(f"PRAGMA synchronous={synchronous}")
+        _synchronous[db] = synchronous.upper()
         await db.execute("PRAGMA busy_timeout=10000")
         await db.execute("PRAGMA foreign_keys=ON")
     except BaseException:
@@ -161,6 +162,8 @@ async def read_one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> Any:
 T = TypeVar("T")
 BUSY_RETRY_S = 10.0
 _locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
+_synchronous: weakref.WeakKeyDictionary[aiosqlite.Connection, str] = weakref.WeakKeyDictionary()
+"""Each ``open_db`` connection's ``synchronous`` level (``run_tx(fsync=False)`` restores it)."""
 
 
 _Hooks = weakref.WeakKeyDictionary[aiosqlite.Connection, Callable[[], None]]
@@ -265,23 +268,34 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
-def _in_transaction(conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+def _in_transaction(
+    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], restore: str | None = None
+) -> T:
     """``fn(conn)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``. If ``fn`` or the ``COMMIT``
     fails (a deferred constraint, a full disk), whatever is still open is rolled back and the
-    original error raised: a transaction left open would fail every later ``BEGIN``."""
-    _begin_immediate(conn)
+    original error raised: a transaction left open would fail every later ``BEGIN``.
+
+    ``restore``: commit with ``synchronous=NORMAL`` (no fsync of the log), then set the
+    connection back to this level (``FULL`` or ``EXTRA``), whatever happened."""
+    if restore is not None:
+        conn.execute("PRAGMA synchronous=NORMAL")
     try:
-        result = fn(conn)
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-        raise
+        _begin_immediate(conn)
+        try:
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            raise
+    finally:
+        if restore is not None:
+            conn.execute(f"PRAGMA synchronous={restore}")
     return result
 
 
-async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], *, fsync: bool = True) -> T:
     """``fn(conn)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT`` in **one** hop to ``db``'s thread.
 
     ``fn`` gets the plain ``sqlite3.Connection`` and runs on the database thread: it must not
@@ -290,10 +304,20 @@ async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
     ``write_tx``/``write_one`` on the same connection (never inside another task's transaction).
     A caller cancelled meanwhile does not stop the thread: the transaction still commits or rolls
     back as a whole. Five statements cost one hand-off instead of five (issue #16).
+
+    ``fsync=False`` commits this transaction without waiting for the disk (``synchronous=NORMAL``
+    for it alone, the connection's own level set back in the same hop, whatever happened). In WAL
+    mode such a commit survives the process being killed (it is in the log, in the OS's page
+    cache) and becomes power-loss safe with the next commit that syncs the log: the log is one
+    file written in order, so that sync covers every frame before it. For work a restart redoes
+    by itself if a power loss takes it (the cron tick); never for what an ack or a side effect
+    depends on. No effect on a connection opened ``NORMAL`` or ``OFF``.
     """
     run = cast(Callable[..., Awaitable[T]], db._execute)
+    level = _synchronous.get(db, "NORMAL")
+    restore = level if not fsync and level in ("FULL", "EXTRA") else None
     async with _lock(db):
-        result = await run(_in_transaction, db._conn, fn)
+        result = await run(_in_transaction, db._conn, fn, restore)
     _wrote(db)
     return result
 

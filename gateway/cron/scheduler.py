@@ -106,11 +106,14 @@ class CronScheduler:
 
         One transaction in one hop to the database thread (``gateway.cron.tick``). Reads only
         due jobs and ``MIN(next_run_at)`` through an index: a tick costs the same with 10 jobs
-        or 10,000.
+        or 10,000. Committed without an fsync (``run_tx(fsync=False)``): all it writes (jobs
+        moved on, misses, overlaps, pauses) is planned again from the jobs after a power loss
+        took it, and the first thing that acts on it, an occurrence's claim, is a synced
+        commit that makes the tick durable too. One fsync less per occurrence (issue #16).
         """
         self.ticks += 1
         now = self.ctx.clock.wall()
-        plan = await run_tx(self.ctx.store.db, lambda conn: plan_tick(conn, now))
+        plan = await run_tx(self.ctx.store.db, lambda conn: plan_tick(conn, now), fsync=False)
         for job_id, error in plan.paused:
             log.warning("cron job %s paused: bad schedule or timezone: %s", job_id, error)
         for job_id, count, catch_up in plan.missed:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+import aiosqlite
 import pytest
 
 from common.sqlite import open_db, read_all, run_tx, write_tx
@@ -62,5 +63,41 @@ async def test_a_commit_that_fails_is_rolled_back_and_the_connection_stays_usabl
         await run_tx(db, lambda conn: conn.execute("INSERT INTO parent (id) VALUES (1)"))
         assert await read_all(db, "SELECT id FROM parent") == [(1,)]
         assert await read_all(db, "SELECT id FROM child") == []
+    finally:
+        await db.close()
+
+
+async def _level(db: aiosqlite.Connection) -> int:
+    rows = await read_all(db, "PRAGMA synchronous")
+    return int(rows[0][0])
+
+
+async def test_an_unsynced_transaction_leaves_the_connection_synced_for_the_next_one(tmp_path: Path) -> None:
+    """``fsync=False`` (the cron tick) commits at ``synchronous=NORMAL``; the connection is back
+    at FULL afterwards, after a failure too, so an inbox admission that follows still waits for
+    the disk before its ack. On a connection opened NORMAL it changes nothing."""
+    db = await open_db(str(tmp_path / "t.db"), synchronous="FULL")
+    try:
+        await db.execute("CREATE TABLE t (x INTEGER UNIQUE)")
+        seen: list[int] = []
+
+        def body(conn: sqlite3.Connection) -> None:
+            seen.append(int(conn.execute("PRAGMA synchronous").fetchone()[0]))
+            conn.execute("INSERT INTO t VALUES (1)")
+
+        await run_tx(db, body, fsync=False)
+        await run_tx(db, lambda conn: seen.append(int(conn.execute("PRAGMA synchronous").fetchone()[0])))
+        assert seen == [1, 2]  # NORMAL for the unsynced one, FULL for the default
+        assert await _level(db) == 2
+        with pytest.raises(sqlite3.IntegrityError):
+            await run_tx(db, body, fsync=False)
+        assert await _level(db) == 2
+        assert await read_all(db, "SELECT x FROM t") == [(1,)]
+    finally:
+        await db.close()
+    db = await open_db(str(tmp_path / "n.db"))
+    try:
+        await run_tx(db, lambda conn: conn.execute("CREATE TABLE t (x)"), fsync=False)
+        assert await _level(db) == 1
     finally:
         await db.close()
