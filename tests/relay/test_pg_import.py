@@ -5,6 +5,7 @@ Telegram sends, seen update ids, the outbox) in one transaction, once, and renam
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -165,3 +166,27 @@ async def test_the_import_tells_other_instances(tmp_path: Path, pg_url: str) -> 
             await importer.close()
     finally:
         await other.close()
+
+
+async def test_no_pooled_connection_keeps_a_lock_after_the_import(tmp_path: Path, pg_url: str) -> None:
+    """The store's pool hands connections back without asyncpg's reset query (a round trip per
+    group commit), so nothing may leave session state on them: the import's session lock lives
+    and dies with a connection of its own, and every pooled one holds no advisory lock."""
+    path = tmp_path / "relay.db"
+    await _sqlite_connector(path)
+    connector = await Connector.create(pg_url, import_sqlite=str(path), clock=FakeClock(wall=T0 + 20))
+    try:
+        pool = connector.store.pool  # type: ignore[attr-defined]
+        async with contextlib.AsyncExitStack() as stack:
+            cons = [await stack.enter_async_context(pool.acquire()) for _ in range(pool.get_size())]
+            held = [
+                await con.fetchval(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+                )
+                for con in cons
+            ]
+        assert cons
+        assert held == [0] * len(cons)
+        assert (tmp_path / "relay.db.imported").exists()
+    finally:
+        await connector.close()

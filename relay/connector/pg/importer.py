@@ -36,7 +36,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from relay.connector.pg.store import PgStore
+import asyncpg
+
+from relay.connector.pg.store import OPEN_TIMEOUT_S, PgStore
 from relay.connector.pg.writer import event, gateway_lock_key
 
 log = logging.getLogger("relay.import")
@@ -129,30 +131,32 @@ async def import_sqlite(path: str, store: PgStore, now: float) -> dict[str, int]
     real, data = snapshot
     digest = "sha256:" + hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
     counts: dict[str, int] = {}
-    async with store.pool.acquire() as con:
-        # A session lock around the copy and the rename: two starts on one file take turns.
+    # A connection of its own, closed at the end: the session lock around the copy and the
+    # rename (two starts on one file take turns) ends with it whatever happens, and never stays
+    # on a pooled connection (the pool releases them without a reset: ``pg/store.py``).
+    con = await asyncpg.connect(store.url, timeout=OPEN_TIMEOUT_S)
+    try:
         await con.execute("SELECT pg_advisory_lock($1)", IMPORT_LOCK)
+        async with con.transaction():
+            done = await con.fetchval("SELECT counts FROM relay_imports WHERE source = $1", digest)
+            if done is None:
+                counts = await _copy(con, store, data)
+                record = json.dumps({"path": real, "rows": counts}, sort_keys=True)
+                await con.execute(
+                    "INSERT INTO relay_imports (source, imported_at, counts) VALUES ($1, $2, $3)",
+                    digest,
+                    now,
+                    record,
+                )
         try:
-            async with con.transaction():
-                done = await con.fetchval("SELECT counts FROM relay_imports WHERE source = $1", digest)
-                if done is None:
-                    counts = await _copy(con, store, data)
-                    record = json.dumps({"path": real, "rows": counts}, sort_keys=True)
-                    await con.execute(
-                        "INSERT INTO relay_imports (source, imported_at, counts) VALUES ($1, $2, $3)",
-                        digest,
-                        now,
-                        record,
-                    )
-            try:
-                renamed = await asyncio.to_thread(_retire, path)
-            except (OSError, sqlite3.Error) as exc:
-                raise SqliteImportError(
-                    f"{path}: its rows are in PostgreSQL, but renaming it failed ({exc}); the next"
-                    " start only renames it"
-                ) from None
-        finally:
-            await con.execute("SELECT pg_advisory_unlock($1)", IMPORT_LOCK)
+            renamed = await asyncio.to_thread(_retire, path)
+        except (OSError, sqlite3.Error) as exc:
+            raise SqliteImportError(
+                f"{path}: its rows are in PostgreSQL, but renaming it failed ({exc}); the next"
+                " start only renames it"
+            ) from None
+    finally:
+        await con.close()
     if done is not None:
         log.info("%s was imported before (%s); renamed it to %s", path, done, renamed)
         return {}
