@@ -41,6 +41,17 @@ a repeat delivered to another instance at the same moment waits for the first an
 nothing (SPEC 8.3: stored once). Params: ``APPEND_SQL``'s, then ``(bot_id, update_id)``."""
 NOTIFY_SQL = "SELECT pg_notify($1, $2)"
 """Queue one event ``(channel, payload json)``; PostgreSQL delivers it when the group commits."""
+LOCKED_APPEND_SQL = (
+    "WITH turn AS MATERIALIZED (SELECT pg_advisory_xact_lock($8::bigint), pg_notify($9::text, $10::text))"
+    " INSERT INTO buffer (buffer_id, gateway_id, platform, bot_id, chat_id, frame, created_at)"
+    " SELECT $1::text, $2::text, $3::text, $4::text, $5::text, $6::text, $7::float8 FROM turn"
+)
+"""``APPEND_SQL`` that first takes its gateway's append lock and queues its ``buf`` event, for a
+group of appends sent as one ``executemany`` (one round trip: the statements between two Syncs
+are one transaction). The materialized CTE is read before the row is inserted, so the lock is
+held before the identity ``seq`` is drawn; a lock taken again in the same transaction stacks,
+and identical events of one transaction reach listeners once. Params: ``APPEND_SQL``'s, then
+``(lock key, channel, event)``."""
 
 _SERIAL = (APPEND_SQL, APPEND_UPDATE_SQL)
 
@@ -97,11 +108,21 @@ class PgWriter(GroupWriter):
                     events[st[1]] = None
                 elif st[0]:
                     ops.append(st)
+        appends = self._appends_only(ops, events)
         ops += [(NOTIFY_SQL, params) for params in events]
         if not ops:
             return
         keys = sorted({gateway_lock_key(params[1]) for sql, params in ops if sql in _SERIAL})
         try:
+            if appends is not None or (len({sql for sql, _ in ops}) == 1 and not keys):
+                # One statement, many rows: one executemany, one round trip, atomic on its own
+                # (instead of BEGIN, lock, statements, events, COMMIT: five).
+                async with self._pool.acquire() as con:
+                    if appends is not None:
+                        await con.executemany(LOCKED_APPEND_SQL, appends)
+                    else:
+                        await con.executemany(ops[0][0], [params for _, params in ops])
+                return
             async with self._pool.acquire() as con, con.transaction():
                 if keys:
                     await con.execute("SELECT pg_advisory_xact_lock(k) FROM unnest($1::bigint[]) AS k", keys)
@@ -117,3 +138,18 @@ class PgWriter(GroupWriter):
                     i = j
         except asyncpg.IntegrityConstraintViolationError as exc:
             raise StoreIntegrityError(f"duplicate key: {exc}") from None
+
+    def _appends_only(self, ops: list[Statement], events: dict[Any, None]) -> list[tuple[Any, ...]] | None:
+        """The ``LOCKED_APPEND_SQL`` rows of a group that only appends plain entries and
+        announces them (its events are exactly the ``buf`` events of its gateways), ordered by
+        lock key (stable: each gateway's entries keep their order, and two instances take
+        their locks in one order, so they never deadlock); None for any other group."""
+        if not ops or any(sql is not APPEND_SQL for sql, _ in ops):
+            return None
+        gateways = {params[1] for _, params in ops}
+        announced = {gid: (self.channel, event("buf", g=gid)) for gid in gateways}
+        if set(events) != set(announced.values()):
+            return None
+        rows = [(*params, gateway_lock_key(params[1]), *announced[params[1]]) for _, params in ops]
+        rows.sort(key=lambda row: row[7])
+        return rows
