@@ -7,7 +7,14 @@ transaction could invalidate. The one ordering rule PostgreSQL does not give for
 buffer's: an identity ``seq`` is taken at insert time, not at commit, so two transactions could
 commit seq 11 before seq 10 and a sender whose cursor passed 11 would skip 10. A group that
 appends to a gateway's buffer therefore takes that gateway's transaction-scoped advisory lock
-first (keys sorted: no deadlock), so per gateway, seq order is commit order.
+before it draws a seq, so per gateway, seq order is commit order. Locks are always taken in
+ascending key order (all of them first in a mixed group, row by row in a group of plain appends,
+whose rows are sorted by key), so two groups never wait on each other in a cycle.
+
+Round trips: a group of plain appends, or of one statement that needs no lock or event (a run of
+acks), is one ``executemany`` (statements between two Syncs are one transaction); any other
+group is ``BEGIN``, the locks, its statements, its events, ``COMMIT``. Over a network each round
+trip is a wait, and on one machine a write to the server.
 """
 
 from __future__ import annotations
