@@ -50,10 +50,18 @@ class GroupWriter:
     ack_sql: str = ACK_SQL
     placeholder: str = "?"
     """The backend's first bound parameter (``$1`` on PostgreSQL)."""
+    ack_lane: bool = False
+    """Acks get a queue and writer of their own (PostgreSQL: a group of acks alone, or of
+    appends alone, is one round trip; mixed, five). Acks commute with every other write: an
+    entry is acked only after its append committed, and nothing else reads ``acked_at`` inside
+    a transaction. SQLite keeps one queue: its one connection would take the groups in turn."""
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
-        self._writer = asyncio.create_task(self._write_loop(), name="relay-store-writer")
+        self._acks: asyncio.Queue[Job] = asyncio.Queue() if self.ack_lane else self._queue
+        self._writers = [asyncio.create_task(self._write_loop(self._queue), name="relay-store-writer")]
+        if self.ack_lane:
+            self._writers.append(asyncio.create_task(self._write_loop(self._acks), name="relay-store-acks"))
         # Acks received but not yet committed: reads treat them as acked already, so a replay
         # never resends an acked entry and needs no flush (and no fsync) first.
         self._acking: set[str] = set()
@@ -62,9 +70,10 @@ class GroupWriter:
         """Flush what is queued (errors ignored), stop the writer and close both connections."""
         with contextlib.suppress(Exception):
             await self.flush()
-        self._writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._writer
+        for writer in self._writers:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
         await self._close_connections()
 
     async def _close_connections(self) -> None:
@@ -78,7 +87,7 @@ class GroupWriter:
     def ack(self, gateway_id: str, buffer_id: str, now: float) -> None:
         """Mark an entry acked (queued; committed with the next group, seen by reads at once)."""
         self._acking.add(buffer_id)
-        self._enqueue(self.ack_sql, (now, buffer_id, gateway_id), wait=False)
+        self._enqueue_job(((self.ack_sql, (now, buffer_id, gateway_id)),), wait=False, queue=self._acks)
 
     def ack_many(self, gateway_id: str, buffer_ids: list[str], now: float) -> None:
         """Mark many entries acked (PROTOCOL.md 7.3's batch): one queued job, one commit (on
@@ -86,7 +95,8 @@ class GroupWriter:
         if not buffer_ids:
             return
         self._acking.update(buffer_ids)
-        self._enqueue_job(tuple((self.ack_sql, (now, bid, gateway_id)) for bid in buffer_ids), wait=False)
+        statements = tuple((self.ack_sql, (now, bid, gateway_id)) for bid in buffer_ids)
+        self._enqueue_job(statements, wait=False, queue=self._acks)
 
     async def prune(self, before: float, keys_before: float) -> None:
         """Forget what nobody needs any more, in one transaction (awaits its commit): buffer
@@ -104,17 +114,20 @@ class GroupWriter:
     def _enqueue(self, sql: str, params: tuple[Any, ...], wait: bool) -> asyncio.Future[None] | None:
         return self._enqueue_job(((sql, params),), wait)
 
-    def _enqueue_job(self, statements: tuple[Statement, ...], wait: bool) -> asyncio.Future[None] | None:
-        """Queue statements that must commit together (one queue item is never split)."""
+    def _enqueue_job(
+        self, statements: tuple[Statement, ...], wait: bool, queue: asyncio.Queue[Job] | None = None
+    ) -> asyncio.Future[None] | None:
+        """Queue statements that must commit together (one queue item is never split), on the
+        main queue unless ``queue`` names the ack lane."""
         fut = asyncio.get_running_loop().create_future() if wait else None
-        self._queue.put_nowait((statements, fut))
+        (queue or self._queue).put_nowait((statements, fut))
         return fut
 
-    async def _write_loop(self) -> None:
+    async def _write_loop(self, queue: asyncio.Queue[Job]) -> None:
         while True:
-            batch = [await self._queue.get()]
-            while not self._queue.empty() and len(batch) < 5000:
-                batch.append(self._queue.get_nowait())
+            batch = [await queue.get()]
+            while not queue.empty() and len(batch) < 5000:
+                batch.append(queue.get_nowait())
             try:
                 await self._commit(batch)
             except Exception as exc:
@@ -151,10 +164,10 @@ class GroupWriter:
                     fut.set_exception(error)
 
     async def flush(self) -> None:
-        """Return once everything queued before this call has committed."""
-        fut = self._enqueue("", (), wait=True)
-        assert fut is not None
-        await fut
+        """Return once everything queued before this call has committed (both lanes)."""
+        queues = [self._queue] if self._acks is self._queue else [self._queue, self._acks]
+        futs = [self._enqueue_job((("", ()),), wait=True, queue=q) for q in queues]
+        await asyncio.gather(*(f for f in futs if f is not None))
 
 
 class StoreWriter(GroupWriter):

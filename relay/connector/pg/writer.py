@@ -86,6 +86,7 @@ class PgWriter(GroupWriter):
 
     ack_sql = ACK_SQL
     placeholder = "$1"
+    ack_lane = True
 
     def __init__(self, pool: asyncpg.Pool, channel: str) -> None:
         self._pool = pool
