@@ -164,6 +164,10 @@ BUSY_RETRY_S = 10.0
 _locks: weakref.WeakKeyDictionary[aiosqlite.Connection, asyncio.Lock] = weakref.WeakKeyDictionary()
 _synchronous: weakref.WeakKeyDictionary[aiosqlite.Connection, str] = weakref.WeakKeyDictionary()
 """Each ``open_db`` connection's ``synchronous`` level (``run_tx(fsync=False)`` restores it)."""
+_level_lost: weakref.WeakSet[aiosqlite.Connection] = weakref.WeakSet()
+"""Connections an unsynced transaction could not set back to their level (SQLite refuses the
+pragma inside a transaction a failed ``ROLLBACK`` left open): every write on them sets it
+again first (``_relevel``), and fails while it cannot, rather than commit unsynced."""
 
 
 _Hooks = weakref.WeakKeyDictionary[aiosqlite.Connection, Callable[[], None]]
@@ -219,6 +223,7 @@ async def write_one(db: aiosqlite.Connection, sql: str, params: Any = ()) -> aio
     """One write statement in autocommit mode (one thread hop), never inside another task's
     ``write_tx``; retried while SQLite answers "locked" (a failed statement applied nothing)."""
     async with _lock(db):
+        await _relevel(db)
         cur = await _retry_locked(lambda: db.execute(sql, params))
     _wrote(db)
     return cur
@@ -242,6 +247,7 @@ async def write_tx(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connecti
     dropped socket mid-admit could then store nothing more).
     """
     async with _lock(db):
+        await _relevel(db)
         try:
             await _retry_locked(lambda: db.execute("BEGIN IMMEDIATE"))
             yield db
@@ -269,14 +275,19 @@ def _begin_immediate(conn: sqlite3.Connection) -> None:
 
 
 def _in_transaction(
-    conn: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T], restore: str | None = None
+    conn: sqlite3.Connection,
+    fn: Callable[[sqlite3.Connection], T],
+    restore: str | None = None,
+    owner: aiosqlite.Connection | None = None,
 ) -> T:
     """``fn(conn)`` between ``BEGIN IMMEDIATE`` and ``COMMIT``. If ``fn`` or the ``COMMIT``
     fails (a deferred constraint, a full disk), whatever is still open is rolled back and the
     original error raised: a transaction left open would fail every later ``BEGIN``.
 
     ``restore``: commit with ``synchronous=NORMAL`` (no fsync of the log), then set the
-    connection back to this level (``FULL`` or ``EXTRA``), whatever happened."""
+    connection back to this level (``FULL`` or ``EXTRA``), whatever happened; if SQLite refuses
+    (still inside a transaction after a failed rollback), ``owner`` is marked in
+    ``_level_lost`` and the error being raised, if any, is the one that reaches the caller."""
     if restore is not None:
         conn.execute("PRAGMA synchronous=NORMAL")
     try:
@@ -291,8 +302,23 @@ def _in_transaction(
             raise
     finally:
         if restore is not None:
-            conn.execute(f"PRAGMA synchronous={restore}")
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                conn.execute(f"PRAGMA synchronous={restore}")
+            except sqlite3.Error:
+                if owner is not None:
+                    _level_lost.add(owner)
     return result
+
+
+async def _relevel(db: aiosqlite.Connection) -> None:
+    """Set ``db`` back to its ``synchronous`` level if an unsynced transaction could not (see
+    ``_level_lost``); raises ``sqlite3.OperationalError`` while SQLite still refuses. Call with
+    ``_lock(db)`` held, before a write."""
+    if db in _level_lost:
+        await db.execute(f"PRAGMA synchronous={_synchronous.get(db, 'FULL')}")
+        _level_lost.discard(db)
 
 
 async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T], *, fsync: bool = True) -> T:
@@ -317,7 +343,8 @@ async def run_tx(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]
     level = _synchronous.get(db, "NORMAL")
     restore = level if not fsync and level in ("FULL", "EXTRA") else None
     async with _lock(db):
-        result = await run(_in_transaction, db._conn, fn, restore)
+        await _relevel(db)
+        result = await run(_in_transaction, db._conn, fn, restore, db)
     _wrote(db)
     return result
 

@@ -165,8 +165,8 @@ class SessionHandler:
         self.c.poker(gid).cancel()
         if self.c.flipped.get(gid):
             # Not awaited: a stale "flipped" after a crash only costs a harmless extra poke.
-            # With a replay to send, it commits with the first ack instead of beside the
-            # gateway's first commit (the wake path).
+            # With a replay to send, it is queued when the first ack arrives instead of beside
+            # the gateway's first commit (the wake path).
             self.c.flipped[gid] = False
             if first:
                 self._clear_with_ack.add(gid)

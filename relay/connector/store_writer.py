@@ -52,9 +52,10 @@ class GroupWriter:
     """The backend's first bound parameter (``$1`` on PostgreSQL)."""
     ack_lane: bool = False
     """Acks get a queue and writer of their own (PostgreSQL: a group of acks alone, or of
-    appends alone, is one round trip; mixed, five). Acks commute with every other write: an
-    entry is acked only after its append committed, and nothing else reads ``acked_at`` inside
-    a transaction. SQLite keeps one queue: its one connection would take the groups in turn."""
+    appends alone, is one round trip; mixed, five). An entry is acked only after its append
+    committed, and this instance's reads count queued acks at once (``_acking``); the one write
+    that must follow the acks sent before it, the flip, waits for them (``acks_committed``).
+    SQLite keeps one queue: its one connection would take the groups in turn."""
 
     def __init__(self) -> None:
         self._queue: asyncio.Queue[Job] = asyncio.Queue()
@@ -162,6 +163,17 @@ class GroupWriter:
                     fut.set_result(None)
                 else:
                     fut.set_exception(error)
+
+    async def acks_committed(self) -> None:
+        """Return once every ack queued before this call has committed: a write that states
+        what the acks mean (the flip: "all I was sent is persisted") goes after them, as it
+        would in one queue (a restart or another instance reads the tables, not ``_acking``).
+        Immediate without an ack lane."""
+        if self._acks is self._queue:
+            return
+        fut = self._enqueue_job((("", ()),), wait=True, queue=self._acks)
+        assert fut is not None
+        await fut
 
     async def flush(self) -> None:
         """Return once everything queued before this call has committed (both lanes)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
-from common.sqlite import open_db, read_all, run_tx, write_tx
+from common.sqlite import _in_transaction, open_db, read_all, run_tx, write_one, write_tx
 
 
 async def test_run_tx_commits_and_returns_what_the_function_returns(tmp_path: Path) -> None:
@@ -99,5 +99,39 @@ async def test_an_unsynced_transaction_leaves_the_connection_synced_for_the_next
     try:
         await run_tx(db, lambda conn: conn.execute("CREATE TABLE t (x)"), fsync=False)
         assert await _level(db) == 1
+    finally:
+        await db.close()
+
+
+class _Wedged:
+    """A ``sqlite3.Connection`` stand-in whose COMMIT fails with a disk error and which then
+    cannot roll back or change its safety level (SQLite refuses both inside the open
+    transaction): the corner ``run_tx(fsync=False)`` must not turn into unsynced commits."""
+
+    def __init__(self) -> None:
+        self.in_transaction = False
+        self.statements: list[str] = []
+
+    def execute(self, sql: str, *_: object) -> None:
+        self.statements.append(sql)
+        if sql == "BEGIN IMMEDIATE":
+            self.in_transaction = True
+        elif sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error")
+        elif sql == "ROLLBACK" or (sql.startswith("PRAGMA synchronous=") and self.in_transaction):
+            raise sqlite3.OperationalError("cannot change safety level inside a transaction")
+
+
+async def test_a_level_that_cannot_be_set_back_is_set_before_the_next_write(tmp_path: Path) -> None:
+    """The commit's own error reaches the caller (not the refused pragma's); the connection is
+    marked, and its next write first sets it back to FULL."""
+    db = await open_db(str(tmp_path / "t.db"), synchronous="FULL")
+    try:
+        wedged = _Wedged()
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            _in_transaction(wedged, lambda conn: None, "FULL", db)  # type: ignore[arg-type]
+        await db.execute("PRAGMA synchronous=NORMAL")  # what the wedged connection was left at
+        await write_one(db, "CREATE TABLE t (x)")
+        assert await _level(db) == 2
     finally:
         await db.close()

@@ -102,3 +102,45 @@ async def test_an_append_waits_for_the_gateway_lock_another_instance_holds(pg_ur
     finally:
         await other.close()
         await store.close()
+
+
+async def test_a_flip_commits_only_after_the_acks_sent_before_it(pg_url: str) -> None:
+    """Acks have a writer lane of their own on PostgreSQL; a gateway's flip (it acked what it
+    got, then said going_idle) must still never commit before those acks: a restart or another
+    instance reading a flip with unacked entries pokes the sleeping sidecar and replays for
+    nothing. Here another transaction holds the entry's row, so the ack waits."""
+    store = await PgStore.open(pg_url)
+    other = await asyncpg.connect(pg_url)
+    try:
+        for bid, gid in (("e1", "gw"), ("e2", "gw2")):
+            await store.append(
+                buffer_id=bid, gateway_id=gid, platform="relay", bot_id="", chat_id="42", frame="x\n", now=1.0
+            )
+        tx = other.transaction()
+        await tx.start()
+        await other.execute("SELECT 1 FROM buffer WHERE buffer_id = 'e1' FOR UPDATE")
+        store.ack("gw", "e1", 2.0)
+        flip = asyncio.create_task(store.set_flip("gw", True, None, 3.0))
+        stuck = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        async with asyncio.timeout(30):  # until the ack is seen waiting for the row
+            while True:
+                if await other.fetchval(stuck):
+                    break
+                await asyncio.sleep(0.01)
+        # A write on the main lane queued now commits after anything queued there before it.
+        await store.append(
+            buffer_id="e3", gateway_id="gw2", platform="relay", bot_id="", chat_id="42", frame="x\n", now=4.0
+        )
+        assert not flip.done()
+        await tx.rollback()
+        await asyncio.wait_for(flip, 30)
+        row = await other.fetchrow(
+            "SELECT b.acked_at, g.flipped FROM buffer b JOIN gateways g USING (gateway_id)"
+            " WHERE b.buffer_id = 'e1'"
+        )
+        assert row is not None
+        assert row["acked_at"] == 2.0
+        assert row["flipped"] is True
+    finally:
+        await other.close()
+        await store.close()

@@ -169,7 +169,10 @@ class PgStore(PgSendStore):
         await fut
 
     async def set_flip(self, gateway_id: str, flipped: bool, wake_at: float | None, now: float) -> None:
-        """Persist the flip state and pending ``wakeAt`` (Unix seconds) of a gateway."""
+        """Persist the flip state and pending ``wakeAt`` (Unix seconds) of a gateway, after
+        every ack queued before it committed (the ack lane: a restart or another instance must
+        never read a flip whose acks are missing, and poke and replay for nothing)."""
+        await self.acks_committed()
         fut = self._enqueue_job(
             (
                 (
