@@ -15,20 +15,31 @@ PER_STORE = 300
 GATEWAYS = ("gw-a", "gw-b", "gw-c")
 
 
-async def _append_many(store: PgStore, tag: str) -> None:
-    async def one(i: int) -> None:
-        gid = GATEWAYS[i % len(GATEWAYS)]
-        await store.append(
-            buffer_id=f"{tag}{i}",
-            gateway_id=gid,
-            platform="relay",
-            bot_id="",
-            chat_id="42",
-            frame=f"{tag}{i}\n",
-            now=1_800_000_000.0 + i,
-        )
+async def _append(store: PgStore, buffer_id: str, gateway_id: str, now: float) -> None:
+    """Append the entry ``buffer_id`` (its frame is ``"<buffer_id>\\n"``) to a relay gateway."""
+    await store.append(
+        buffer_id=buffer_id,
+        gateway_id=gateway_id,
+        platform="relay",
+        bot_id="",
+        chat_id="42",
+        frame=f"{buffer_id}\n",
+        now=now,
+    )
 
-    await asyncio.gather(*(one(i) for i in range(PER_STORE)))
+
+async def _until(con: asyncpg.Connection, count_sql: str) -> None:
+    """Poll ``count_sql`` on ``con`` until it counts something (30 s at most)."""
+    async with asyncio.timeout(30):
+        while True:
+            if await con.fetchval(count_sql):
+                return
+            await asyncio.sleep(0.01)
+
+
+async def _append_many(store: PgStore, tag: str) -> None:
+    gateways = [GATEWAYS[i % len(GATEWAYS)] for i in range(PER_STORE)]
+    await asyncio.gather(*(_append(store, f"{tag}{i}", gid, 1e9 + i) for i, gid in enumerate(gateways)))
 
 
 async def test_entries_appended_by_two_instances_reach_a_cursor_reader_without_a_gap(pg_url: str) -> None:
@@ -77,23 +88,9 @@ async def test_an_append_waits_for_the_gateway_lock_another_instance_holds(pg_ur
         await tx.start()
         await other.execute("SELECT pg_advisory_xact_lock($1)", gateway_lock_key("gw"))
         await other.execute(APPEND_SQL, "first", "gw", "relay", "", "42", "first\n", 1.0)
-        append = asyncio.create_task(
-            store.append(
-                buffer_id="second",
-                gateway_id="gw",
-                platform="relay",
-                bot_id="",
-                chat_id="42",
-                frame="second\n",
-                now=2.0,
-            )
-        )
-        waiting = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-        async with asyncio.timeout(30):  # until the append is seen waiting for the lock
-            while True:
-                if await other.fetchval(waiting):
-                    break
-                await asyncio.sleep(0.01)
+        append = asyncio.create_task(_append(store, "second", "gw", 2.0))
+        # until the append is seen waiting for the lock
+        await _until(other, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
         assert not append.done()
         assert await store.unacked_after("gw", 0, 10) == []
         await tx.commit()
@@ -112,25 +109,16 @@ async def test_a_flip_commits_only_after_the_acks_sent_before_it(pg_url: str) ->
     store = await PgStore.open(pg_url)
     other = await asyncpg.connect(pg_url)
     try:
-        for bid, gid in (("e1", "gw"), ("e2", "gw2")):
-            await store.append(
-                buffer_id=bid, gateway_id=gid, platform="relay", bot_id="", chat_id="42", frame="x\n", now=1.0
-            )
+        await _append(store, "e1", "gw", 1.0)
         tx = other.transaction()
         await tx.start()
         await other.execute("SELECT 1 FROM buffer WHERE buffer_id = 'e1' FOR UPDATE")
         store.ack("gw", "e1", 2.0)
         flip = asyncio.create_task(store.set_flip("gw", True, None, 3.0))
-        stuck = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        async with asyncio.timeout(30):  # until the ack is seen waiting for the row
-            while True:
-                if await other.fetchval(stuck):
-                    break
-                await asyncio.sleep(0.01)
+        # until the ack is seen waiting for the row
+        await _until(other, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
         # A write on the main lane queued now commits after anything queued there before it.
-        await store.append(
-            buffer_id="e3", gateway_id="gw2", platform="relay", bot_id="", chat_id="42", frame="x\n", now=4.0
-        )
+        await _append(store, "e3", "gw2", 4.0)
         assert not flip.done()
         await tx.rollback()
         await asyncio.wait_for(flip, 30)
