@@ -43,7 +43,8 @@ placeholder). Never an unacked entry or a platform send not yet done."""
 
 class GroupWriter:
     """One writer task draining a queue of jobs (each a tuple of statements that commit
-    together) in groups of up to 5000, one transaction per group (``_commit``, per backend).
+    together) in groups of up to 5000, one transaction per group (``_commit``, per backend);
+    with ``ack_lane``, a second one for the acks.
     ``ack_sql`` is the backend's buffer ack statement (recognised by identity to settle
     ``_acking``). Must be made inside a running event loop."""
 
@@ -121,7 +122,7 @@ class GroupWriter:
         """Queue statements that must commit together (one queue item is never split), on the
         main queue unless ``queue`` names the ack lane."""
         fut = asyncio.get_running_loop().create_future() if wait else None
-        (queue or self._queue).put_nowait((statements, fut))
+        (self._queue if queue is None else queue).put_nowait((statements, fut))
         return fut
 
     async def _write_loop(self, queue: asyncio.Queue[Job]) -> None:

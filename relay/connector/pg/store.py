@@ -35,9 +35,9 @@ async def _keep_session(con: asyncpg.Connection) -> None:
     """The pool's ``reset``: nothing. asyncpg's default sends ``SELECT pg_advisory_unlock_all();
     CLOSE ALL; UNLISTEN *; RESET ALL`` at every release, a round trip and four statements per
     group commit. Nothing of this store leaves session state on a pooled connection: listeners
-    and the leader's lock hold connections of their own (``pg/events.py``), the importer
-    unlocks its session lock before it lets go, no ``SET`` or cursor is used; asyncpg still rolls
-    back a transaction left open and drops listeners before calling this."""
+    and the leader's lock hold connections of their own (``pg/events.py``), so does the
+    importer's session lock (``pg/importer.py``), no ``SET`` or cursor is used; asyncpg still
+    rolls back a transaction left open and drops listeners before calling this."""
 
 
 class PgStore(PgSendStore):
