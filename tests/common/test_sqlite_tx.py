@@ -110,10 +110,8 @@ class _Wedged:
 
     def __init__(self) -> None:
         self.in_transaction = False
-        self.statements: list[str] = []
 
     def execute(self, sql: str, *_: object) -> None:
-        self.statements.append(sql)
         if sql == "BEGIN IMMEDIATE":
             self.in_transaction = True
         elif sql == "COMMIT":
