@@ -10,29 +10,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import os
-import signal
-import socket
-import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 import aiohttp
-from aiohttp import web
 
 from common import loop
 from common.errors import ConfigError, StartupError
-from common.listen import bind_listener
 from relay.connector import telegram as tg
-from relay.connector.server import RETENTION_S, Connector
-from relay.connector.store_api import StoreOpenError, is_pg_url, redact_url
+from relay.connector.server import RETENTION_S
+from relay.connector.store_api import is_pg_url
 from relay.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 from relay.protocol.token import validate_gateway_id
+from relay.serve import serve
 
 
 def parse_gateways(flags: Sequence[str], env_value: str | None) -> dict[str, str]:
@@ -140,6 +135,17 @@ def _port(text: str) -> int:
     return value
 
 
+def _metrics_port(text: str) -> int:
+    """A port for ``/metrics``, or 0: off."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port; expected 0 (off) or 1-65535")
+    return value
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``hermes-relay serve: error: ...``), exit 2."""
 
@@ -182,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="delete acked messages, sent replies and seen Telegram update ids after DAYS (>= 1,"
         " default 7; idempotency keys stay at least 7 days); env RELAY_RETENTION_DAYS",
     )
+    s.add_argument(
+        "--metrics-port",
+        type=_metrics_port,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus GET /metrics on this port of --host, unauthenticated (0: off, the"
+        " default; env RELAY_METRICS_PORT)",
+    )
     s.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     _telegram_args(s)
     s.add_argument(
@@ -216,57 +230,6 @@ def _telegram_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the webhook's X-Telegram-Bot-Api-Secret-Token (env RELAY_TELEGRAM_WEBHOOK_SECRET)",
     )
-
-
-async def open_connector(db: str, secrets: dict[str, str], max_frame_bytes: int, **options: Any) -> Connector:
-    """``Connector.create`` with start-up errors as ``StartupError`` naming ``--db`` (a URL's
-    password redacted) and why.
-    ``options`` are further ``Connector`` keywords (Telegram, ingress token)."""
-    try:
-        return await Connector.create(db, secrets=secrets, max_frame_bytes=max_frame_bytes, **options)
-    except StoreOpenError as exc:  # PostgreSQL: the message holds the redacted URL already
-        raise StartupError(f"--db {exc}") from None
-    except (OSError, sqlite3.Error) as exc:
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        raise StartupError(f"--db {db}: cannot open the connector database: {why}") from None
-
-
-async def serve(
-    host: str, port: int, db: str, secrets: dict[str, str], max_frame_bytes: int, **options: Any
-) -> None:
-    """Run the connector until SIGTERM/SIGINT.
-
-    The port is bound before the database opens, so a busy port fails at once. Raises
-    ``StartupError`` (one line naming the cause) when the port or the database is unusable.
-    """
-    sock = bind_listener(host, port, "connector HTTP")
-    try:
-        connector = await open_connector(db, secrets, max_frame_bytes, **options)
-    except BaseException:
-        sock.close()
-        raise
-    runner = web.AppRunner(connector.app, handle_signals=False, access_log=None)
-    await runner.setup()
-    site = web.SockSite(runner, sock)
-    await site.start()
-    bound = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else port
-    logging.getLogger("relay.connector").info(
-        "hermes-relay serving on http://%s:%d (ws /relay, %d gateway(s), store %s)",
-        host,
-        bound,
-        len(secrets),
-        redact_url(db),
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        await runner.cleanup()
-        await connector.close()
 
 
 def _error(message: str, code: int) -> int:
@@ -327,6 +290,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         except argparse.ArgumentTypeError as exc:
             return _error(f"RELAY_RETENTION_DAYS {exc}", 2)
+    metrics_port = args.metrics_port
+    if metrics_port is None:
+        try:
+            metrics_port = _metrics_port(os.environ.get("RELAY_METRICS_PORT") or "0")
+        except argparse.ArgumentTypeError as exc:
+            return _error(f"RELAY_METRICS_PORT {exc}", 2)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
     import_sqlite = args.import_sqlite or os.environ.get("RELAY_IMPORT_SQLITE") or None
@@ -347,7 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ingress_token": ingress_token,
     }
     try:
-        loop.run(serve(args.host, args.port, db, secrets, args.max_frame_bytes, **options))
+        loop.run(serve(args.host, args.port, db, secrets, args.max_frame_bytes, metrics_port, **options))
     except StartupError as exc:
         print(f"hermes-relay: error: {exc}", file=sys.stderr)
         _exit_now_if_threads_linger(1)

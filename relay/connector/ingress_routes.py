@@ -71,11 +71,13 @@ class IngressRoutes:
             raise IngressError(503, "connector store unavailable; nothing was stored") from None
         note_chat(self.c.chats, gid, platform, event["source"])
         s = self.c.sessions.get(gid)
+        delivered = "live" if s is not None and s.live else "buffered"
+        self.c.metrics.ingress.labels(platform=platform, delivered=delivered).inc()
         if s is not None and s.live:
             s.notify.set()
-            return {"delivered": "live", "buffer_id": buffer_id}
-        self.c.poker(gid).request()
-        return {"delivered": "buffered", "buffer_id": buffer_id}
+        else:
+            self.c.poker(gid).request()
+        return {"delivered": delivered, "buffer_id": buffer_id}
 
     async def handle_ingress(self, request: web.Request) -> web.Response:
         """``POST /ingress/{platform}[/{bot_id}]``: 202, or a 4xx with ``{"error": ...}`` for any

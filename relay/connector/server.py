@@ -53,6 +53,7 @@ from relay.connector.cluster import Coordinator, Poker, coordinator_for
 from relay.connector.damping import FIGHT_LOG_EVERY_S, REPLACE_HOLD_S, Damper
 from relay.connector.egress import CHATS_KEPT
 from relay.connector.ingress_routes import IngressRoutes
+from relay.connector.metrics import ConnectorMetrics
 from relay.connector.outbound import OutboundHandler
 from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.provision import ProvisionRoutes
@@ -136,6 +137,7 @@ class Connector:
         self.presence_off: set[str] = set()
         self.damper = Damper(self.clock)  # 4409 damping
         self.replacements_total = self.damper.totals  # hermes_relay_replacements_total{gateway}
+        self.metrics = ConnectorMetrics(self)  # served by relay.connector.metrics.metrics_app
         # (gateway id, platform, chat_id) -> what the last inbound said of the chat
         self.chats: Chats = OrderedDict()
         self.policies: dict[tuple[str, str], dict[str, Any]] = {}  # (gid, platform) -> policy

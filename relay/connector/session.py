@@ -115,9 +115,12 @@ class SessionHandler:
         bid = frame.get("bufferId")
         if isinstance(bid, str):
             self.c.store.ack(s.gateway_id, bid, now)
+            self.c.metrics.acked.inc()
         many = frame.get("bufferIds")
         if isinstance(many, list):
-            self.c.store.ack_many(s.gateway_id, [b for b in many if isinstance(b, str)], now)
+            ids = [b for b in many if isinstance(b, str)]
+            self.c.store.ack_many(s.gateway_id, ids, now)
+            self.c.metrics.acked.inc(len(ids))
 
     async def _on_hello(self, s: Session, frame: dict[str, Any]) -> None:
         platform, bot_id = frame.get("platform"), frame.get("botId", "")
@@ -225,6 +228,7 @@ class SessionHandler:
                 if not s.live:
                     return
                 await s.ws.send_str(message)
+                self.c.metrics.frames_sent.inc(message.count("\n"))
                 cursor = last_seq
 
     async def _on_going_idle(self, s: Session, frame: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ import aiohttp
 from common.clock import Clock
 from relay.connector.cluster import Coordinator, Poker
 from relay.connector.damping import Damper
+from relay.connector.metrics import ConnectorMetrics
 from relay.connector.platform_outbox import PlatformOutbox
 from relay.connector.store_api import ConnectorStore
 from relay.connector.store_platform import PlatformSend
@@ -116,6 +117,9 @@ class ConnectorSurface(Protocol):
 
     @property
     def chats(self) -> Chats: ...
+
+    @property
+    def metrics(self) -> ConnectorMetrics: ...
 
     @property
     def damper(self) -> Damper: ...

@@ -59,8 +59,11 @@ def test_connector_fly_toml_is_always_on_with_its_db_on_the_volume() -> None:
     args = shlex.split(script)
     assert args[:3] == ["exec", "hermes-relay", "serve"]
     ns = relay_parser().parse_args(args[2:])
-    assert ns.host == "0.0.0.0"
+    assert ns.host == "::"  # dual stack: the proxy over IPv4, the metrics scraper over 6PN
     assert svc["internal_port"] == ns.port
+    metrics_port = int(t["env"]["RELAY_METRICS_PORT"])
+    assert t["metrics"] == {"port": metrics_port, "path": "/metrics"}
+    assert metrics_port not in {svc["internal_port"]} | {p["port"] for p in svc["ports"]}
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,12 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import TestServer
 
 from common.clock import FakeClock
 from relay.client.machine import ConnState
 from relay.client.transport import RelayTransport, TransportConfig
+from relay.connector.metrics import metrics_app
 from relay.connector.server import Connector
 from relay.protocol.token import mint_token, verify_token
 from tests.relay.helpers import Changes, FakeGatewayHttp, RawGateway, post, start_connector
@@ -404,3 +406,54 @@ async def test_connector_clears_the_stored_flip_with_the_first_ack_of_a_replay(
     await again.recv_type("descriptor")  # the ack before it was handled
     await store.flush()
     assert (await store.gateways())["dev"].flipped is flips_again
+
+
+async def test_connector_metrics_show_what_an_operator_watches(env: Env) -> None:
+    """The internal port's /metrics: messages stored by how they went out, entries sent and
+    acked, live sockets, asleep (flipped) gateways, unacked entries per gateway, pokes."""
+    await env.start(secrets={"gw": "s"})
+    assert env.connector is not None
+    connector = env.connector
+    scraper = TestServer(metrics_app(connector), host="127.0.0.1")
+    await scraper.start_server()
+
+    async def scrape() -> str:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{scraper.port}/metrics") as r:
+            assert r.status == 200
+            return await r.text()
+
+    try:
+        gw = GatewayClient(env, gateway_id="gw", secret="s", wake_url=env.gw_http.wake_url)
+        await gw.t.start()
+        await gw.connected()
+        assert "hermes_relay_sockets_live 1.0" in await scrape()
+        status, _ = await post(env.base + "/ingress/relay", MSG)
+        assert status == 202
+        await gw.changes.until(lambda: len(gw.got) == 1)
+        for _ in range(1000):  # the transport acks right after its handler returned
+            if await connector.store.unacked_count("gw") == 0:
+                break
+            await asyncio.sleep(0)
+        assert await gw.t.go_dormant() is True
+        status, _ = await post(env.base + "/ingress/relay", {**MSG, "message_id": 2})
+        assert status == 202
+        await env.gw_http.changes.until(lambda: len(env.gw_http.pokes) == 1)
+        text = ""
+        for _ in range(1000):  # the poke is counted once its 202 is read
+            text = await scrape()
+            if 'hermes_relay_pokes_total{outcome="sent"} 1.0' in text:
+                break
+        for line in (
+            'hermes_relay_ingress_total{delivered="live",platform="relay"} 1.0',
+            'hermes_relay_ingress_total{delivered="buffered",platform="relay"} 1.0',
+            "hermes_relay_frames_sent_total 1.0",
+            "hermes_relay_acked_total 1.0",
+            "hermes_relay_sockets_live 0.0",
+            "hermes_relay_gateways_flipped 1.0",
+            'hermes_relay_unacked_entries{gateway="gw"} 1.0',
+            'hermes_relay_pokes_total{outcome="sent"} 1.0',
+            'hermes_relay_pokes_total{outcome="failed"} 0.0',
+        ):
+            assert line in text
+    finally:
+        await scraper.close()

@@ -7,6 +7,7 @@ import socket
 import sys
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.procs import Proc, free_port, relay_cmd
@@ -123,6 +124,8 @@ async def test_relay_serve_with_an_unopenable_db_exits_1_with_one_line(tmp_path:
         (["serve", "--retention-days", "0.5"], "'0.5' days: expected a finite number >= 1"),
         (["serve", "--retention-days", "inf"], "'inf' days"),
         (["serve", "--retention-days", "week"], "'week' is not a number of days"),
+        (["serve", "--metrics-port", "70000"], "'70000' is not a port; expected 0 (off) or 1-65535"),
+        (["serve", "--metrics-port", "nine"], "'nine' is not a port"),
     ],
     ids=[
         "bad-port",
@@ -131,6 +134,8 @@ async def test_relay_serve_with_an_unopenable_db_exits_1_with_one_line(tmp_path:
         "retention-below-a-day",
         "retention-inf",
         "retention-text",
+        "metrics-port-range",
+        "metrics-port-text",
     ],
 )
 async def test_relay_cli_usage_error_is_one_line_exit_2(args: list[str], needle: str) -> None:
@@ -153,3 +158,38 @@ async def test_relay_bad_retention_env_is_one_line_exit_2() -> None:
     lines = [line for line in proc.lines if line.strip()]
     assert len(lines) == 1, proc.output
     assert "RELAY_RETENTION_DAYS '-3' days" in lines[0]
+
+
+async def test_relay_bad_metrics_port_env_is_one_line_exit_2() -> None:
+    """RELAY_METRICS_PORT is checked like the flag, and the line names the variable."""
+    env = {"RELAY_GATEWAYS": "", "RELAY_METRICS_PORT": "-1"}
+    proc = await Proc([sys.executable, "-m", "relay", "serve", "--port", str(free_port())], env=env).start()
+    rc = await proc.wait(timeout=5)
+    assert rc == 2
+    lines = [line for line in proc.lines if line.strip()]
+    assert len(lines) == 1, proc.output
+    assert "RELAY_METRICS_PORT '-1' is not a port" in lines[0]
+
+
+async def test_relay_serve_metrics_port_answers_prometheus_text(tmp_path: Path) -> None:
+    """With --metrics-port the process serves GET /metrics there (and only there): a stored
+    message shows in the ingress counter and the gateway's unacked entries."""
+    port, metrics_port = free_port(), free_port()
+    proc = await Proc(relay_cmd(port, str(tmp_path / "r.db"), "--metrics-port", str(metrics_port))).start()
+    try:
+        await proc.wait_for_line("hermes-relay serving on")
+        gw = RawGateway(f"ws://127.0.0.1:{port}/relay")
+        await gw.connect(bot_id="b")
+        await gw.close()
+        status, body = await post(f"http://127.0.0.1:{port}/ingress/relay/b", {**MSG, "text": "hi"})
+        assert (status, body["delivered"]) == (202, "buffered")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as r:
+                assert r.status == 200
+                text = await r.text()
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as r:
+                assert r.status == 404  # not on the public port
+        assert 'hermes_relay_ingress_total{delivered="buffered",platform="relay"} 1.0' in text
+        assert 'hermes_relay_unacked_entries{gateway="dev"} 1.0' in text
+    finally:
+        await proc.stop()
