@@ -296,6 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_port = _metrics_port(os.environ.get("RELAY_METRICS_PORT") or "0")
         except argparse.ArgumentTypeError as exc:
             return _error(f"RELAY_METRICS_PORT {exc}", 2)
+    if metrics_port == args.port:
+        return _error(f"--metrics-port {metrics_port} is --port: give /metrics a port of its own", 2)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     db = args.db if args.db is not None else (os.environ.get("RELAY_DB") or "relay.db")
     import_sqlite = args.import_sqlite or os.environ.get("RELAY_IMPORT_SQLITE") or None

@@ -57,29 +57,37 @@ async def serve(
         for sock in socks:
             sock.close()
         raise
-    runners = [web.AppRunner(connector.app, handle_signals=False, access_log=None)]
-    if metrics_port:
-        runners.append(web.AppRunner(metrics_app(connector), handle_signals=False, access_log=None))
-    for runner, sock in zip(runners, socks, strict=True):
-        await runner.setup()
-        await web.SockSite(runner, sock).start()
-    sock = socks[0]
-    bound = sock.getsockname()[1] if sock.family in (socket.AF_INET, socket.AF_INET6) else port
-    logging.getLogger("relay.connector").info(
-        "hermes-relay serving on http://%s:%d (ws /relay, %d gateway(s), store %s)",
-        host,
-        bound,
-        len(secrets),
-        redact_url(db),
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    apps = [connector.app] + ([metrics_app(connector)] if metrics_port else [])
+    started: list[web.AppRunner] = []
     try:
+        for app, sock in zip(apps, socks, strict=True):
+            runner = web.AppRunner(app, handle_signals=False, access_log=None)
+            await runner.setup()
+            started.append(runner)
+            await web.SockSite(runner, sock).start()
+        shown = f"[{host}]" if ":" in host else host
+        logging.getLogger("relay.connector").info(
+            "hermes-relay serving on http://%s:%d (ws /relay, %d gateway(s), store %s%s)",
+            shown,
+            _bound(socks[0], port),
+            len(secrets),
+            redact_url(db),
+            f", metrics on port {_bound(socks[1], metrics_port)}" if metrics_port else "",
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
-        for runner in runners:
+        for runner in started:
             await runner.cleanup()
+        for sock in socks:
+            sock.close()  # already closed by its site, or never served
         await connector.close()
+
+
+def _bound(sock: socket.socket, asked: int) -> int:
+    """The port ``sock`` listens on (``asked`` for a socket without one)."""
+    return int(sock.getsockname()[1]) if sock.family in (socket.AF_INET, socket.AF_INET6) else asked

@@ -7,31 +7,38 @@ gateway: a scrape of a connector fronting thousands of gateways costs thousands 
 
 Names: ``hermes_relay_ingress_total{platform,delivered}`` (``live`` or ``buffered``: stored
 messages only), ``hermes_relay_frames_sent_total`` (buffer entries sent on gateway sockets,
-replays included), ``hermes_relay_acked_total`` (entries acked), ``hermes_relay_sockets_live``,
-``hermes_relay_gateways_flipped``, ``hermes_relay_unacked_entries{gateway}``,
+replays included), ``hermes_relay_acked_total`` (entry ids acked by gateways, as received: a
+repeated ack counts again), ``hermes_relay_sockets_live``, ``hermes_relay_gateways_flipped``,
+``hermes_relay_unacked_entries{gateway}`` (the gateways this instance knows, now),
+``hermes_relay_store_up`` (0 when that count failed: the store is unreachable),
 ``hermes_relay_pokes_total{outcome}`` (``sent``: a 2xx; ``failed``), and
 ``hermes_relay_replacements_total{gateway}`` (4409 replacements and refusals, PROTOCOL.md 7.5).
-On PostgreSQL each instance counts its own work; the unacked gauge is the shared store's.
+On PostgreSQL each instance counts its own work; the unacked gauge is the shared store's (do
+not sum it across instances).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from relay.connector.server import Connector
 
+log = logging.getLogger("relay.connector")
+
 
 class ConnectorMetrics:
     """The counters ``connector`` bumps (``ingress``, ``frames_sent``, ``acked``) on a registry
     of its own (several connectors can live in one process: ``hermes-sidecar dev``, the tests),
-    what a scrape reads from it, and ``unacked``, set on every scrape by ``metrics_app``."""
+    and what a scrape reads from it; ``unacked`` (gateway id -> entries, or None: the store
+    could not say) is refreshed by ``metrics_app`` before each scrape."""
 
     def __init__(self, connector: Connector) -> None:
         self.registry = CollectorRegistry()
@@ -46,13 +53,10 @@ class ConnectorMetrics:
         self.frames_sent = Counter(
             "hermes_relay_frames_sent_total", "Buffer entries sent on gateway sockets", registry=r
         )
-        self.acked = Counter("hermes_relay_acked_total", "Buffer entries acked by gateways", registry=r)
-        self.unacked = Gauge(
-            "hermes_relay_unacked_entries",
-            "Buffered entries not acked yet, per gateway",
-            ["gateway"],
-            registry=r,
+        self.acked = Counter(
+            "hermes_relay_acked_total", "Buffer entry ids acked by gateways, as received", registry=r
         )
+        self.unacked: dict[str, int] | None = {}
 
 
 class _Live(Collector):
@@ -77,6 +81,18 @@ class _Live(Collector):
         pokes.add_metric(["sent"], sum(p.pokes_sent for p in c.pokers.values()))
         pokes.add_metric(["failed"], sum(p.pokes_failed for p in c.pokers.values()))
         yield pokes
+        unacked = c.metrics.unacked
+        yield GaugeMetricFamily(
+            "hermes_relay_store_up",
+            "1 when the store answered this scrape's counts",
+            value=0.0 if unacked is None else 1.0,
+        )
+        entries = GaugeMetricFamily(
+            "hermes_relay_unacked_entries", "Buffered entries not acked yet, per gateway", labels=["gateway"]
+        )
+        for gid, count in sorted((unacked or {}).items()):
+            entries.add_metric([gid], count)
+        yield entries
         fights = CounterMetricFamily(
             "hermes_relay_replacements",
             "Sockets replaced or refused with 4409 because another one holds the gateway id",
@@ -93,8 +109,12 @@ def metrics_app(connector: Connector) -> web.Application:
 
     async def scrape(_request: web.Request) -> web.Response:
         known = sorted(set(connector.routes.values()) | set(connector.sessions))
-        for gid in known:
-            connector.metrics.unacked.labels(gateway=gid).set(await connector.store.unacked_count(gid))
+        try:
+            connector.metrics.unacked = {gid: await connector.store.unacked_count(gid) for gid in known}
+        except Exception as exc:  # the counters still answer; store_up says what is missing
+            if connector.metrics.unacked is not None:
+                log.warning("metrics: the store did not answer the unacked counts: %s", exc)
+            connector.metrics.unacked = None
         body = generate_latest(connector.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -453,7 +453,17 @@ async def test_connector_metrics_show_what_an_operator_watches(env: Env) -> None
             'hermes_relay_unacked_entries{gateway="gw"} 1.0',
             'hermes_relay_pokes_total{outcome="sent"} 1.0',
             'hermes_relay_pokes_total{outcome="failed"} 0.0',
+            "hermes_relay_store_up 1.0",
         ):
             assert line in text
+
+        async def store_down(gid: str) -> int:
+            raise OSError("connection refused")
+
+        connector.store.unacked_count = store_down  # type: ignore[method-assign]
+        text = await scrape()  # still 200: the counters answer, store_up says what is missing
+        assert "hermes_relay_store_up 0.0" in text
+        assert "hermes_relay_acked_total 1.0" in text
+        assert "hermes_relay_unacked_entries{" not in text  # no stale per-gateway values
     finally:
         await scraper.close()

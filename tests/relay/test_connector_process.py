@@ -126,6 +126,7 @@ async def test_relay_serve_with_an_unopenable_db_exits_1_with_one_line(tmp_path:
         (["serve", "--retention-days", "week"], "'week' is not a number of days"),
         (["serve", "--metrics-port", "70000"], "'70000' is not a port; expected 0 (off) or 1-65535"),
         (["serve", "--metrics-port", "nine"], "'nine' is not a port"),
+        (["serve", "--port", "18765", "--metrics-port", "18765"], "--metrics-port 18765 is --port"),
     ],
     ids=[
         "bad-port",
@@ -136,6 +137,7 @@ async def test_relay_serve_with_an_unopenable_db_exits_1_with_one_line(tmp_path:
         "retention-text",
         "metrics-port-range",
         "metrics-port-text",
+        "metrics-port-is-port",
     ],
 )
 async def test_relay_cli_usage_error_is_one_line_exit_2(args: list[str], needle: str) -> None:
