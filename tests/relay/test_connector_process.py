@@ -151,26 +151,24 @@ async def test_relay_cli_usage_error_is_one_line_exit_2(args: list[str], needle:
     assert lines[0].startswith("hermes-relay")
 
 
-async def test_relay_bad_retention_env_is_one_line_exit_2() -> None:
-    """RELAY_RETENTION_DAYS is checked like the flag, and the line names the variable."""
-    env = {"RELAY_GATEWAYS": "", "RELAY_RETENTION_DAYS": "-3"}
+@pytest.mark.parametrize(
+    ("variable", "value", "needle"),
+    [
+        ("RELAY_RETENTION_DAYS", "-3", "RELAY_RETENTION_DAYS '-3' days"),
+        ("RELAY_METRICS_PORT", "-1", "RELAY_METRICS_PORT '-1' is not a port"),
+    ],
+    ids=["retention", "metrics-port"],
+)
+async def test_relay_bad_env_value_is_one_line_exit_2(variable: str, value: str, needle: str) -> None:
+    """RELAY_RETENTION_DAYS and RELAY_METRICS_PORT are checked like their flags, and the line
+    names the variable."""
+    env = {"RELAY_GATEWAYS": "", variable: value}
     proc = await Proc([sys.executable, "-m", "relay", "serve", "--port", str(free_port())], env=env).start()
     rc = await proc.wait(timeout=5)
     assert rc == 2
     lines = [line for line in proc.lines if line.strip()]
     assert len(lines) == 1, proc.output
-    assert "RELAY_RETENTION_DAYS '-3' days" in lines[0]
-
-
-async def test_relay_bad_metrics_port_env_is_one_line_exit_2() -> None:
-    """RELAY_METRICS_PORT is checked like the flag, and the line names the variable."""
-    env = {"RELAY_GATEWAYS": "", "RELAY_METRICS_PORT": "-1"}
-    proc = await Proc([sys.executable, "-m", "relay", "serve", "--port", str(free_port())], env=env).start()
-    rc = await proc.wait(timeout=5)
-    assert rc == 2
-    lines = [line for line in proc.lines if line.strip()]
-    assert len(lines) == 1, proc.output
-    assert "RELAY_METRICS_PORT '-1' is not a port" in lines[0]
+    assert needle in lines[0]
 
 
 async def test_relay_serve_metrics_port_answers_prometheus_text(tmp_path: Path) -> None:
