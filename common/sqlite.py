@@ -16,7 +16,7 @@ import os
 import sqlite3
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar, cast
 
 import aiosqlite
@@ -317,7 +317,7 @@ async def _relevel(db: aiosqlite.Connection) -> None:
     ``_level_lost``); raises ``sqlite3.OperationalError`` while SQLite still refuses. Call with
     ``_lock(db)`` held, before a write."""
     if db in _level_lost:
-        await db.execute(f"PRAGMA synchronous={_synchronous.get(db, 'FULL')}")
+        await db.execute(f"PRAGMA synchronous={_synchronous[db]}")
         _level_lost.discard(db)
 
 
@@ -402,9 +402,7 @@ def insert_rows(
     one = "(" + ", ".join("?" * len(columns)) + ")"
     head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
     tail = " ON CONFLICT DO NOTHING" if skip_conflicts else ""
-    for start in range(0, len(rows), ROWS_PER_INSERT):
-        chunk = rows[start : start + ROWS_PER_INSERT]
-        cur = conn.execute(head + ", ".join([one] * len(chunk)) + tail, [v for row in chunk for v in row])
+    for chunk, cur in execute_rows(conn, head, one, rows, tail):
         made = cur.rowcount
         last = cur.lastrowid if made > 0 and cur.lastrowid is not None else prev
         if made == len(chunk) and last - made == prev:
@@ -419,6 +417,19 @@ def insert_rows(
         out.extend(_pair_made(conn, table, columns, chunk, prev) if made else [None] * len(chunk))
         prev = _last_id(conn, table)  # a skipped row may have used up an id
     return out
+
+
+def execute_rows(
+    conn: sqlite3.Connection, head: str, one: str, rows: Sequence[Sequence[Any]], tail: str = ""
+) -> Iterator[tuple[Sequence[Sequence[Any]], sqlite3.Cursor]]:
+    """Run ``head`` + ``one`` once per row, comma-separated, + ``tail`` (a multi-row
+    ``INSERT ... VALUES (?, ...), (?, ...)``) for each chunk of up to ``ROWS_PER_INSERT`` of
+    ``rows``, in order, as the caller iterates: yields each chunk with its cursor. Raises
+    ``sqlite3.Error`` as ``execute`` does."""
+    for start in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[start : start + ROWS_PER_INSERT]
+        sql = head + ", ".join([one] * len(chunk)) + tail
+        yield chunk, conn.execute(sql, [v for row in chunk for v in row])
 
 
 def _last_id(conn: sqlite3.Connection, table: str) -> int:

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiosqlite
 
-from common.sqlite import ROWS_PER_INSERT, run_tx
+from common.sqlite import execute_rows, run_tx
 
 log = logging.getLogger("relay.store")
 
@@ -178,9 +178,9 @@ class GroupWriter:
 
     async def flush(self) -> None:
         """Return once everything queued before this call has committed (both lanes)."""
-        queues = [self._queue] if self._acks is self._queue else [self._queue, self._acks]
-        futs = [self._enqueue_job((("", ()),), wait=True, queue=q) for q in queues]
-        await asyncio.gather(*(f for f in futs if f is not None))
+        fut = self._enqueue("", (), wait=True)
+        assert fut is not None
+        await asyncio.gather(fut, self.acks_committed())
 
 
 class StoreWriter(GroupWriter):
@@ -237,9 +237,8 @@ def apply_statements(conn: sqlite3.Connection, ops: list[Statement]) -> None:
             conn.execute(_ACK_MANY, (now, gateway_id, json.dumps([p[1] for p in run])))
         elif single is not None and len(run) > 1:
             head, one = single.groups()
-            for start in range(0, len(run), ROWS_PER_INSERT):
-                chunk = run[start : start + ROWS_PER_INSERT]
-                conn.execute(head + ", ".join([one] * len(chunk)), [v for row in chunk for v in row])
+            for _chunk, _cur in execute_rows(conn, head, one, run):
+                pass  # each iteration runs one multi-row statement
         else:
             conn.executemany(sql, run)
         i = j
